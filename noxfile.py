@@ -1,0 +1,63 @@
+"""Development sessions: ``nox -s tests lint typecheck docs bench demo``.
+
+Tool versions are pinned here so that a new release of a linter cannot turn
+CI red on a clean clone overnight.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_venv = "yes"
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+
+PYTHON = "3.11"
+TEST_DEPS = ["pytest>=8", "pytest-trio>=0.8", "hypothesis>=6.100", "trio>=0.25"]
+RUFF = "ruff==0.17.6"
+MYPY = ["mypy==2.4.1", "pytest>=8", "hypothesis>=6.100"]
+DOCS_DEPS = ["sphinx>=8,<10", "furo>=2024.8.6"]
+BENCH_DEPS = ["cachetools>=5.3"]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The whole test suite."""
+    session.install("-e", ".", *TEST_DEPS)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install(RUFF)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the library."""
+    session.install("-e", ".", *MYPY)
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Sphinx, warnings as errors."""
+    session.install("-e", ".", *DOCS_DEPS)
+    session.run("sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks; they print ratios against a baseline measured in the same run."""
+    session.install("-e", ".", *BENCH_DEPS)
+    session.run("python", "benchmarks/bench_cache.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job: a runnable tour of what tenantry guarantees so far."""
+    session.install("-e", ".")
+    session.run("python", "examples/cache_tour.py", *session.posargs)

@@ -1,0 +1,629 @@
+"""Bounded caches that really evict.
+
+Theory of operation
+===================
+
+The seed's fork declared a key limit on every cache and wrote "LRU eviction
+when the limit is reached"; the cache library underneath throws
+``ECACHEFULL`` instead, so a full cache refused every new key. A
+`BoundedCache` has a hard limit and makes room: a `set` on a full cache
+removes exactly one entry, an expired one if there is any, else the least
+recently used one.
+
+Three structures hold the state. An *entry* is a tuple ``(value, expires)``,
+or ``(value, expires, ttl)`` for a key whose TTL differs from the cache's
+default; ``expires`` is `math.inf` for a key that never expires.
+
+``_data``
+    An `collections.OrderedDict` from key to entry. Its order is recency:
+    the first key is the least recently used. `get`, `set` and `touch` move
+    a key to the end; eviction pops the front.
+
+``_fifo_keys``, ``_fifo_expiry``
+    Expiry *candidates* for keys on the default TTL, in write order: a key and
+    its ``expires``. With a monotonic clock and one TTL, write order is expiry
+    order, so these are two `collections.deque` and cost two appends per `set`
+    instead of a sorted insert.
+
+``_heap``
+    Candidates ``(expires, seq, key)`` for keys with their own TTL, in a binary
+    heap (`heapq`); ``seq`` breaks ties so that keys are never compared.
+
+Candidates are never searched for and removed: overwriting, touching,
+deleting or evicting a key just leaves its old candidate behind. A candidate
+is *live* only while the key's entry holds that very ``expires`` object (an
+identity test; every write makes a new float). Stale candidates are dropped
+when they reach the head, and both structures are compacted when they grow
+past four times the key limit, so memory stays within a constant factor of
+`max_keys`. Candidates hold keys, never values: a removed value is released
+at once.
+
+Reading the clock is the expensive part of a lookup, so every public
+operation reads it at most once. Expired entries are removed lazily by
+whichever operation meets them first (`get`, ``in``, `len`, a full `set`),
+or eagerly by `purge_expired`, which `run_janitor` calls as deadlines fall
+due.
+
+Prior art: `cachetools.TTLCache` (a Python linked list per entry and several
+Python-level calls per lookup), Node's ``lru-cache`` (per-key TTL, disposal
+callbacks with a reason), and Caffeine's removal causes.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import logging
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar, final, overload
+
+import attrs
+
+from ._clock import Clock, resolve_clock
+from ._validate import check_count, check_seconds
+
+__all__ = ["BoundedCache", "CacheStats", "RemovalCause"]
+
+logger = logging.getLogger("tenantry.cache")
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+D = TypeVar("D")
+
+_INF = math.inf
+# (value, expires), or (value, expires, ttl) off the default TTL.
+# Indexed with literals in the hot paths: a named constant is a global lookup.
+_Entry = tuple[Any, ...]
+
+DEFAULT_EVICTION_LOG_INTERVAL = 60.0
+
+
+class RemovalCause(enum.Enum):
+    """Why an entry left a `BoundedCache` (passed to its ``on_remove`` callback).
+
+    Replacing a key's value with `BoundedCache.set` is not a removal.
+    """
+
+    EXPIRED = "expired"
+    """Its TTL ran out (found by a lookup, a purge, or a full `set`)."""
+    EVICTED = "evicted"
+    """It was the least recently used key when a `set` needed room."""
+    DELETED = "deleted"
+    """`BoundedCache.delete` or `BoundedCache.take` removed it."""
+    CLEARED = "cleared"
+    """`BoundedCache.clear` removed it."""
+
+
+@final
+@attrs.frozen
+class CacheStats:
+    """A snapshot of one cache's size and counters.
+
+    The counters only grow over a cache's lifetime, so two snapshots can be
+    subtracted to get rates.
+    """
+
+    name: str
+    size: int
+    """Live (unexpired) entries."""
+    max_keys: int
+    utilization: float
+    """``size / max_keys``, between 0 and 1."""
+    hits: int
+    """Lookups (`~BoundedCache.get`, `~BoundedCache.take`) that found a live entry."""
+    misses: int
+    """Lookups that found nothing or an expired entry."""
+    sets: int
+    deletes: int
+    """Entries removed by `~BoundedCache.delete` or `~BoundedCache.take`."""
+    evictions: int
+    """Least recently used entries removed to make room."""
+    expirations: int
+    """Entries removed because their TTL ran out."""
+
+
+@final
+class BoundedCache(Generic[K, V]):
+    """A TTL + LRU cache that never holds more than *max_keys* entries.
+
+    Args:
+        name: Shown in logs, stats and metrics.
+        max_keys: The hard limit, an int ≥ 1. There is no unbounded cache.
+        ttl: Default time to live in seconds (> 0), or None for entries that
+            never expire. `set` can override it per key.
+        clock: Returns the current time in seconds. None means the clock of
+            the Trio run the cache is created in (so `trio.testing.MockClock`
+            drives expiry), or `time.monotonic` outside Trio. It must never go
+            backwards.
+        on_remove: Called as ``on_remove(key, value, cause)`` after an entry
+            has left the cache (see `RemovalCause`). An exception it raises is
+            logged with its traceback and does not disturb the cache.
+        eviction_log_interval: Evictions are logged as one summary line at
+            most this often (seconds), never one line per eviction.
+
+    Raises:
+        ValueError, TypeError: for an invalid argument, naming it.
+
+    A cache is not thread-safe; like everything in a Trio program it belongs
+    to the task (and scope) that owns it.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_compact_at",
+        "_data",
+        "_deletes",
+        "_eviction_log_due",
+        "_eviction_log_interval",
+        "_evictions",
+        "_expirations",
+        "_fifo_expiry",
+        "_fifo_keys",
+        "_full_warned",
+        "_heap",
+        "_hits",
+        "_max_keys",
+        "_misses",
+        "_name",
+        "_on_remove",
+        "_seq",
+        "_sets",
+        "_ttl",
+        "_unlogged_evictions",
+        "_wakeup",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        max_keys: int,
+        ttl: float | None = None,
+        *,
+        clock: Clock | None = None,
+        on_remove: Callable[[K, V, RemovalCause], object] | None = None,
+        eviction_log_interval: float = DEFAULT_EVICTION_LOG_INTERVAL,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        check_count(max_keys, "max_keys", minimum=1)  # there is no unbounded cache
+        if ttl is not None:
+            ttl = check_seconds(ttl, "ttl")
+            if ttl == _INF:
+                ttl = None
+        if on_remove is not None and not callable(on_remove):
+            raise TypeError(f"on_remove must be callable, got {on_remove!r}")
+        self._name = name
+        self._max_keys = max_keys
+        self._ttl = ttl
+        self._clock = resolve_clock(clock)
+        self._on_remove = on_remove
+        self._eviction_log_interval = check_seconds(eviction_log_interval, "eviction_log_interval")
+
+        self._data: OrderedDict[K, _Entry] = OrderedDict()
+        self._fifo_keys: deque[K] = deque()
+        self._fifo_expiry: deque[float] = deque()
+        self._heap: list[tuple[float, int, K]] = []
+        self._seq = itertools.count()
+        self._compact_at = 4 * max_keys + 64
+
+        self._hits = self._misses = self._sets = self._deletes = 0
+        self._evictions = self._expirations = 0
+        self._full_warned = False
+        self._unlogged_evictions = 0
+        self._eviction_log_due = -_INF
+        self._wakeup: Callable[[float], object] | None = None
+
+        logger.debug(
+            "cache created: %s (max_keys=%d, ttl=%s)",
+            name,
+            max_keys,
+            ttl,
+            extra={"cache": name, "max_keys": max_keys, "ttl": ttl},
+        )
+
+    # -- reading ---------------------------------------------------------
+
+    @overload
+    def get(self, key: K) -> V | None: ...
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+
+    def get(self, key: K, default: Any = None) -> Any:
+        """Return the value of *key* and mark it most recently used.
+
+        A missing or expired key gives *default*; an expired one is removed
+        on the way (`RemovalCause.EXPIRED`).
+        """
+        entry = self._data.get(key)
+        if entry is None:
+            self._misses += 1
+            return default
+        if entry[1] <= self._clock():
+            self._misses += 1
+            self._expire(key, entry)
+            return default
+        self._data.move_to_end(key)
+        self._hits += 1
+        return entry[0]
+
+    def __contains__(self, key: K) -> bool:
+        """Whether *key* holds a live value. Does not change recency."""
+        entry = self._data.get(key)
+        if entry is None:
+            return False
+        if entry[1] <= self._clock():
+            self._expire(key, entry)
+            return False
+        return True
+
+    def ttl_of(self, key: K) -> float | None:
+        """Seconds until *key* expires.
+
+        None if the key never expires, and also None if it is missing or
+        already expired (use ``key in cache`` to tell those apart).
+        """
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        now = self._clock()
+        if entry[1] <= now:
+            self._expire(key, entry)
+            return None
+        if entry[1] == _INF:
+            return None
+        return float(entry[1] - now)
+
+    def __len__(self) -> int:
+        """The number of live entries (expired ones are purged first)."""
+        self.purge_expired()
+        return len(self._data)
+
+    def keys(self) -> list[K]:
+        """The live keys, least recently used first (expired ones are purged first)."""
+        self.purge_expired()
+        return list(self._data)
+
+    # -- writing ---------------------------------------------------------
+
+    def set(self, key: K, value: V, ttl: float | None = None) -> None:
+        """Store *value* under *key* and mark it most recently used.
+
+        *ttl* overrides the cache's default TTL for this key (seconds > 0;
+        `math.inf` for a key that never expires). If the key is new and the
+        cache is full, exactly one other entry is removed: the
+        earliest-expiring expired entry if there is one, else the least
+        recently used entry.
+        """
+        now = self._clock()
+        self._sets += 1
+        if ttl is not None or self._ttl is None:
+            self._set_with_ttl(key, value, ttl, now)
+            return
+        # The default TTL, i.e. most writes: `_insert` and `_push_fifo`
+        # inlined, because a Python-level call costs as much as their work.
+        expires = now + self._ttl
+        data = self._data
+        if key in data:
+            data[key] = (value, expires)
+            data.move_to_end(key)
+        else:
+            data[key] = (value, expires)
+            if len(data) >= self._max_keys:
+                self._on_full(now)
+        fifo_keys = self._fifo_keys
+        if not fifo_keys and self._wakeup is not None:
+            self._wakeup(self._ttl)
+        fifo_keys.append(key)
+        self._fifo_expiry.append(expires)
+        if len(fifo_keys) > self._compact_at:
+            self._compact_fifo()
+
+    def touch(self, key: K, ttl: float | None = None) -> bool:
+        """Restart *key*'s TTL and mark it most recently used.
+
+        The TTL restarts from now with *ttl* if given, else with the TTL the
+        key was last set with. Returns False (and changes nothing) if the key
+        is missing or expired.
+        """
+        entry = self._data.get(key)
+        if entry is None:
+            return False
+        now = self._clock()
+        if entry[1] <= now:
+            self._expire(key, entry)
+            return False
+        if ttl is None and len(entry) == 3:
+            ttl = entry[2]
+        self._set_with_ttl(key, entry[0], ttl, now)
+        return True
+
+    def delete(self, key: K) -> bool:
+        """Remove *key*. Returns whether a live entry was removed."""
+        entry = self._data.pop(key, None)
+        if entry is None:
+            return False
+        if entry[1] <= self._clock():
+            self._expirations += 1
+            self._notify(key, entry[0], RemovalCause.EXPIRED)
+            return False
+        self._deletes += 1
+        self._notify(key, entry[0], RemovalCause.DELETED)
+        return True
+
+    @overload
+    def take(self, key: K) -> V | None: ...
+    @overload
+    def take(self, key: K, default: D) -> V | D: ...
+
+    def take(self, key: K, default: Any = None) -> Any:
+        """Remove *key* and return its value, or *default* if it was not live."""
+        entry = self._data.pop(key, None)
+        if entry is None:
+            self._misses += 1
+            return default
+        if entry[1] <= self._clock():
+            self._misses += 1
+            self._expirations += 1
+            self._notify(key, entry[0], RemovalCause.EXPIRED)
+            return default
+        self._hits += 1
+        self._deletes += 1
+        self._notify(key, entry[0], RemovalCause.DELETED)
+        return entry[0]
+
+    def clear(self) -> None:
+        """Remove every entry (`RemovalCause.CLEARED`, or EXPIRED for expired ones)."""
+        items = list(self._data.items())
+        self._data.clear()
+        self._fifo_keys.clear()
+        self._fifo_expiry.clear()
+        self._heap.clear()
+        now = self._clock()
+        for key, entry in items:
+            if entry[1] <= now:
+                self._expirations += 1
+                self._notify(key, entry[0], RemovalCause.EXPIRED)
+            else:
+                self._notify(key, entry[0], RemovalCause.CLEARED)
+
+    # -- housekeeping ----------------------------------------------------
+
+    def purge_expired(self) -> int:
+        """Remove every expired entry now; return how many were removed.
+
+        Also writes a pending eviction summary to the log once it is due.
+        """
+        now = self._clock()
+        removed = 0
+        while self._expire_earliest(now):
+            removed += 1
+        if self._unlogged_evictions and now >= self._eviction_log_due:
+            self._log_evictions(now)
+        return removed
+
+    @property
+    def next_expiry(self) -> float | None:
+        """When (on this cache's clock) the earliest live entry expires, or None."""
+        head = self._earliest()
+        return None if head is None else head[1]
+
+    @property
+    def next_housekeeping(self) -> float | None:
+        """When `purge_expired` next has work: an expiry or a due eviction summary."""
+        due = self.next_expiry
+        if self._unlogged_evictions:
+            log_due = self._eviction_log_due
+            return log_due if due is None else min(due, log_due)
+        return due
+
+    def set_wakeup(self, callback: Callable[[float], object] | None) -> None:
+        """Install the function told when housekeeping falls due sooner than before.
+
+        ``callback(delay)`` is called with the seconds from now until the new
+        deadline, whenever an operation creates a deadline that may precede
+        every deadline the cache had (an expiry, or an eviction summary to
+        log). `run_janitor` uses this to sleep until exactly the next
+        deadline instead of polling. One callback at a time: installing a
+        second raises `RuntimeError`; pass None to remove it.
+        """
+        if callback is not None and self._wakeup is not None:
+            raise RuntimeError(f"cache {self._name!r} already has a janitor")
+        self._wakeup = callback
+
+    # -- introspection ---------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The cache's name."""
+        return self._name
+
+    @property
+    def max_keys(self) -> int:
+        """The hard limit on entries."""
+        return self._max_keys
+
+    @property
+    def ttl(self) -> float | None:
+        """The default TTL in seconds, or None if entries do not expire by default."""
+        return self._ttl
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this cache reads."""
+        return self._clock
+
+    @property
+    def stats(self) -> CacheStats:
+        """A `CacheStats` snapshot (expired entries are purged first)."""
+        size = len(self)
+        return CacheStats(
+            name=self._name,
+            size=size,
+            max_keys=self._max_keys,
+            utilization=size / self._max_keys,
+            hits=self._hits,
+            misses=self._misses,
+            sets=self._sets,
+            deletes=self._deletes,
+            evictions=self._evictions,
+            expirations=self._expirations,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<BoundedCache {self._name!r} entries={len(self._data)} "
+            f"max_keys={self._max_keys} ttl={self._ttl}>"
+        )
+
+    # -- internals -------------------------------------------------------
+
+    def _set_with_ttl(self, key: K, value: V, ttl: float | None, now: float) -> None:
+        """The general `set`: any TTL, including the default and none."""
+        ttl = self._ttl if ttl is None else check_seconds(ttl, "ttl")
+        if ttl is None or ttl == _INF:
+            self._insert(key, (value, _INF), now)
+            return
+        expires = now + ttl
+        if ttl == self._ttl:
+            self._insert(key, (value, expires), now)
+            self._push_fifo(key, expires)
+        else:
+            self._insert(key, (value, expires, ttl), now)
+            self._push_heap(key, expires, ttl)
+
+    def _insert(self, key: K, entry: _Entry, now: float) -> None:
+        """Store *entry* as *key*'s most recently used value, within the limit."""
+        data = self._data
+        if key in data:
+            data[key] = entry
+            data.move_to_end(key)
+        else:
+            data[key] = entry
+            if len(data) >= self._max_keys:
+                self._on_full(now)
+
+    def _push_fifo(self, key: K, expires: float) -> None:
+        fifo_keys = self._fifo_keys
+        if not fifo_keys and self._wakeup is not None:
+            self._wakeup(self._ttl)
+        fifo_keys.append(key)
+        self._fifo_expiry.append(expires)
+        if len(fifo_keys) > self._compact_at:
+            self._compact_fifo()
+
+    def _push_heap(self, key: K, expires: float, ttl: float) -> None:
+        heap = self._heap
+        if self._wakeup is not None and (not heap or expires < heap[0][0]):
+            self._wakeup(ttl)
+        heapq.heappush(heap, (expires, next(self._seq), key))
+        if len(heap) > self._compact_at:
+            self._compact_heap()
+
+    def _on_full(self, now: float) -> None:
+        """A new key made the cache full, or one over full: warn, make room."""
+        if not self._full_warned:
+            self._warn_full()
+        if len(self._data) <= self._max_keys:
+            return
+        fifo_expiry, heap = self._fifo_expiry, self._heap
+        if (fifo_expiry and fifo_expiry[0] <= now) or (heap and heap[0][0] <= now):
+            if self._expire_earliest(now):
+                return
+        key, entry = self._data.popitem(last=False)
+        self._evictions += 1
+        self._unlogged_evictions += 1
+        if now >= self._eviction_log_due:
+            self._log_evictions(now)
+        elif self._unlogged_evictions == 1 and self._wakeup is not None:
+            self._wakeup(self._eviction_log_due - now)
+        if self._on_remove is not None:
+            self._notify(key, entry[0], RemovalCause.EVICTED)
+
+    def _earliest(self) -> tuple[K, float] | None:
+        """The live candidate that expires first, discarding stale heads on the way."""
+        data, keys, expiry, heap = self._data, self._fifo_keys, self._fifo_expiry, self._heap
+        while keys and not self._is_live(data.get(keys[0]), expiry[0]):
+            keys.popleft()
+            expiry.popleft()
+        while heap and not self._is_live(data.get(heap[0][2]), heap[0][0]):
+            heapq.heappop(heap)
+        if heap and (not keys or heap[0][0] < expiry[0]):
+            return heap[0][2], heap[0][0]
+        return (keys[0], expiry[0]) if keys else None
+
+    @staticmethod
+    def _is_live(entry: _Entry | None, expires: float) -> bool:
+        return entry is not None and entry[1] is expires
+
+    def _expire_earliest(self, now: float) -> bool:
+        """Remove the earliest-expiring entry if it has expired by *now*."""
+        head = self._earliest()
+        if head is None or head[1] > now:
+            return False
+        key, expires = head
+        heap = self._heap
+        if heap and heap[0][0] is expires:
+            heapq.heappop(heap)
+        else:
+            self._fifo_keys.popleft()
+            self._fifo_expiry.popleft()
+        self._expire(key, self._data[key])
+        return True
+
+    def _expire(self, key: K, entry: _Entry) -> None:
+        del self._data[key]
+        self._expirations += 1
+        self._notify(key, entry[0], RemovalCause.EXPIRED)
+
+    def _compact_fifo(self) -> None:
+        get = self._data.get
+        live = [
+            self._is_live(get(key), expires)
+            for key, expires in zip(self._fifo_keys, self._fifo_expiry, strict=True)
+        ]
+        self._fifo_keys = deque(itertools.compress(self._fifo_keys, live))
+        self._fifo_expiry = deque(itertools.compress(self._fifo_expiry, live))
+
+    def _compact_heap(self) -> None:
+        get = self._data.get
+        self._heap = [item for item in self._heap if self._is_live(get(item[2]), item[0])]
+        heapq.heapify(self._heap)
+
+    def _notify(self, key: K, value: V, cause: RemovalCause) -> None:
+        if self._on_remove is None:
+            return
+        try:
+            self._on_remove(key, value, cause)
+        except Exception:
+            logger.exception(
+                "on_remove callback of cache %s failed (entry %s)",
+                self._name,
+                cause.value,
+                extra={"cache": self._name, "cause": cause.value},
+            )
+
+    def _warn_full(self) -> None:
+        self._full_warned = True
+        logger.warning(
+            "cache limit reached: %s (size=%d, max_keys=%d); least recently used keys "
+            "will be evicted",
+            self._name,
+            self._max_keys,
+            self._max_keys,
+            extra={"cache": self._name, "size": self._max_keys, "max_keys": self._max_keys},
+        )
+
+    def _log_evictions(self, now: float) -> None:
+        evicted, self._unlogged_evictions = self._unlogged_evictions, 0
+        self._eviction_log_due = now + self._eviction_log_interval
+        remaining = len(self._data)
+        logger.info(
+            "cache eviction: %s evicted %d keys, %d remaining",
+            self._name,
+            evicted,
+            remaining,
+            extra={"cache": self._name, "evicted": evicted, "remaining": remaining},
+        )

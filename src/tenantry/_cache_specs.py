@@ -1,0 +1,119 @@
+"""Declared cache limits, the scope that owns each cache, and capacity planning.
+
+The seed's fix was, at heart, a table: every cache gets a name, a key limit
+and a TTL, and the limits add up to a worst case one can provision for
+(32,500 keys per tenant, 3.26 million for 100 tenants). tenantry keeps that
+table as data, adds the *scope* that owns each cache (and so destroys it),
+and computes the worst case instead of writing it in a comment.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, final
+
+import attrs
+
+from ._cache import BoundedCache, RemovalCause
+from ._clock import Clock
+from ._validate import check_count, positive_count, seconds
+
+__all__ = ["SEED_CACHE_SPECS", "CacheSpec", "CapacityPlan", "Scope", "capacity_plan"]
+
+
+class Scope(enum.Enum):
+    """Who owns a cache, and therefore when it is destroyed."""
+
+    SOCKET = "socket"
+    """One live connection: dropped when the socket scope exits."""
+    TENANT = "tenant"
+    """One tenant: survives reconnects, dropped when the tenant is removed."""
+    GLOBAL = "global"
+    """The hub: shared by all tenants, dropped when the hub exits."""
+
+
+@final
+@attrs.frozen
+class CacheSpec:
+    """The declared limit, default TTL and owning scope of one named cache."""
+
+    max_keys: int = attrs.field(validator=positive_count)
+    ttl: float | None = attrs.field(default=None, validator=seconds)
+    """Default TTL in seconds; None for entries that never expire."""
+    scope: Scope = attrs.field(default=Scope.SOCKET, validator=attrs.validators.instance_of(Scope))
+
+    def build(
+        self,
+        name: str,
+        *,
+        clock: Clock | None = None,
+        on_remove: Callable[[Any, Any, RemovalCause], object] | None = None,
+    ) -> BoundedCache[Any, Any]:
+        """A new, empty `BoundedCache` with this spec's limits."""
+        return BoundedCache(name, self.max_keys, self.ttl, clock=clock, on_remove=on_remove)
+
+
+SEED_CACHE_SPECS: Mapping[str, CacheSpec] = MappingProxyType(
+    {
+        # Limits: the seed's DEFAULT_CACHE_MAX_KEYS. TTLs: its upstream's
+        # DEFAULT_CACHE_TTLS and per-cache constructors.
+        "signal_store": CacheSpec(10_000, 300.0, Scope.TENANT),  # keys outlive a connection
+        "msg_retry": CacheSpec(10_000, 3_600.0, Scope.SOCKET),
+        "call_offer": CacheSpec(500, 300.0, Scope.SOCKET),
+        "user_devices": CacheSpec(5_000, 300.0, Scope.SOCKET),
+        "placeholder_resend": CacheSpec(5_000, 3_600.0, Scope.SOCKET),
+        "lid": CacheSpec(2_000, 259_200.0, Scope.SOCKET),
+        "lid_global": CacheSpec(10_000, 259_200.0, Scope.GLOBAL),
+    }
+)
+"""The seed's cache limits, by cache name: 32,500 keys per tenant plus 10,000 global."""
+
+
+@final
+@attrs.frozen
+class CapacityPlan:
+    """The worst case a set of `CacheSpec` can hold, for a number of tenants."""
+
+    tenants: int
+    per_tenant: int
+    """Keys one tenant can hold: its socket-scoped and tenant-scoped caches."""
+    by_scope: Mapping[Scope, int]
+    """Keys across the whole fleet, per owning scope."""
+    total: int
+    """Keys across the whole fleet, global caches included."""
+
+    def __str__(self) -> str:
+        scopes = ", ".join(f"{scope.value} {keys:,}" for scope, keys in self.by_scope.items())
+        return (
+            f"{self.tenants:,} tenants x {self.per_tenant:,} keys + global = "
+            f"{self.total:,} keys ({scopes})"
+        )
+
+
+def capacity_plan(specs: Mapping[str, CacheSpec], tenants: int = 1) -> CapacityPlan:
+    """Worst-case keys for *tenants* tenants, each at every cache's limit.
+
+    A tenant holds at most one socket at a time (its supervisor is
+    sequential), so socket-scoped caches count once per tenant.
+
+    >>> capacity_plan(SEED_CACHE_SPECS, tenants=100).total
+    3260000
+    """
+    check_count(tenants, "tenants", minimum=0)
+    per_scope = {scope: 0 for scope in Scope}
+    for spec in specs.values():
+        per_scope[spec.scope] += spec.max_keys
+    per_tenant = per_scope[Scope.SOCKET] + per_scope[Scope.TENANT]
+    by_scope = {
+        Scope.SOCKET: per_scope[Scope.SOCKET] * tenants,
+        Scope.TENANT: per_scope[Scope.TENANT] * tenants,
+        Scope.GLOBAL: per_scope[Scope.GLOBAL],
+    }
+    return CapacityPlan(
+        tenants=tenants,
+        per_tenant=per_tenant,
+        by_scope=MappingProxyType(by_scope),
+        total=sum(by_scope.values()),
+    )

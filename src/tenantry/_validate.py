@@ -1,0 +1,34 @@
+"""Argument checks shared by every configuration class: fail at construction, naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def check_seconds(value: object, field: str) -> float:
+    """*value* as a float number of seconds > 0 (`math.inf` allowed), else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{field} must be a number of seconds, got {value!r}")
+    if not value > 0:  # also rejects NaN
+        raise ValueError(f"{field} must be > 0 seconds, got {value!r}")
+    return float(value)
+
+
+def check_count(value: object, field: str, *, minimum: int) -> int:
+    """*value* as an int >= *minimum*, else raise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{field} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{field} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def seconds(_: object, attribute: Any, value: object) -> None:
+    """attrs validator: `check_seconds`, None allowed."""
+    if value is not None:
+        check_seconds(value, attribute.name)
+
+
+def positive_count(_: object, attribute: Any, value: object) -> None:
+    """attrs validator: an int >= 1."""
+    check_count(value, attribute.name, minimum=1)
