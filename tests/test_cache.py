@@ -226,6 +226,14 @@ def test_touch_keeps_a_keys_own_ttl_unless_given_one(clock: FakeClock) -> None:
     assert cache.stats.sets == 1  # a touch is not a set
 
 
+def test_touch_keeps_an_explicit_never_expires(clock: FakeClock) -> None:
+    cache, _ = recording_cache(clock, ttl=1)
+    cache.set("pinned", 1, ttl=math.inf)
+    assert cache.touch("pinned")
+    clock.now += 100
+    assert cache.get("pinned") == 1
+
+
 def test_full_cache_prefers_the_earliest_expired_entry(clock: FakeClock) -> None:
     cache, removed = recording_cache(clock, max_keys=3, ttl=10)
     cache.set("a", 1)  # expires at +10

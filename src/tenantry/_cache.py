@@ -482,12 +482,13 @@ class BoundedCache(Generic[K, V]):
 
     def _set_with_ttl(self, key: K, value: V, ttl: float | None, now: float) -> None:
         """The general `set`: any TTL, including the default and none."""
-        ttl = self._ttl if ttl is None else check_seconds(ttl, "ttl")
-        if ttl is None or ttl == _INF:
-            self._insert(key, (value, _INF), now)
+        default = _INF if self._ttl is None else self._ttl
+        ttl = default if ttl is None else check_seconds(ttl, "ttl")
+        if ttl == _INF:
+            self._insert(key, (value, _INF) if ttl == default else (value, _INF, _INF), now)
             return
         expires = now + ttl
-        if ttl == self._ttl:
+        if ttl == default:
             self._insert(key, (value, expires), now)
             self._push_fifo(key, expires)
         else:
