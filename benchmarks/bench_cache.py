@@ -89,8 +89,16 @@ class Contender:
 
 
 def contenders() -> tuple[Contender, Contender]:
-    ours = Contender("tenantry.BoundedCache", lambda clock: tenantry.BoundedCache("bench", CAPACITY, TTL, clock=clock), "set")
-    theirs = Contender("cachetools.TTLCache", lambda clock: cachetools.TTLCache(CAPACITY, TTL, timer=clock), "__setitem__")
+    ours = Contender(
+        "tenantry.BoundedCache",
+        lambda clock: tenantry.BoundedCache("bench", CAPACITY, TTL, clock=clock),
+        "set",
+    )
+    theirs = Contender(
+        "cachetools.TTLCache",
+        lambda clock: cachetools.TTLCache(CAPACITY, TTL, timer=clock),
+        "__setitem__",
+    )
     return ours, theirs
 
 
@@ -121,7 +129,10 @@ def throughput(ops: Sequence[tuple[str, bool]], rounds: int, chunk: int) -> floa
         theirs_rates.append(theirs)
         ratios.append(ours / theirs)
     ratio = statistics.median(ratios)
-    print(f"throughput, {len(ops):,} ops (80% get / 20% set, zipf {ZIPF_EXPONENT}, {KEYSPACE:,} keys, capacity {CAPACITY:,}, TTL {TTL:.0f} s):")
+    print(
+        f"throughput, {len(ops):,} ops (80% get / 20% set, zipf {ZIPF_EXPONENT}, "
+        f"{KEYSPACE:,} keys, capacity {CAPACITY:,}, TTL {TTL:.0f} s):"
+    )
     print(f"  tenantry.BoundedCache  median {statistics.median(ours_rates):>12,.0f} ops/s")
     print(f"  cachetools.TTLCache    median {statistics.median(theirs_rates):>12,.0f} ops/s")
     print(f"  ratio per round        {', '.join(f'{x:.2f}' for x in ratios)}")
@@ -149,8 +160,12 @@ def overhead_per_entry(make: Callable[[Tick], Any], put_name: str, n: int) -> fl
 
 
 def memory(n: int) -> None:
-    ours = overhead_per_entry(lambda t: tenantry.BoundedCache("mem", n, TTL, clock=t.reader()), "set", n)
-    theirs = overhead_per_entry(lambda t: cachetools.TTLCache(n, TTL, timer=t.reader()), "__setitem__", n)
+    ours = overhead_per_entry(
+        lambda t: tenantry.BoundedCache("mem", n, TTL, clock=t.reader()), "set", n
+    )
+    theirs = overhead_per_entry(
+        lambda t: cachetools.TTLCache(n, TTL, timer=t.reader()), "__setitem__", n
+    )
     print(f"memory overhead per entry at {n:,} entries (tracemalloc):")
     print(f"  tenantry.BoundedCache  {ours:7.1f} bytes   (target <= 200)")
     print(f"  cachetools.TTLCache    {theirs:7.1f} bytes")

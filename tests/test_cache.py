@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -61,7 +62,9 @@ def recording_cache(
         ({"name": ""}, ValueError, "name"),
     ],
 )
-def test_invalid_arguments_name_the_field(kwargs: dict[str, Any], error: type[Exception], field: str) -> None:
+def test_invalid_arguments_name_the_field(
+    kwargs: dict[str, Any], error: type[Exception], field: str
+) -> None:
     args: dict[str, Any] = {"name": "c", "max_keys": 10} | kwargs
     with pytest.raises(error, match=field):
         BoundedCache(**args)
@@ -80,7 +83,12 @@ def test_repr_and_properties(clock: FakeClock) -> None:
     cache: BoundedCache[str, int] = BoundedCache("user_devices", 5000, 300, clock=clock)
     cache.set("a", 1)
     assert repr(cache) == "<BoundedCache 'user_devices' entries=1 max_keys=5000 ttl=300.0>"
-    assert (cache.name, cache.max_keys, cache.ttl, cache.clock) == ("user_devices", 5000, 300.0, clock)
+    assert (cache.name, cache.max_keys, cache.ttl, cache.clock) == (
+        "user_devices",
+        5000,
+        300.0,
+        clock,
+    )
 
 
 # -- the seed's own tests -----------------------------------------------------
@@ -394,8 +402,6 @@ def test_rewrites_do_not_grow_the_expiry_index_without_bound(clock: FakeClock) -
 
 
 def test_a_removed_value_is_released_at_once(clock: FakeClock) -> None:
-    import weakref
-
     class Value:
         pass
 

@@ -197,7 +197,10 @@ class CacheMachine(RuleBasedStateMachine):
     def clear(self) -> None:
         model = self.model
         expected = {
-            key: (model.values[key], RemovalCause.EXPIRED if model.expired(key, self.now) else RemovalCause.CLEARED)
+            key: (
+                model.values[key],
+                RemovalCause.EXPIRED if model.expired(key, self.now) else RemovalCause.CLEARED,
+            )
             for key in model.values
         }
         self.cache.clear()

@@ -58,7 +58,9 @@ def test_capacity_plan_rejects_bad_tenant_counts() -> None:
         ({"max_keys": 10, "scope": "socket"}, TypeError, "scope"),
     ],
 )
-def test_spec_validation_names_the_field(kwargs: dict[str, object], error: type[Exception], field: str) -> None:
+def test_spec_validation_names_the_field(
+    kwargs: dict[str, object], error: type[Exception], field: str
+) -> None:
     with pytest.raises(error, match=field):
         CacheSpec(**kwargs)  # type: ignore[arg-type]
 

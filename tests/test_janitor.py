@@ -9,6 +9,7 @@ import trio.testing
 
 from tenantry import BoundedCache, RemovalCause, run_janitor
 
+
 def timed_cache(
     name: str, ttl: float | None, log: list[tuple[str, float]], **kwargs: Any
 ) -> BoundedCache[str, int]:
@@ -19,7 +20,9 @@ def timed_cache(
     return BoundedCache(name, 100, ttl, on_remove=on_remove, **kwargs)
 
 
-async def test_purges_as_entries_fall_due_in_batches(autojump_clock: trio.testing.MockClock) -> None:
+async def test_purges_as_entries_fall_due_in_batches(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     purged: list[tuple[str, float]] = []
     cache = timed_cache("c", 10.0, purged)
     async with trio.open_nursery() as nursery:
@@ -36,7 +39,9 @@ async def test_purges_as_entries_fall_due_in_batches(autojump_clock: trio.testin
     assert purged == [("a", 11.0), ("b", 12.0), ("c", 16.0)]
 
 
-async def test_wakes_for_entries_written_while_it_sleeps(autojump_clock: trio.testing.MockClock) -> None:
+async def test_wakes_for_entries_written_while_it_sleeps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     purged: list[tuple[str, float]] = []
     cache = timed_cache("c", None, purged)
     async with trio.open_nursery() as nursery:
@@ -85,7 +90,9 @@ async def test_one_janitor_per_cache(autojump_clock: trio.testing.MockClock) -> 
         nursery.cancel_scope.cancel()
 
 
-async def test_deadlines_created_by_callbacks_during_a_purge_count(autojump_clock: trio.testing.MockClock) -> None:
+async def test_deadlines_created_by_callbacks_during_a_purge_count(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     purged: list[tuple[str, float]] = []
     downstream = timed_cache("downstream", 5.0, purged)
 

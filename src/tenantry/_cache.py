@@ -63,7 +63,7 @@ from typing import Any, Generic, TypeVar, final, overload
 import attrs
 
 from ._clock import Clock, resolve_clock
-from ._validate import check_count, check_seconds
+from ._validate import check_count, check_name, check_seconds
 
 __all__ = ["BoundedCache", "CacheStats", "RemovalCause"]
 
@@ -186,8 +186,7 @@ class BoundedCache(Generic[K, V]):
         on_remove: Callable[[K, V, RemovalCause], object] | None = None,
         eviction_log_interval: float = DEFAULT_EVICTION_LOG_INTERVAL,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        check_name(name, "name")
         check_count(max_keys, "max_keys", minimum=1)  # there is no unbounded cache
         if ttl is not None:
             ttl = check_seconds(ttl, "ttl")
@@ -490,7 +489,7 @@ class BoundedCache(Generic[K, V]):
         expires = now + ttl
         if ttl == default:
             self._insert(key, (value, expires), now)
-            self._push_fifo(key, expires)
+            self._push_fifo(key, expires, ttl)
         else:
             self._insert(key, (value, expires, ttl), now)
             self._push_heap(key, expires, ttl)
@@ -506,10 +505,10 @@ class BoundedCache(Generic[K, V]):
             if len(data) >= self._max_keys:
                 self._on_full(now)
 
-    def _push_fifo(self, key: K, expires: float) -> None:
+    def _push_fifo(self, key: K, expires: float, ttl: float) -> None:
         fifo_keys = self._fifo_keys
         if not fifo_keys and self._wakeup is not None:
-            self._wakeup(self._ttl)
+            self._wakeup(ttl)
         fifo_keys.append(key)
         self._fifo_expiry.append(expires)
         if len(fifo_keys) > self._compact_at:
@@ -530,9 +529,10 @@ class BoundedCache(Generic[K, V]):
         if len(self._data) <= self._max_keys:
             return
         fifo_expiry, heap = self._fifo_expiry, self._heap
-        if (fifo_expiry and fifo_expiry[0] <= now) or (heap and heap[0][0] <= now):
-            if self._expire_earliest(now):
-                return
+        # Only the heads can have expired; look closer only if one has.
+        may_have_expired = (fifo_expiry and fifo_expiry[0] <= now) or (heap and heap[0][0] <= now)
+        if may_have_expired and self._expire_earliest(now):
+            return
         key, entry = self._data.popitem(last=False)
         self._evictions += 1
         self._unlogged_evictions += 1

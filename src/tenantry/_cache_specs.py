@@ -102,7 +102,7 @@ def capacity_plan(specs: Mapping[str, CacheSpec], tenants: int = 1) -> CapacityP
     3260000
     """
     check_count(tenants, "tenants", minimum=0)
-    per_scope = {scope: 0 for scope in Scope}
+    per_scope = dict.fromkeys(Scope, 0)
     for spec in specs.values():
         per_scope[spec.scope] += spec.max_keys
     per_tenant = per_scope[Scope.SOCKET] + per_scope[Scope.TENANT]

@@ -28,7 +28,9 @@ from ._validate import check_seconds
 __all__ = ["run_janitor"]
 
 
-async def run_janitor(caches: Iterable[BoundedCache[Any, Any]], *, resolution: float = 1.0) -> NoReturn:
+async def run_janitor(
+    caches: Iterable[BoundedCache[Any, Any]], *, resolution: float = 1.0
+) -> NoReturn:
     """Purge expired entries of *caches* as they fall due, until cancelled.
 
     Start it in the nursery of the scope that owns the caches::
@@ -55,8 +57,7 @@ class _Janitor:
 
     def _wake(self, delay: float) -> None:
         deadline = max(trio.current_time() + delay, self._not_before)
-        if deadline < self._nap.deadline:
-            self._nap.deadline = deadline
+        self._nap.deadline = min(self._nap.deadline, deadline)
 
     async def run(self) -> NoReturn:
         with contextlib.ExitStack() as attached:
@@ -70,7 +71,9 @@ class _Janitor:
                     cache.purge_expired()
                 now = trio.current_time()
                 self._not_before = now + self._resolution
-                with trio.CancelScope(deadline=max(self._next_due(now), self._not_before)) as self._nap:
+                with trio.CancelScope(
+                    deadline=max(self._next_due(now), self._not_before)
+                ) as self._nap:
                     await trio.sleep_forever()
 
     def _next_due(self, now: float) -> float:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import attrs
+
+
+def check_name(value: object, field: str) -> str:
+    """*value* as a non-empty string, else raise."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{field} must be a non-empty string, got {value!r}")
+    return value
 
 
 def check_seconds(value: object, field: str) -> float:
@@ -23,12 +30,12 @@ def check_count(value: object, field: str, *, minimum: int) -> int:
     return value
 
 
-def seconds(_: object, attribute: Any, value: object) -> None:
+def seconds(_: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
     """attrs validator: `check_seconds`, None allowed."""
     if value is not None:
         check_seconds(value, attribute.name)
 
 
-def positive_count(_: object, attribute: Any, value: object) -> None:
+def positive_count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     """attrs validator: an int >= 1."""
     check_count(value, attribute.name, minimum=1)
