@@ -523,11 +523,14 @@ class BoundedCache(Generic[K, V]):
             self._compact_heap()
 
     def _on_full(self, now: float) -> None:
-        """A new key made the cache full, or one over full: warn, make room."""
+        """A new key made the cache full, or one over full: make room, warn once."""
+        if len(self._data) > self._max_keys:
+            self._make_room(now)
         if not self._full_warned:
             self._warn_full()
-        if len(self._data) <= self._max_keys:
-            return
+
+    def _make_room(self, now: float) -> None:
+        """Remove one entry: the earliest expired one, else the least recently used."""
         fifo_expiry, heap = self._fifo_expiry, self._heap
         # Only the heads can have expired; look closer only if one has.
         may_have_expired = (fifo_expiry and fifo_expiry[0] <= now) or (heap and heap[0][0] <= now)

@@ -1,0 +1,33 @@
+"""The benchmarks must keep running: a tiny-size smoke run of each."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def test_cache_benchmark_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("cachetools")
+    argv = [
+        "bench_cache.py",
+        "--ops",
+        "3000",
+        "--rounds",
+        "1",
+        "--chunk",
+        "1000",
+        "--entries",
+        "2000",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(BENCHMARKS / "bench_cache.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "median ratio" in out
+    assert "bytes" in out
