@@ -401,6 +401,17 @@ def test_rewrites_do_not_grow_the_expiry_index_without_bound(clock: FakeClock) -
     assert sorted(cache.keys()) == ["k0", "k1", "k2", "own0", "own1", "own2"]
 
 
+def test_alternating_ttls_cannot_pile_up_candidates(clock: FakeClock) -> None:
+    cache: BoundedCache[str, int] = BoundedCache("c", 4, ttl=50, clock=clock)
+    for i in range(5_000):
+        cache.set("k", i, ttl=1000)
+        cache.set("k", i)  # earlier than before: a new candidate
+        cache.set("k", i, ttl=2)  # earlier still, in the heap
+    assert len(cache._fifo_keys) + len(cache._heap) <= 2 * (4 * 4 + 64 + 1)
+    clock.now += 2
+    assert "k" not in cache
+
+
 def test_a_removed_value_is_released_at_once(clock: FakeClock) -> None:
     class Value:
         pass

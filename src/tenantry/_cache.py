@@ -29,14 +29,17 @@ default; ``expires`` is `math.inf` for a key that never expires.
     Candidates ``(expires, seq, key)`` for keys with their own TTL, in a binary
     heap (`heapq`); ``seq`` breaks ties so that keys are never compared.
 
-Candidates are never searched for and removed: overwriting, touching,
-deleting or evicting a key just leaves its old candidate behind. A candidate
-is *live* only while the key's entry holds that very ``expires`` object (an
-identity test; every write makes a new float). Stale candidates are dropped
-when they reach the head, and both structures are compacted when they grow
-past four times the key limit, so memory stays within a constant factor of
-`max_keys`. Candidates hold keys, never values: a removed value is released
-at once.
+A candidate is a *lower bound* on its key's expiry, and every key that can
+expire has one. So a rewrite that only moves a key's expiry later -- the
+common case: a `set` or `touch` on the default TTL -- writes no candidate at
+all. Candidates are never searched for and removed either: when one reaches a
+head it is resolved there. If its key is gone or expires earlier (a newer
+candidate covers it), it is dropped; if its key now expires later, it is
+replaced by an exact candidate in the heap; if it is exact, it is the next
+expiry. Both structures are compacted when they grow past four times the key
+limit, keeping only the earliest live candidate of each key, so memory stays
+within a constant factor of `max_keys`. Candidates
+hold keys, never values: a removed value is released at once.
 
 Reading the clock is the expensive part of a lookup, so every public
 operation reads it at most once. Expired entries are removed lazily by
@@ -77,6 +80,7 @@ _INF = math.inf
 # (value, expires), or (value, expires, ttl) off the default TTL.
 # Indexed with literals in the hot paths: a named constant is a global lookup.
 _Entry = tuple[Any, ...]
+_GONE: _Entry = (None, -_INF)  # stands in for a missing entry: older than any candidate
 
 DEFAULT_EVICTION_LOG_INTERVAL = 60.0
 
@@ -301,24 +305,19 @@ class BoundedCache(Generic[K, V]):
         if ttl is not None or self._ttl is None:
             self._set_with_ttl(key, value, ttl, now)
             return
-        # The default TTL, i.e. most writes: `_insert` and `_push_fifo`
-        # inlined, because a Python-level call costs as much as their work.
+        # The default TTL, i.e. most writes: `_set_with_ttl` specialised and
+        # inlined, because a Python-level call costs as much as its work.
         expires = now + self._ttl
         data = self._data
-        if key in data:
-            data[key] = (value, expires)
+        old = data.get(key)
+        data[key] = (value, expires)
+        if old is not None:
             data.move_to_end(key)
-        else:
-            data[key] = (value, expires)
-            if len(data) >= self._max_keys:
-                self._on_full(now)
-        fifo_keys = self._fifo_keys
-        if not fifo_keys and self._wakeup is not None:
-            self._wakeup(self._ttl)
-        fifo_keys.append(key)
-        self._fifo_expiry.append(expires)
-        if len(fifo_keys) > self._compact_at:
-            self._compact_fifo()
+            if old[1] <= expires:  # its candidate is still a lower bound
+                return
+        self._push_fifo(key, expires, self._ttl)
+        if old is None and len(data) >= self._max_keys:
+            self._on_full(now)
 
     def touch(self, key: K, ttl: float | None = None) -> bool:
         """Restart *key*'s TTL and mark it most recently used.
@@ -483,27 +482,20 @@ class BoundedCache(Generic[K, V]):
         """The general `set`: any TTL, including the default and none."""
         default = _INF if self._ttl is None else self._ttl
         ttl = default if ttl is None else check_seconds(ttl, "ttl")
-        if ttl == _INF:
-            self._insert(key, (value, _INF) if ttl == default else (value, _INF, _INF), now)
-            return
         expires = now + ttl
-        if ttl == default:
-            self._insert(key, (value, expires), now)
-            self._push_fifo(key, expires, ttl)
-        else:
-            self._insert(key, (value, expires, ttl), now)
-            self._push_heap(key, expires, ttl)
-
-    def _insert(self, key: K, entry: _Entry, now: float) -> None:
-        """Store *entry* as *key*'s most recently used value, within the limit."""
+        entry = (value, expires) if ttl == default else (value, expires, ttl)
         data = self._data
-        if key in data:
-            data[key] = entry
+        old = data.get(key)
+        data[key] = entry
+        if old is not None:
             data.move_to_end(key)
-        else:
-            data[key] = entry
-            if len(data) >= self._max_keys:
-                self._on_full(now)
+        if expires != _INF and (old is None or old[1] > expires):
+            if ttl == default:
+                self._push_fifo(key, expires, ttl)
+            else:
+                self._push_heap(key, expires, ttl)
+        if old is None and len(data) >= self._max_keys:
+            self._on_full(now)
 
     def _push_fifo(self, key: K, expires: float, ttl: float) -> None:
         fifo_keys = self._fifo_keys
@@ -546,31 +538,41 @@ class BoundedCache(Generic[K, V]):
         if self._on_remove is not None:
             self._notify(key, entry[0], RemovalCause.EVICTED)
 
-    def _earliest(self) -> tuple[K, float] | None:
-        """The live candidate that expires first, discarding stale heads on the way."""
-        data, keys, expiry, heap = self._data, self._fifo_keys, self._fifo_expiry, self._heap
-        while keys and not self._is_live(data.get(keys[0]), expiry[0]):
-            keys.popleft()
-            expiry.popleft()
-        while heap and not self._is_live(data.get(heap[0][2]), heap[0][0]):
-            heapq.heappop(heap)
-        if heap and (not keys or heap[0][0] < expiry[0]):
-            return heap[0][2], heap[0][0]
-        return (keys[0], expiry[0]) if keys else None
+    def _earliest(self) -> tuple[K, float, bool] | None:
+        """The entry that expires first: ``(key, expires, from_heap)``, or None.
 
-    @staticmethod
-    def _is_live(entry: _Entry | None, expires: float) -> bool:
-        return entry is not None and entry[1] is expires
+        Resolves the candidates at both heads on the way: a stale one is
+        dropped, and one that is only a lower bound (its key was rewritten
+        with a later expiry) is replaced by an exact candidate in the heap.
+        """
+        data, keys, expiry, heap = self._data, self._fifo_keys, self._fifo_expiry, self._heap
+        while keys:
+            entry = data.get(keys[0])
+            if entry is not None and entry[1] == expiry[0]:
+                break
+            key, lower = keys.popleft(), expiry.popleft()
+            if entry is not None and lower < entry[1] < _INF:
+                heapq.heappush(heap, (entry[1], next(self._seq), key))
+        while heap:
+            lower, _, key = heap[0]
+            entry = data.get(key)
+            if entry is not None and entry[1] == lower:
+                break
+            heapq.heappop(heap)
+            if entry is not None and lower < entry[1] < _INF:
+                heapq.heappush(heap, (entry[1], next(self._seq), key))
+        if heap and (not keys or heap[0][0] < expiry[0]):
+            return heap[0][2], heap[0][0], True
+        return (keys[0], expiry[0], False) if keys else None
 
     def _expire_earliest(self, now: float) -> bool:
         """Remove the earliest-expiring entry if it has expired by *now*."""
         head = self._earliest()
         if head is None or head[1] > now:
             return False
-        key, expires = head
-        heap = self._heap
-        if heap and heap[0][0] is expires:
-            heapq.heappop(heap)
+        key, _, from_heap = head
+        if from_heap:
+            heapq.heappop(self._heap)
         else:
             self._fifo_keys.popleft()
             self._fifo_expiry.popleft()
@@ -583,17 +585,25 @@ class BoundedCache(Generic[K, V]):
         self._notify(key, entry[0], RemovalCause.EXPIRED)
 
     def _compact_fifo(self) -> None:
-        get = self._data.get
-        live = [
-            self._is_live(get(key), expires)
-            for key, expires in zip(self._fifo_keys, self._fifo_expiry, strict=True)
-        ]
-        self._fifo_keys = deque(itertools.compress(self._fifo_keys, live))
-        self._fifo_expiry = deque(itertools.compress(self._fifo_expiry, live))
+        """Drop stale candidates, and all but the earliest candidate of each key."""
+        get, seen = self._data.get, set()
+        needed = []
+        for key, lower in zip(self._fifo_keys, self._fifo_expiry, strict=True):
+            keep = key not in seen and lower <= get(key, _GONE)[1] < _INF
+            if keep:
+                seen.add(key)
+            needed.append(keep)
+        self._fifo_keys = deque(itertools.compress(self._fifo_keys, needed))
+        self._fifo_expiry = deque(itertools.compress(self._fifo_expiry, needed))
 
     def _compact_heap(self) -> None:
+        """Drop stale candidates, and all but the earliest candidate of each key."""
         get = self._data.get
-        self._heap = [item for item in self._heap if self._is_live(get(item[2]), item[0])]
+        earliest: dict[K, tuple[float, int, K]] = {}
+        for item in sorted(self._heap, reverse=True):
+            if item[0] <= get(item[2], _GONE)[1] < _INF:
+                earliest[item[2]] = item
+        self._heap = list(earliest.values())
         heapq.heapify(self._heap)
 
     def _notify(self, key: K, value: V, cause: RemovalCause) -> None:
