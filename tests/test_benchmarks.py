@@ -31,3 +31,12 @@ def test_cache_benchmark_runs(
     out = capsys.readouterr().out
     assert "median ratio" in out
     assert "bytes" in out
+
+
+def test_buffer_benchmark_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench_buffer.py", "--events", "5000", "--rounds", "1", "--chunk", "2000"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(BENCHMARKS / "bench_buffer.py"), run_name="__main__")
+    assert "median ratio" in capsys.readouterr().out

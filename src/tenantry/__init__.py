@@ -5,21 +5,39 @@ by a Trio scope, and closing the scope destroys it. See the design document
 for the scope tree and the invariants the test suite holds.
 """
 
+from types import FunctionType as _FunctionType
+
+from ._buffer import BufferConfig, BufferStats, EventBuffer, InvalidEvent
 from ._cache import BoundedCache, CacheStats, RemovalCause
 from ._cache_specs import SEED_CACHE_SPECS, CacheSpec, CapacityPlan, Scope, capacity_plan
 from ._clock import Clock
+from ._events import Batch, Event, FlushReason
 from ._janitor import run_janitor
+from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, Rule, RuleKind, message_key
 
 __all__ = [
+    "DEFAULT_EVENT_RULES",
     "SEED_CACHE_SPECS",
+    "Batch",
     "BoundedCache",
+    "BufferConfig",
+    "BufferStats",
     "CacheSpec",
     "CacheStats",
     "CapacityPlan",
     "Clock",
+    "Event",
+    "EventBuffer",
+    "EventRules",
+    "FlushReason",
+    "InvalidEvent",
+    "KeySpec",
     "RemovalCause",
+    "Rule",
+    "RuleKind",
     "Scope",
     "capacity_plan",
+    "message_key",
     "run_janitor",
 ]
 
@@ -27,6 +45,6 @@ __all__ = [
 # tracebacks never send users into private files.
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("tenantry._"):
+    if isinstance(_obj, (type, _FunctionType)) and _obj.__module__.startswith("tenantry._"):
         _obj.__module__ = "tenantry"
-del _name, _obj
+del _name, _obj, _FunctionType

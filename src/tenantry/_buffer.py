@@ -1,0 +1,611 @@
+"""The event buffer: consolidates bursts of events into batches.
+
+Theory of operation
+===================
+
+A connection that comes back online receives a burst -- a history sync, the
+messages queued while it was away, a receipt for each of them. Handing each
+event to the application one by one is slow and makes it see states that are
+already stale. The seed's upstream library therefore *buffers*: while
+buffering, events are held and merged by the rules of their type (see
+`tenantry.EventRules`), and a flush hands the application one consolidated
+`Batch`. Its fork added an auto-flush every 5 seconds and a forced flush at
+1,000 pending items, after an incident where buffering was left on and
+events waited forever.
+
+This module is the pure part: an `EventBuffer` holds pending events and turns
+them into batches; it reads a clock but never sleeps, and it delivers
+nothing itself. Batches it makes wait in its *ready* queue until the owner
+takes them (`EventBuffer.take_ready`) and publishes them; `EventStream` does
+that, and runs the auto-flush task. `EventBuffer.emit` returns True when a
+batch became ready, so that the task feeding events -- a socket's reader --
+publishes it before reading more, and a slow subscriber slows the reader
+instead of growing memory.
+
+Two defects of the seed's buffer are absent by construction. Its ``destroy``
+threw pending events away: here `EventBuffer.close` makes a final batch of
+everything pending. Its fork's forced final flush was a no-op when the
+nesting counter was already zero: here `EventBuffer.flush` flushes whatever
+the depth, and the depth is a context manager that cannot leak.
+
+Counting: ``received == delivered + merged + pending`` holds after every
+call, where *delivered* counts events in batches made, *merged* counts events
+folded into (or cancelled by) another pending event, and *pending* counts the
+items now held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, final
+
+import attrs
+import trio
+
+from ._cache import BoundedCache
+from ._clock import Clock, resolve_clock
+from ._events import Batch, FlushReason
+from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, Rule, RuleKind, message_key
+from ._validate import positive_count, seconds
+
+__all__ = ["BufferConfig", "BufferStats", "EventBuffer", "InvalidEvent"]
+
+
+class InvalidEvent(ValueError):
+    """An event whose data does not fit its type's rule (e.g. it has no key)."""
+
+
+def _positive_seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    seconds(instance, attribute, value)  # type: ignore[arg-type]
+
+
+@final
+@attrs.frozen
+class BufferConfig:
+    """How an `EventBuffer` buffers; defaults are the seed's fork's.
+
+    Args:
+        flush_interval: No pending event waits longer than this (seconds).
+        max_items: Reaching this many pending items flushes at once.
+        always_buffer: Buffer every bufferable event, not only inside
+            `EventBuffer.buffering` (the fork's throughput mode).
+        history_max_keys: Size of the cache that de-duplicates history-sync
+            entities across flushes.
+    """
+
+    flush_interval: float = attrs.field(default=5.0, validator=_positive_seconds)
+    max_items: int = attrs.field(default=1000, validator=positive_count)
+    always_buffer: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    history_max_keys: int = attrs.field(default=10_000, validator=positive_count)
+
+
+@final
+@attrs.frozen
+class BufferStats:
+    """A snapshot of an `EventBuffer`'s counters.
+
+    ``received == delivered + merged + pending`` always holds.
+    """
+
+    received: int
+    delivered: int
+    """Events in batches the buffer made (handed to its owner to publish)."""
+    merged: int
+    """Events folded into, or cancelled by, another pending event."""
+    pending: int
+    flushes: Mapping[FlushReason, int]
+    """Batches made, by reason. An empty buffer never flushes."""
+    history_cache_size: int
+    history_duplicates: int
+    """History-sync entities dropped as already seen."""
+
+
+# What `EventBuffer.emit` does with a type: its `RuleKind` as a small int, so
+# that the hot path compares ints instead of loading enum members.
+_UPSERT, _UPDATE, _DELETE, _APPEND_PER_KEY, _LAST_WINS, _FIRST_WINS = 1, 2, 3, 4, 5, 6
+_APPEND, _HISTORY, _IMMEDIATE = 7, 8, 9
+_CODES = {
+    RuleKind.UPSERT: _UPSERT,
+    RuleKind.UPDATE: _UPDATE,
+    RuleKind.DELETE: _DELETE,
+    RuleKind.APPEND_PER_KEY: _APPEND_PER_KEY,
+    RuleKind.LAST_WINS: _LAST_WINS,
+    RuleKind.FIRST_WINS: _FIRST_WINS,
+    RuleKind.APPEND: _APPEND,
+    RuleKind.HISTORY: _HISTORY,
+    RuleKind.IMMEDIATE: _IMMEDIATE,
+}
+
+# Each type's plan: (code, key, store, store, store). The stores are the dicts
+# (or list) holding that type's pending events; an entity's upsert, update and
+# delete plans share its three dicts so that they can merge and cancel.
+_Plan = tuple[Any, ...]
+
+
+class _Entity:
+    """The pending upserts, updates and deletes of one entity, by key."""
+
+    __slots__ = ("deletes", "updates", "upserts")
+
+    def __init__(self) -> None:
+        self.upserts: dict[Any, Any] = {}
+        self.updates: dict[Any, Any] = {}
+        self.deletes: dict[Any, Any] = {}
+
+
+class _History:
+    """The one pending history item: its entities by key, and its other fields."""
+
+    __slots__ = ("fields", "parts")
+
+    def __init__(self, parts: tuple[tuple[str, KeySpec], ...]) -> None:
+        self.parts: dict[str, dict[Any, Any]] = {part: {} for part, _ in parts}
+        self.fields: dict[str, Any] = {}
+
+    def item(self) -> dict[str, Any]:
+        return {**self.fields, **{part: list(held.values()) for part, held in self.parts.items()}}
+
+
+@final
+class EventBuffer:
+    """Holds, merges and batches one connection's events.
+
+    Args:
+        config: See `BufferConfig`.
+        rules: The consolidation table; `DEFAULT_EVENT_RULES` by default.
+        tenant_id: Stamped on every batch.
+        clock: As for `BoundedCache`: the Trio run's clock by default.
+    """
+
+    __slots__ = (
+        "_always",
+        "_clock",
+        "_closed",
+        "_delivered",
+        "_depth",
+        "_first_pending_at",
+        "_flushes",
+        "_history",
+        "_history_cache",
+        "_history_duplicates",
+        "_holding",
+        "_interval",
+        "_max_items",
+        "_merged",
+        "_order",
+        "_pending",
+        "_plans",
+        "_ready",
+        "_received",
+        "_seq",
+        "_tenant_id",
+        "_unknown",
+        "_wakeup",
+    )
+
+    def __init__(
+        self,
+        config: BufferConfig | None = None,
+        rules: EventRules = DEFAULT_EVENT_RULES,
+        *,
+        tenant_id: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        config = BufferConfig() if config is None else config
+        if not isinstance(config, BufferConfig):
+            raise TypeError(f"config must be a BufferConfig, got {config!r}")
+        if not isinstance(rules, EventRules):
+            raise TypeError(f"rules must be an EventRules table, got {rules!r}")
+        self._clock = resolve_clock(clock)
+        self._interval = config.flush_interval
+        self._max_items = config.max_items
+        self._always = config.always_buffer
+        self._tenant_id = tenant_id
+        self._history_cache: BoundedCache[tuple[str, Any], bool] = BoundedCache(
+            "event_history", config.history_max_keys, clock=self._clock
+        )
+        self._plans: dict[str, _Plan] = {}
+        # Canonical batch order: (type, function giving its pending items).
+        self._order: list[tuple[str, Callable[[], tuple[Any, ...]]]] = []
+        self._history: _History | None = None
+        self._compile(rules)
+        self._unknown: dict[str, list[Any]] = {}
+
+        self._depth = 0
+        self._holding = self._always  # whether bufferable events are held now
+        self._closed = False
+        self._pending = 0
+        self._first_pending_at = 0.0
+        self._ready: list[Batch] = []
+        self._seq = 0
+        self._received = self._delivered = self._merged = self._history_duplicates = 0
+        self._flushes = dict.fromkeys(FlushReason, 0)
+        self._wakeup: Callable[[float], object] | None = None
+
+    # -- feeding ---------------------------------------------------------
+
+    def emit(self, event_type: str, data: Any) -> bool:  # noqa: PLR0915 - the hot path, inlined
+        """Take one event. Returns True if a batch is now ready to publish.
+
+        Raises:
+            InvalidEvent: the data does not fit the type's rule (nothing is
+                counted or kept).
+            trio.ClosedResourceError: the buffer is closed.
+        """
+        plan = self._plans.get(event_type)
+        if plan is None:
+            return self._emit_unknown(event_type, data)
+        code = plan[0]
+        if code == _IMMEDIATE or not self._holding:
+            return self._emit_now(event_type, data)
+        if code >= _APPEND:
+            return self._emit_unkeyed(plan, event_type, data)
+        spec, store = plan[1], plan[2]
+        if data.__class__ is not dict and not isinstance(data, Mapping):
+            raise InvalidEvent(f"{event_type} data must be a mapping, got {type(data).__name__}")
+        try:
+            if spec is message_key:
+                k = data["key"]
+                key = (k["remoteJid"], k["id"], bool(k.get("fromMe", False)))
+            elif spec.__class__ is str:
+                key = data[spec]
+            else:
+                key = spec(data)
+            existing = store.get(key)  # hashes the key: the last step that can fail
+        except Exception as exc:
+            raise InvalidEvent(f"{event_type} event without a valid key: {exc!r}") from exc
+        self._received += 1
+        if code == _UPSERT:
+            if existing is None:
+                existing = plan[3].pop(key, None)  # a pending update it absorbs
+                if existing is None:
+                    store[key] = data
+                    self._pending += 1
+                    if self._pending == 1 or self._pending >= self._max_items:
+                        return self._added_edge()
+                    return False
+            store[key] = {**existing, **data}
+            self._merged += 1
+            return False
+        if code == _UPDATE:
+            if existing is None:
+                store = plan[3]
+                existing = store.get(key)
+                if existing is None:
+                    store[key] = data
+                    return self._added()
+            store[key] = {**existing, **data}
+            self._merged += 1
+            return False
+        if code == _APPEND_PER_KEY:
+            if existing is None:
+                store[key] = [data]
+                return self._added()
+            existing.append(data)
+            return self._added()
+        if code == _DELETE:
+            cancelled = 0
+            if existing is not None:
+                del store[key]
+                cancelled = 1
+            cancelled += plan[3].pop(key, None) is not None
+            deletes = plan[4]
+            cancelled += key in deletes
+            deletes[key] = data
+            self._merged += cancelled
+            self._pending -= cancelled
+            return self._added()
+        if existing is not None:  # LAST_WINS or FIRST_WINS
+            if code == _LAST_WINS:
+                store[key] = data
+            self._merged += 1
+            return False
+        store[key] = data
+        return self._added()
+
+    @contextlib.contextmanager
+    def buffering(self) -> Iterator[None]:
+        """Buffer bufferable events inside this block; nestable.
+
+        The outermost block's exit flushes (reason EXPLICIT), even when it
+        exits by an exception: the depth can never be left raised.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the event buffer is closed")
+        self._depth += 1
+        self._holding = True
+        try:
+            yield
+        finally:
+            self._leave_block()
+
+    def flush(self, reason: FlushReason = FlushReason.EXPLICIT) -> bool:
+        """Make a batch of everything pending. Returns False if nothing was."""
+        if not self._pending:
+            return False
+        groups: list[tuple[str, tuple[Any, ...]]] = []
+        for event_type, take in self._order:
+            items = take()
+            if items:
+                groups.append((event_type, items))
+        groups.extend((event_type, tuple(unknown)) for event_type, unknown in self._unknown.items())
+        self._unknown.clear()
+        count, self._pending = self._pending, 0
+        self._make_batch(tuple(groups), count, reason)
+        return True
+
+    def take_ready(self) -> Batch | None:
+        """The oldest batch ready to publish, or None."""
+        return self._ready.pop(0) if self._ready else None
+
+    def close(self) -> bool:
+        """Final flush (reason CLOSE) and refuse further events.
+
+        Returns whether the final flush made a batch. Idempotent.
+        """
+        if self._closed:
+            return False
+        self._closed = True
+        self._depth = 0
+        self._holding = self._always
+        return self.flush(FlushReason.CLOSE)
+
+    # -- reading ---------------------------------------------------------
+
+    @property
+    def depth(self) -> int:
+        """How many `buffering` blocks are open."""
+        return self._depth
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called."""
+        return self._closed
+
+    @property
+    def pending(self) -> int:
+        """Items held (after merging), waiting for a flush."""
+        return self._pending
+
+    @property
+    def ready(self) -> int:
+        """Batches made but not yet taken."""
+        return len(self._ready)
+
+    @property
+    def next_flush_at(self) -> float | None:
+        """When (on this buffer's clock) the oldest pending event is due, or None."""
+        return self._first_pending_at + self._interval if self._pending else None
+
+    @property
+    def clock(self) -> Clock:
+        """The clock this buffer reads."""
+        return self._clock
+
+    @property
+    def stats(self) -> BufferStats:
+        """A `BufferStats` snapshot."""
+        return BufferStats(
+            received=self._received,
+            delivered=self._delivered,
+            merged=self._merged,
+            pending=self._pending,
+            flushes=MappingProxyType(dict(self._flushes)),
+            history_cache_size=len(self._history_cache),
+            history_duplicates=self._history_duplicates,
+        )
+
+    def set_wakeup(self, callback: Callable[[float], object] | None) -> None:
+        """Install the function told when the owner has work sooner than before.
+
+        ``callback(delay)`` is called when the first event becomes pending
+        (a flush is due in ``flush_interval`` seconds) and when a
+        `buffering` block's exit made a batch (due now). One at a time.
+        """
+        if callback is not None and self._wakeup is not None:
+            raise RuntimeError("the event buffer already has an owner")
+        self._wakeup = callback
+
+    def __repr__(self) -> str:
+        tenant = "" if self._tenant_id is None else f" tenant={self._tenant_id!r}"
+        state = "closed" if self._closed else f"depth={self._depth}"
+        return f"<EventBuffer{tenant} {state} pending={self._pending} ready={len(self._ready)}>"
+
+    # -- internals -------------------------------------------------------
+
+    def _added(self) -> bool:
+        """One more pending item: start the clock, or flush on size."""
+        self._pending += 1
+        if self._pending == 1 or self._pending >= self._max_items:
+            return self._added_edge()
+        return False
+
+    def _added_edge(self) -> bool:
+        """The first pending item starts the flush clock; the last allowed one flushes."""
+        if self._pending == 1:
+            self._first_pending_at = self._clock()
+            self._wake(self._interval)
+        if self._pending >= self._max_items:
+            return self.flush(FlushReason.SIZE)
+        return False
+
+    def _leave_block(self) -> None:
+        self._depth -= 1
+        self._holding = self._always or self._depth > 0
+        if not self._depth and not self._closed and self.flush(FlushReason.EXPLICIT):
+            self._wake(0.0)
+
+    def _emit_now(self, event_type: str, data: Any) -> bool:
+        if self._closed:
+            raise trio.ClosedResourceError("the event buffer is closed")
+        self._received += 1
+        self._make_batch(((event_type, (data,)),), 1, FlushReason.IMMEDIATE)
+        return True
+
+    def _emit_unknown(self, event_type: str, data: Any) -> bool:
+        if not isinstance(event_type, str):
+            raise InvalidEvent(f"event type must be a string, got {event_type!r}")
+        if not self._holding:
+            return self._emit_now(event_type, data)
+        self._received += 1
+        items = self._unknown.get(event_type)
+        if items is None:
+            self._unknown[event_type] = [data]
+        else:
+            items.append(data)
+        return self._added()
+
+    def _emit_unkeyed(self, plan: _Plan, event_type: str, data: Any) -> bool:
+        if plan[0] == _APPEND:
+            self._received += 1
+            plan[2].append(data)
+            return self._added()
+        merging = self._history is not None
+        self._absorb_history(plan[2], event_type, data)
+        self._received += 1
+        if merging:
+            self._merged += 1
+            return False
+        return self._added()
+
+    def _absorb_history(
+        self, parts: tuple[tuple[str, KeySpec], ...], event_type: str, data: Any
+    ) -> None:
+        """Merge a history event into the pending history item, new entities only."""
+        try:
+            fields = dict(data.items())
+            keyed = [
+                (
+                    part,
+                    [((part, _key_of(spec, item)), item) for item in fields.pop(part, None) or ()],
+                )
+                for part, spec in parts
+            ]
+            for _, items in keyed:
+                for key, _ in items:
+                    hash(key)
+        except Exception as exc:
+            raise InvalidEvent(f"{event_type} event with an invalid entity: {exc!r}") from exc
+        if self._history is None:
+            self._history = _History(parts)
+        history, cache = self._history, self._history_cache
+        history.fields.update(fields)
+        for part, items in keyed:
+            held = history.parts[part]
+            for key, item in items:
+                if key in held or key in cache:
+                    self._history_duplicates += 1
+                    continue
+                cache.set(key, value=True)
+                held[key] = item
+
+    def _take_history(self) -> tuple[Any, ...]:
+        if self._history is None:
+            return ()
+        item, self._history = self._history.item(), None
+        return (item,)
+
+    def _make_batch(
+        self, groups: tuple[tuple[str, tuple[Any, ...]], ...], count: int, reason: FlushReason
+    ) -> None:
+        self._seq += 1
+        self._delivered += count
+        self._flushes[reason] += 1
+        self._ready.append(Batch(groups, count, reason, self._seq, self._tenant_id))
+
+    def _wake(self, delay: float) -> None:
+        if self._wakeup is not None:
+            self._wakeup(delay)
+
+    def _compile(self, rules: EventRules) -> None:
+        """Turn the rule table into plans and the canonical batch order."""
+        entities: dict[str, _Entity] = {}
+        by_entity: dict[str, dict[RuleKind, str]] = {}
+        for event_type, rule in rules.items():
+            if rule.entity is not None:
+                by_entity.setdefault(rule.entity, {})[rule.kind] = event_type
+        for event_type, rule in rules.items():
+            if rule.entity is None:
+                self._plans[event_type] = self._plan_for(rule)
+                self._order.extend(self._takers(event_type, rule))
+                continue
+            if rule.entity in entities:
+                continue  # planned with the first type of its entity
+            entity = entities[rule.entity] = _Entity()
+            for kind in (RuleKind.DELETE, RuleKind.UPSERT, RuleKind.UPDATE):
+                member = by_entity[rule.entity].get(kind)
+                if member is None:
+                    continue
+                self._plans[member] = self._entity_plan(kind, rules[member], entity)
+                store = {RuleKind.DELETE: entity.deletes, RuleKind.UPSERT: entity.upserts}.get(
+                    kind, entity.updates
+                )
+                self._order.append((member, _drain_dict(store)))
+
+    @staticmethod
+    def _entity_plan(kind: RuleKind, rule: Rule, entity: _Entity) -> _Plan:
+        if kind is RuleKind.UPSERT:
+            return (_UPSERT, rule.key, entity.upserts, entity.updates)
+        if kind is RuleKind.UPDATE:
+            return (_UPDATE, rule.key, entity.upserts, entity.updates)
+        return (_DELETE, rule.key, entity.upserts, entity.updates, entity.deletes)
+
+    def _plan_for(self, rule: Rule) -> _Plan:
+        if rule.kind is RuleKind.IMMEDIATE:
+            return (_IMMEDIATE,)
+        if rule.kind is RuleKind.HISTORY:
+            return (_HISTORY, None, rule.parts)
+        if rule.kind is RuleKind.APPEND:
+            return (_APPEND, None, [])
+        return (_CODES[rule.kind], rule.key, {})
+
+    def _takers(
+        self, event_type: str, rule: Rule
+    ) -> list[tuple[str, Callable[[], tuple[Any, ...]]]]:
+        plan = self._plans[event_type]
+        if rule.kind is RuleKind.IMMEDIATE:
+            return []
+        if rule.kind is RuleKind.HISTORY:
+            return [(event_type, self._take_history)]
+        if rule.kind is RuleKind.APPEND:
+            return [(event_type, _drain_list(plan[2]))]
+        if rule.kind is RuleKind.APPEND_PER_KEY:
+            return [(event_type, _drain_grouped(plan[2]))]
+        return [(event_type, _drain_dict(plan[2]))]
+
+
+def _key_of(spec: KeySpec, data: Any) -> Any:
+    if spec is message_key:
+        return message_key(data)
+    if isinstance(spec, str):
+        return data[spec]
+    return spec(data)
+
+
+def _drain_dict(store: dict[Any, Any]) -> Callable[[], tuple[Any, ...]]:
+    def take() -> tuple[Any, ...]:
+        items = tuple(store.values())
+        store.clear()
+        return items
+
+    return take
+
+
+def _drain_list(store: list[Any]) -> Callable[[], tuple[Any, ...]]:
+    def take() -> tuple[Any, ...]:
+        items = tuple(store)
+        store.clear()
+        return items
+
+    return take
+
+
+def _drain_grouped(store: dict[Any, list[Any]]) -> Callable[[], tuple[Any, ...]]:
+    def take() -> tuple[Any, ...]:
+        items = tuple(item for group in store.values() for item in group)
+        store.clear()
+        return items
+
+    return take

@@ -1,0 +1,451 @@
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from tenantry import (
+    DEFAULT_EVENT_RULES,
+    Batch,
+    BufferConfig,
+    Event,
+    EventBuffer,
+    EventRules,
+    FlushReason,
+    InvalidEvent,
+    Rule,
+    RuleKind,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def msg(n: int, from_me: bool = False, **fields: Any) -> dict[str, Any]:
+    return {"key": {"remoteJid": "5511@s.whatsapp.net", "id": f"M{n}", "fromMe": from_me}, **fields}
+
+
+def buffered(**config: Any) -> EventBuffer:
+    return EventBuffer(BufferConfig(always_buffer=True, **config), clock=Clock())
+
+
+def flushed(buffer: EventBuffer, reason: FlushReason = FlushReason.EXPLICIT) -> Batch:
+    assert buffer.flush(reason)
+    batch = buffer.take_ready()
+    assert batch is not None
+    assert buffer.take_ready() is None
+    return batch
+
+
+def assert_balanced(buffer: EventBuffer) -> None:
+    stats = buffer.stats
+    assert stats.received == stats.delivered + stats.merged + stats.pending
+
+
+# -- configuration -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"flush_interval": 0}, "flush_interval"),
+        ({"flush_interval": -5.0}, "flush_interval"),
+        ({"flush_interval": math.nan}, "flush_interval"),
+        ({"max_items": 0}, "max_items"),
+        ({"max_items": 2.5}, "max_items"),
+        ({"always_buffer": "yes"}, "always_buffer"),
+        ({"history_max_keys": 0}, "history_max_keys"),
+    ],
+)
+def test_config_validation_names_the_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=field):
+        BufferConfig(**kwargs)
+
+
+def test_config_defaults_are_the_forks() -> None:
+    config = BufferConfig()
+    assert (config.flush_interval, config.max_items, config.always_buffer) == (5.0, 1000, False)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        config.max_items = 5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (lambda: Rule(RuleKind.UPSERT, entity="x"), "key is required"),
+        (lambda: Rule(RuleKind.APPEND, "id"), "key has no meaning"),
+        (lambda: Rule(RuleKind.UPDATE, "id"), "entity is required"),
+        (lambda: Rule(RuleKind.LAST_WINS, "id", "x"), "entity is required"),
+        (lambda: Rule(RuleKind.HISTORY), "parts are required"),
+        (lambda: Rule(RuleKind.UPSERT, 42, "x"), "key must be"),  # type: ignore[arg-type]
+    ],
+)
+def test_rule_validation(rule: Any, message: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=message):
+        rule()
+
+
+def test_an_entity_has_one_type_per_kind() -> None:
+    with pytest.raises(ValueError, match="two upsert types"):
+        DEFAULT_EVENT_RULES.with_rules({"chats.set": Rule(RuleKind.UPSERT, "id", "chats")})
+
+
+# -- immediate delivery --------------------------------------------------------
+
+
+def test_without_buffering_every_event_is_its_own_batch() -> None:
+    buffer = EventBuffer(clock=Clock(), tenant_id="t1")
+    assert buffer.emit("messages.upsert", msg(1))
+    assert buffer.emit("whatever", [1, 2])
+    first, second = buffer.take_ready(), buffer.take_ready()
+    assert first is not None
+    assert second is not None
+    assert (first.reason, first.count, first.seq, first.tenant_id) == (
+        FlushReason.IMMEDIATE,
+        1,
+        1,
+        "t1",
+    )
+    assert list(second.events) == [Event("whatever", [1, 2])]
+    assert second.seq == 2
+    assert buffer.take_ready() is None
+
+
+def test_immediate_types_skip_the_buffer_even_while_buffering() -> None:
+    buffer = buffered()
+    assert not buffer.emit("messages.upsert", msg(1))
+    assert buffer.emit("connection.update", {"connection": "open"})
+    now = buffer.take_ready()
+    assert now is not None
+    assert list(now.events) == [Event("connection.update", {"connection": "open"})]
+    assert buffer.pending == 1
+    assert flushed(buffer)["messages.upsert"] == (msg(1),)
+
+
+def test_users_can_mark_their_own_types_immediate() -> None:
+    rules = DEFAULT_EVENT_RULES.with_rules({"presence.update": Rule(RuleKind.IMMEDIATE)})
+    buffer = EventBuffer(BufferConfig(always_buffer=True), rules, clock=Clock())
+    assert buffer.emit("presence.update", {"id": "x"})
+    assert not buffer.emit("chats.update", {"id": "x"})
+
+
+# -- consolidation, rule by rule ------------------------------------------------
+
+
+def test_upserts_of_a_key_merge_into_the_first() -> None:
+    buffer = buffered()
+    buffer.emit("messages.upsert", msg(1, text="a", status=1))
+    buffer.emit("messages.upsert", msg(2, text="b"))
+    buffer.emit("messages.upsert", msg(1, status=2))
+    buffer.emit("messages.upsert", msg(1, from_me=True, text="other key"))
+    batch = flushed(buffer)
+    assert batch["messages.upsert"] == (
+        msg(1, text="a", status=2),
+        msg(2, text="b"),
+        msg(1, from_me=True, text="other key"),
+    )
+    assert buffer.stats.merged == 1
+    assert_balanced(buffer)
+
+
+def test_updates_merge_into_a_pending_upsert_or_each_other() -> None:
+    buffer = buffered()
+    buffer.emit("chats.upsert", {"id": "a", "name": "A", "unread": 0})
+    buffer.emit("chats.update", {"id": "a", "unread": 3})
+    buffer.emit("chats.update", {"id": "b", "unread": 1})
+    buffer.emit("chats.update", {"id": "b", "muted": True})
+    batch = flushed(buffer)
+    assert batch["chats.upsert"] == ({"id": "a", "name": "A", "unread": 3},)
+    assert batch["chats.update"] == ({"id": "b", "unread": 1, "muted": True},)
+    assert buffer.stats.merged == 2
+
+
+def test_an_upsert_absorbs_a_pending_update_and_its_fields_win() -> None:
+    buffer = buffered()
+    buffer.emit("contacts.update", {"id": "a", "name": "old", "notify": "n"})
+    buffer.emit("contacts.upsert", {"id": "a", "name": "new"})
+    batch = flushed(buffer)
+    assert batch["contacts.upsert"] == ({"id": "a", "name": "new", "notify": "n"},)
+    assert batch["contacts.update"] == ()
+
+
+def test_a_delete_cancels_pending_upserts_and_updates_and_comes_first() -> None:
+    buffer = buffered()
+    buffer.emit("messages.upsert", msg(1, text="x"))
+    buffer.emit("messages.update", msg(1, status=4))
+    buffer.emit("messages.update", msg(2, status=4))
+    buffer.emit("messages.delete", msg(2))
+    buffer.emit("messages.delete", msg(1))
+    buffer.emit("messages.upsert", msg(1, text="again"))
+    batch = flushed(buffer)
+    assert batch.types == ("messages.delete", "messages.upsert")
+    assert batch["messages.delete"] == (msg(2), msg(1))
+    assert batch["messages.upsert"] == (msg(1, text="again"),)
+    stats = buffer.stats
+    assert (stats.received, stats.delivered, stats.merged) == (6, 3, 3)
+
+
+def test_reactions_and_receipts_accumulate_per_key() -> None:
+    buffer = buffered()
+    buffer.emit("messages.reaction", msg(1, reaction="👍"))
+    buffer.emit("message-receipt.update", msg(1, receipt="read"))
+    buffer.emit("messages.reaction", msg(2, reaction="❤"))
+    buffer.emit("messages.reaction", msg(1, reaction="😂"))
+    batch = flushed(buffer)
+    assert batch["messages.reaction"] == (
+        msg(1, reaction="👍"),
+        msg(1, reaction="😂"),
+        msg(2, reaction="❤"),
+    )
+    assert batch.count == 4
+    assert buffer.stats.merged == 0
+
+
+def test_last_wins_and_first_wins() -> None:
+    rules = DEFAULT_EVENT_RULES.with_rules(
+        {
+            "presence.update": Rule(RuleKind.LAST_WINS, "id"),
+            "blocklist.set": Rule(RuleKind.FIRST_WINS, "id"),
+            "calls": Rule(RuleKind.APPEND),
+        }
+    )
+    buffer = EventBuffer(BufferConfig(always_buffer=True), rules, clock=Clock())
+    for n in range(3):
+        buffer.emit("presence.update", {"id": "a", "n": n})
+        buffer.emit("blocklist.set", {"id": "a", "n": n})
+        buffer.emit("calls", {"id": "a", "n": n})
+    batch = flushed(buffer)
+    assert batch["presence.update"] == ({"id": "a", "n": 2},)
+    assert batch["blocklist.set"] == ({"id": "a", "n": 0},)
+    assert [c["n"] for c in batch["calls"]] == [0, 1, 2]
+    assert buffer.stats.merged == 4
+
+
+def test_unknown_types_are_appended_never_dropped_after_known_ones() -> None:
+    buffer = buffered()
+    buffer.emit("zeta.custom", 1)
+    buffer.emit("chats.update", {"id": "a"})
+    buffer.emit("alpha.custom", 2)
+    buffer.emit("zeta.custom", 3)
+    batch = flushed(buffer)
+    assert batch.types == ("chats.update", "zeta.custom", "alpha.custom")
+    assert batch["zeta.custom"] == (1, 3)
+
+
+def test_history_sets_merge_and_deduplicate_across_flushes() -> None:
+    buffer = buffered(history_max_keys=100)
+    buffer.emit(
+        "messaging-history.set",
+        {
+            "chats": [{"id": "c1"}, {"id": "c2"}],
+            "messages": [msg(1)],
+            "isLatest": False,
+            "progress": 10,
+        },
+    )
+    buffer.emit(
+        "messaging-history.set",
+        {"chats": [{"id": "c2", "dup": True}, {"id": "c3"}], "progress": 50},
+    )
+    first = flushed(buffer)
+    assert first["messaging-history.set"] == (
+        {
+            "isLatest": False,
+            "progress": 50,
+            "chats": [{"id": "c1"}, {"id": "c2"}, {"id": "c3"}],
+            "contacts": [],
+            "messages": [msg(1)],
+        },
+    )
+    buffer.emit(
+        "messaging-history.set", {"chats": [{"id": "c1"}, {"id": "c4"}], "messages": [msg(1)]}
+    )
+    second = flushed(buffer)
+    (item,) = second["messaging-history.set"]
+    assert item["chats"] == [{"id": "c4"}]
+    assert item["messages"] == []
+    stats = buffer.stats
+    assert (stats.history_duplicates, stats.history_cache_size) == (3, 5)
+    assert (stats.received, stats.delivered, stats.merged) == (3, 2, 1)
+
+
+def test_the_history_cache_is_bounded() -> None:
+    buffer = buffered(history_max_keys=10)
+    for n in range(100):
+        buffer.emit("messaging-history.set", {"chats": [{"id": n}]})
+    assert buffer.stats.history_cache_size == 10
+
+
+# -- bad input -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event_type", "data"),
+    [
+        ("messages.upsert", {"text": "no key"}),
+        ("messages.upsert", {"key": {"id": "x"}}),
+        ("messages.upsert", "not a mapping"),
+        ("messages.update", None),
+        ("chats.upsert", {"id": ["unhashable"]}),
+        ("chats.delete", {}),
+        ("messages.reaction", {"key": {"remoteJid": {}, "id": "x"}}),
+        ("messaging-history.set", {"chats": [{"no": "id"}]}),
+        ("messaging-history.set", {"chats": 5}),
+        ("messaging-history.set", ["not", "a", "mapping"]),
+        ("messaging-history.set", {"chats": [{"id": []}]}),
+    ],
+)
+def test_invalid_events_raise_and_change_nothing(event_type: str, data: Any) -> None:
+    buffer = buffered()
+    buffer.emit("chats.upsert", {"id": "ok"})
+    before = buffer.stats
+    with pytest.raises(InvalidEvent, match=event_type):
+        buffer.emit(event_type, data)
+    assert buffer.stats == before
+    assert flushed(buffer)["chats.upsert"] == ({"id": "ok"},)
+
+
+def test_a_non_string_type_is_invalid() -> None:
+    with pytest.raises(InvalidEvent, match="event type"):
+        buffered().emit(42, {})  # type: ignore[arg-type]
+
+
+def test_emitted_data_is_never_mutated() -> None:
+    buffer = buffered()
+    first, second = msg(1, a=1), msg(1, b=2)
+    buffer.emit("messages.upsert", first)
+    buffer.emit("messages.update", second)
+    flushed(buffer)
+    assert first == msg(1, a=1)
+    assert second == msg(1, b=2)
+
+
+# -- buffering depth, size trigger, timing ---------------------------------------
+
+
+def test_nested_buffering_flushes_at_the_outermost_exit_even_on_error() -> None:
+    buffer = EventBuffer(clock=Clock())
+    wakeups: list[float] = []
+    buffer.set_wakeup(wakeups.append)
+
+    def nested() -> None:
+        with buffer.buffering():
+            buffer.emit("chats.update", {"id": "a"})
+            with buffer.buffering():
+                buffer.emit("chats.update", {"id": "b"})
+                assert buffer.depth == 2
+            assert buffer.ready == 0
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        nested()
+    assert buffer.depth == 0
+    batch = buffer.take_ready()
+    assert batch is not None
+    assert (batch.reason, batch.count) == (FlushReason.EXPLICIT, 2)
+    assert wakeups == [5.0, 0.0]  # a flush due in 5 s, then one due now
+    assert buffer.emit("chats.update", {"id": "c"})  # not buffering any more
+
+
+def test_an_empty_buffer_never_flushes() -> None:
+    buffer = buffered()
+    assert not buffer.flush()
+    with buffer.buffering():
+        pass
+    assert buffer.take_ready() is None
+    assert sum(buffer.stats.flushes.values()) == 0
+
+
+def test_reaching_max_items_flushes_at_once() -> None:
+    buffer = buffered(max_items=3)
+    assert not buffer.emit("chats.update", {"id": 1})
+    assert not buffer.emit("chats.update", {"id": 1})  # merged: still one item
+    assert not buffer.emit("chats.update", {"id": 2})
+    assert buffer.emit("chats.update", {"id": 3})
+    batch = buffer.take_ready()
+    assert batch is not None
+    assert (batch.reason, batch.count) == (FlushReason.SIZE, 3)
+    assert buffer.pending == 0
+
+
+def test_max_items_of_one() -> None:
+    buffer = buffered(max_items=1)
+    assert buffer.emit("chats.update", {"id": 1})
+    assert buffer.ready == 1
+
+
+def test_next_flush_is_due_one_interval_after_the_first_pending_event() -> None:
+    clock = Clock()
+    buffer = EventBuffer(BufferConfig(flush_interval=5.0, always_buffer=True), clock=clock)
+    assert buffer.next_flush_at is None
+    clock.now = 100.0
+    buffer.emit("chats.update", {"id": 1})
+    clock.now = 103.0
+    buffer.emit("chats.update", {"id": 2})
+    assert buffer.next_flush_at == 105.0
+    buffer.flush(FlushReason.INTERVAL)
+    assert buffer.next_flush_at is None
+    assert buffer.stats.flushes[FlushReason.INTERVAL] == 1
+
+
+def test_one_owner_at_a_time() -> None:
+    buffer = buffered()
+    buffer.set_wakeup(lambda delay: None)
+    with pytest.raises(RuntimeError, match="owner"):
+        buffer.set_wakeup(lambda delay: None)
+
+
+# -- close -----------------------------------------------------------------------
+
+
+def test_close_flushes_everything_pending_whatever_the_depth() -> None:
+    buffer = EventBuffer(clock=Clock())
+    with buffer.buffering(), buffer.buffering():
+        buffer.emit("chats.update", {"id": 1})
+        buffer.emit("zzz", 1)
+        assert buffer.close()
+        assert buffer.depth == 0
+    batch = buffer.take_ready()
+    assert batch is not None
+    assert (batch.reason, batch.count) == (FlushReason.CLOSE, 2)
+    assert buffer.take_ready() is None  # leaving the blocks after close flushed nothing
+    assert not buffer.close()
+    with pytest.raises(trio.ClosedResourceError):
+        buffer.emit("chats.update", {"id": 1})
+    with pytest.raises(trio.ClosedResourceError):
+        buffer.emit("connection.update", {})
+    with pytest.raises(trio.ClosedResourceError), buffer.buffering():
+        pass
+    assert_balanced(buffer)
+
+
+def test_repr() -> None:
+    buffer = EventBuffer(clock=Clock(), tenant_id="acme")
+    assert repr(buffer) == "<EventBuffer tenant='acme' depth=0 pending=0 ready=0>"
+    buffer.emit("x", 1)
+    batch = buffer.take_ready()
+    assert repr(batch) == "<Batch #1 tenant='acme' immediate (x: 1)>"
+    assert len(batch) == 1  # type: ignore[arg-type]
+
+
+def test_rules_table_is_an_ordered_read_only_mapping() -> None:
+    assert list(DEFAULT_EVENT_RULES)[:3] == [
+        "connection.update",
+        "creds.update",
+        "messaging-history.set",
+    ]
+    assert DEFAULT_EVENT_RULES["chats.upsert"] == Rule(RuleKind.UPSERT, "id", "chats")
+    extended = DEFAULT_EVENT_RULES.with_rules({"x.y": Rule(RuleKind.APPEND)})
+    assert isinstance(extended, EventRules)
+    assert "x.y" in extended
+    assert "x.y" not in DEFAULT_EVENT_RULES
+    with pytest.raises(TypeError, match="must be a Rule"):
+        EventRules({"a": "upsert"})  # type: ignore[dict-item]
