@@ -56,8 +56,8 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks; they print ratios against a baseline measured in the same run."""
     session.install("-e", ".", *BENCH_DEPS)
-    session.run("python", "benchmarks/bench_cache.py", *session.posargs)
-    session.run("python", "benchmarks/bench_buffer.py", *session.posargs)
+    session.run("python", "benchmarks/bench_cache.py")
+    session.run("python", "benchmarks/bench_buffer.py")
 
 
 @nox.session(python=PYTHON)

@@ -412,16 +412,19 @@ def test_close_flushes_everything_pending_whatever_the_depth() -> None:
         buffer.emit("chats.update", {"id": 1})
         buffer.emit("zzz", 1)
         assert buffer.close()
-        assert buffer.depth == 0
+        assert buffer.depth == 2
     batch = buffer.take_ready()
     assert batch is not None
     assert (batch.reason, batch.count) == (FlushReason.CLOSE, 2)
     assert buffer.take_ready() is None  # leaving the blocks after close flushed nothing
+    assert buffer.depth == 0
     assert not buffer.close()
     with pytest.raises(trio.ClosedResourceError):
         buffer.emit("chats.update", {"id": 1})
     with pytest.raises(trio.ClosedResourceError):
         buffer.emit("connection.update", {})
+    with pytest.raises(trio.ClosedResourceError):
+        buffer.emit("unknown", {})
     with pytest.raises(trio.ClosedResourceError), buffer.buffering():
         pass
     assert_balanced(buffer)

@@ -14,6 +14,7 @@ from ._clock import Clock
 from ._events import Batch, Event, FlushReason
 from ._janitor import run_janitor
 from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, Rule, RuleKind, message_key
+from ._stream import EventStream, Listener
 
 __all__ = [
     "DEFAULT_EVENT_RULES",
@@ -29,9 +30,11 @@ __all__ = [
     "Event",
     "EventBuffer",
     "EventRules",
+    "EventStream",
     "FlushReason",
     "InvalidEvent",
     "KeySpec",
+    "Listener",
     "RemovalCause",
     "Rule",
     "RuleKind",

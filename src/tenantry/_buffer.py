@@ -348,8 +348,7 @@ class EventBuffer:
         if self._closed:
             return False
         self._closed = True
-        self._depth = 0
-        self._holding = self._always
+        self._holding = False  # every emit now takes the path that refuses it
         return self.flush(FlushReason.CLOSE)
 
     # -- reading ---------------------------------------------------------
@@ -383,6 +382,11 @@ class EventBuffer:
     def clock(self) -> Clock:
         """The clock this buffer reads."""
         return self._clock
+
+    @property
+    def tenant_id(self) -> str | None:
+        """The tenant stamped on this buffer's batches."""
+        return self._tenant_id
 
     @property
     def stats(self) -> BufferStats:
@@ -433,7 +437,7 @@ class EventBuffer:
 
     def _leave_block(self) -> None:
         self._depth -= 1
-        self._holding = self._always or self._depth > 0
+        self._holding = not self._closed and (self._always or self._depth > 0)
         if not self._depth and not self._closed and self.flush(FlushReason.EXPLICIT):
             self._wake(0.0)
 

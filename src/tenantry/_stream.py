@@ -1,0 +1,278 @@
+"""Delivery: the Trio side of an `EventBuffer`.
+
+An `EventStream` publishes its buffer's batches to *subscribers* (bounded
+memory channels of `Batch`) and *listeners* (sync functions per event type),
+and runs the auto-flush task. Everything it starts is a task in its owner's
+nursery, and everything it hands out is closed by `EventStream.aclose`, so a
+stream cannot outlive the scope that owns it -- the seed's orphaned 5-second
+timers have nowhere to live.
+
+One lock serialises publishing, and batches are taken from the buffer only
+while holding it, so every subscriber sees batches in the order the buffer
+made them. A full subscriber channel makes publishing wait: backpressure
+reaches whoever feeds the buffer, and nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, NoReturn, final
+
+import trio
+
+from ._buffer import EventBuffer
+from ._events import Batch, FlushReason
+from ._validate import check_count, check_seconds
+
+__all__ = ["EventStream", "Listener"]
+
+logger = logging.getLogger("tenantry.events")
+
+DEFAULT_GRACE = 5.0
+
+
+@final
+class Listener:
+    """The handle `EventStream.on` returns; `remove` unregisters the listener."""
+
+    __slots__ = ("_event_type", "_fn", "_listeners")
+
+    def __init__(
+        self,
+        listeners: dict[str, list[Callable[[Any], object]]],
+        event_type: str,
+        fn: Callable[[Any], object],
+    ) -> None:
+        self._listeners, self._event_type, self._fn = listeners, event_type, fn
+
+    def remove(self) -> None:
+        """Stop calling the listener. Idempotent."""
+        fns = self._listeners.get(self._event_type)
+        if fns is not None and self._fn in fns:
+            fns.remove(self._fn)
+
+    def __repr__(self) -> str:
+        return f"<Listener {self._event_type!r} {self._fn!r}>"
+
+
+class _Subscription(trio.abc.ReceiveChannel[Batch]):
+    """A subscriber's channel, which notes when its consumer has drained it.
+
+    Drained means the consumer received the end of the channel (its ``async
+    for`` finished) or closed it: then the close of the stream can go on.
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        self.send, self._receive = trio.open_memory_channel[Batch](max_pending)
+        self.done = trio.Event()
+
+    async def receive(self) -> Batch:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            self.done.set()
+            raise
+
+    async def aclose(self) -> None:
+        await self._receive.aclose()
+        self.done.set()
+
+
+@final
+class EventStream:
+    """Publishes an `EventBuffer`'s batches; owns its auto-flush.
+
+    Args:
+        buffer: The buffer to drain. The stream becomes its one owner
+            (`EventBuffer.set_wakeup`).
+    """
+
+    def __init__(self, buffer: EventBuffer) -> None:
+        if not isinstance(buffer, EventBuffer):
+            raise TypeError(f"buffer must be an EventBuffer, got {buffer!r}")
+        buffer.set_wakeup(self._wake)
+        self._buffer = buffer
+        self._subscriptions: list[_Subscription] = []
+        self._listeners: dict[str, list[Callable[[Any], object]]] = {}
+        self._lock = trio.StrictFIFOLock()
+        self._nap = trio.CancelScope()
+        self._closed = False
+        self._slowest_flush = 0.0
+        self._lost = 0
+        self._in_flight: Batch | None = None
+
+    @property
+    def buffer(self) -> EventBuffer:
+        """The buffer this stream drains."""
+        return self._buffer
+
+    # -- consumers ---------------------------------------------------------
+
+    def on(self, event_type: str, fn: Callable[[Any], object]) -> Listener:
+        """Call ``fn(data)`` for every delivered event of *event_type*.
+
+        Listeners run synchronously in the publishing task, after the batch
+        has been handed to every subscriber. An exception from a listener is
+        not swallowed: it propagates out of the publishing call and so fails
+        the scope that owns the stream (a bug in a listener closes its
+        socket, it does not vanish into a log). All listeners are removed
+        when the stream closes.
+        """
+        if not callable(fn):
+            raise TypeError(f"listener must be callable, got {fn!r}")
+        if self._closed:
+            raise trio.ClosedResourceError("the event stream is closed")
+        self._listeners.setdefault(event_type, []).append(fn)
+        return Listener(self._listeners, event_type, fn)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, max_pending: int = 16
+    ) -> AsyncIterator[trio.abc.ReceiveChannel[Batch]]:
+        """A channel receiving every batch from now on, in order.
+
+        At most *max_pending* batches wait in it; beyond that publishing
+        waits for this subscriber (backpressure, never loss). When the stream
+        closes, the channel ends after its last batch, so ``async for batch in
+        channel`` simply finishes.
+        """
+        check_count(max_pending, "max_pending", minimum=1)
+        if self._closed:
+            raise trio.ClosedResourceError("the event stream is closed")
+        subscription = _Subscription(max_pending)
+        self._subscriptions.append(subscription)
+        try:
+            async with subscription:
+                yield subscription
+        finally:
+            if subscription in self._subscriptions:
+                self._subscriptions.remove(subscription)
+            subscription.send.close()
+
+    # -- producers ---------------------------------------------------------
+
+    async def emit(self, event_type: str, data: Any) -> None:
+        """Feed one event to the buffer, and publish if that made a batch ready."""
+        if self._buffer.emit(event_type, data):
+            await self.publish_ready()
+
+    async def publish_ready(self) -> None:
+        """Publish every batch the buffer has ready, oldest first."""
+        async with self._lock:
+            while (batch := self._buffer.take_ready()) is not None:
+                await self._publish(batch)
+
+    async def run_auto_flush(self) -> NoReturn:
+        """The auto-flush task: start it in the owner's nursery.
+
+        It flushes when the oldest pending event has waited
+        ``flush_interval`` seconds, publishes batches made by ``buffering()``
+        blocks as they end, and otherwise sleeps: it never wakes for an
+        empty buffer.
+        """
+        buffer = self._buffer
+        while True:
+            await self.publish_ready()
+            due = buffer.next_flush_at
+            if due is not None and buffer.clock() >= due:
+                buffer.flush(FlushReason.INTERVAL)
+                continue
+            delay = math.inf if due is None else due - buffer.clock()
+            with trio.CancelScope(deadline=trio.current_time() + delay) as self._nap:
+                await trio.sleep_forever()
+
+    async def aclose(self, grace: float = DEFAULT_GRACE) -> None:
+        """Close in order, losing nothing that can be delivered within *grace*.
+
+        Final flush (reason CLOSE) and its publication; then every
+        subscriber channel is closed and the stream waits until each
+        subscriber has drained it and left; then listeners are removed.
+        Waiting is bounded by *grace* seconds in all; events that could not
+        be published by then are counted (`lost`) and logged. Idempotent.
+        """
+        check_seconds(grace, "grace")
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.close()
+        # Shielded: closing runs the same way when the owner is being cancelled.
+        with trio.move_on_after(grace, shield=True) as timer:
+            await self.publish_ready()
+            for subscription in self._subscriptions:
+                subscription.send.close()
+            for subscription in list(self._subscriptions):
+                await subscription.done.wait()
+        if timer.cancelled_caught:
+            self._count_lost()
+        for subscription in self._subscriptions:
+            subscription.send.close()
+        self._subscriptions.clear()
+        self._listeners.clear()
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether `aclose` has begun."""
+        return self._closed
+
+    @property
+    def subscribers(self) -> int:
+        """Subscribers currently attached."""
+        return len(self._subscriptions)
+
+    @property
+    def slowest_flush(self) -> float:
+        """The longest any batch took to publish, in seconds (Trio's clock)."""
+        return self._slowest_flush
+
+    @property
+    def lost(self) -> int:
+        """Events a close could not publish within its grace period."""
+        return self._lost
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<EventStream {state} subscribers={len(self._subscriptions)} {self._buffer!r}>"
+
+    # -- internals -----------------------------------------------------------
+
+    async def _publish(self, batch: Batch) -> None:
+        started = trio.current_time()
+        self._in_flight = batch
+        for subscription in list(self._subscriptions):
+            try:
+                await subscription.send.send(batch)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The subscriber left; its channel is closed, so it misses nothing it asked for.
+                if subscription in self._subscriptions:
+                    self._subscriptions.remove(subscription)
+        for event_type, items in batch.groups:
+            fns = self._listeners.get(event_type)
+            if fns:
+                for fn in list(fns):
+                    for data in items:
+                        fn(data)
+        self._in_flight = None
+        self._slowest_flush = max(self._slowest_flush, trio.current_time() - started)
+
+    def _wake(self, delay: float) -> None:
+        deadline = trio.current_time() + delay
+        self._nap.deadline = min(self._nap.deadline, deadline)
+
+    def _count_lost(self) -> None:
+        lost = 0 if self._in_flight is None else self._in_flight.count
+        while (batch := self._buffer.take_ready()) is not None:
+            lost += batch.count
+        self._lost += lost
+        waiting = sum(not s.done.is_set() for s in self._subscriptions)
+        logger.warning(
+            "event stream closed after its grace period: %d events not published, "
+            "%d subscribers had not drained",
+            lost,
+            waiting,
+            extra={"lost": lost, "subscribers_waiting": waiting, "tenant": self._buffer.tenant_id},
+        )
