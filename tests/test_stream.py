@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import gc
 import logging
+import weakref
 from typing import Any
 
 import pytest
@@ -269,3 +271,19 @@ async def test_validation() -> None:
     with pytest.raises(RuntimeError, match="owner"):
         EventStream(events.buffer)
     assert "open" in repr(events)
+
+
+async def test_close_releases_listeners(autojump_clock: trio.testing.MockClock) -> None:
+    events = stream()
+
+    class Handler:
+        def __call__(self, data: Any) -> None:
+            pass
+
+    handler = Handler()
+    events.on("x", handler)
+    ref = weakref.ref(handler)
+    del handler
+    await events.aclose()
+    gc.collect()
+    assert ref() is None
