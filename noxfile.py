@@ -64,4 +64,4 @@ def bench(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The main job: a runnable tour of what tenantry guarantees so far."""
     session.install("-e", ".")
-    session.run("python", "examples/cache_tour.py", *session.posargs)
+    session.run("python", "examples/tour.py", *session.posargs)

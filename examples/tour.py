@@ -1,9 +1,10 @@
-"""A tour of tenantry's bounded caches: run it with ``nox -s demo``.
+"""A tour of what tenantry guarantees so far: run it with ``nox -s demo``.
 
-It replays the seed's own checks (a 5,000-key cache that receives 6,000 keys,
-LRU survival of a key that was read), shows expiry and the janitor on Trio's
-mock clock (an hour of virtual time in milliseconds of real time), and prints
-the capacity plan of the seed's cache limits for 100 tenants.
+It replays the seed's own cache checks (a 5,000-key cache that receives 6,000
+keys, LRU survival of a key that was read), shows expiry and the janitor on
+Trio's mock clock (hours of virtual time in milliseconds of real time),
+prints the capacity plan of the seed's cache limits for 100 tenants, and
+consolidates a burst of 10,000 events into a handful of batches.
 """
 
 from __future__ import annotations
@@ -64,11 +65,45 @@ def capacity() -> None:
     print(f"   {tenantry.capacity_plan(tenantry.SEED_CACHE_SPECS, tenants=100)}")
 
 
+async def burst() -> None:
+    print("\n4. A burst of 10,000 events about 100 messages (upserts, status updates, receipts)")
+    buffer = tenantry.EventBuffer(tenantry.BufferConfig(flush_interval=5.0), tenant_id="acme")
+    events = tenantry.EventStream(buffer)
+    batches: list[tuple[float, tenantry.Batch]] = []
+
+    async def consume(channel: trio.abc.ReceiveChannel[tenantry.Batch]) -> None:
+        async for batch in channel:
+            batches.append((trio.current_time(), batch))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(events.run_auto_flush)
+        async with events.subscribe() as channel:
+            nursery.start_soon(consume, channel)
+            await events.emit("connection.update", {"connection": "open"})
+            with buffer.buffering():
+                for i in range(10_000):
+                    key = {"remoteJid": f"55{i % 10}@s.whatsapp.net", "id": f"M{i % 100}"}
+                    kind = ("messages.upsert", "messages.update", "message-receipt.update")[i % 3]
+                    await events.emit(kind, {"key": key, "n": i})
+                    if i % 100 == 0:
+                        await trio.sleep(0.1)  # the burst takes 10 virtual seconds
+            await events.aclose()
+        nursery.cancel_scope.cancel()
+    for when, batch in batches:
+        print(f"   t={when:>4.1f} s  {batch}")
+    stats = buffer.stats
+    print(
+        f"   received {stats.received:,} = delivered {stats.delivered:,} "
+        f"+ merged {stats.merged:,} + pending {stats.pending}"
+    )
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="   log: %(levelname)s %(message)s")
     seed_overflow()
     trio.run(expiry_on_the_mock_clock, clock=trio.testing.MockClock(autojump_threshold=0))
     capacity()
+    trio.run(burst, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 if __name__ == "__main__":
