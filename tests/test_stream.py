@@ -20,7 +20,7 @@ async def collect(
     channel: trio.MemoryReceiveChannel[Batch], into: list[tuple[float, Batch]]
 ) -> None:
     async for batch in channel:
-        into.append((trio.current_time(), batch))  # noqa: PERF401 - timed as it arrives
+        into.append((trio.current_time(), batch))
 
 
 async def test_auto_flush_waits_one_interval_from_the_first_pending_event(
