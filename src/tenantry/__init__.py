@@ -13,10 +13,13 @@ from ._cache_specs import SEED_CACHE_SPECS, CacheSpec, CapacityPlan, Scope, capa
 from ._clock import Clock
 from ._events import Batch, Event, FlushReason
 from ._janitor import run_janitor
+from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, WireProtocol
+from ._reasons import DEFAULT_DECISIONS, Decision, DisconnectReason, ReasonCode, default_decide
 from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, Rule, RuleKind, message_key
 from ._stream import EventStream, Listener
 
 __all__ = [
+    "DEFAULT_DECISIONS",
     "DEFAULT_EVENT_RULES",
     "SEED_CACHE_SPECS",
     "Batch",
@@ -27,19 +30,28 @@ __all__ = [
     "CacheStats",
     "CapacityPlan",
     "Clock",
+    "CloseRequested",
+    "Decision",
+    "DisconnectReason",
     "Event",
     "EventBuffer",
     "EventRules",
     "EventStream",
     "FlushReason",
+    "FrameRejected",
     "InvalidEvent",
+    "JsonProtocol",
     "KeySpec",
     "Listener",
+    "ReasonCode",
+    "RejectReason",
     "RemovalCause",
     "Rule",
     "RuleKind",
     "Scope",
+    "WireProtocol",
     "capacity_plan",
+    "default_decide",
     "message_key",
     "run_janitor",
 ]

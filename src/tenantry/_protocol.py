@@ -1,0 +1,139 @@
+"""Wire protocols: frames to events and back, and what counts as a bad frame.
+
+A protocol is sans-IO: `decode` turns one received WebSocket message into
+one ``(type, data)`` event, or says why it cannot (`FrameRejected`, which
+the socket counts, logs and survives) or that the peer asked to close
+(`CloseRequested`). `encode` does the reverse for a socket's ``send``. Nothing a
+peer sends can make `decode` raise anything else: that is what lets a hub
+promise that bad input never crashes it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any, Protocol, final
+
+import attrs
+
+from ._reasons import DisconnectReason
+from ._validate import check_count, check_name, positive_count
+
+__all__ = ["CloseRequested", "FrameRejected", "JsonProtocol", "RejectReason", "WireProtocol"]
+
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+
+class RejectReason(enum.Enum):
+    """Why a frame was rejected (the ``reason`` label of the rejection counter)."""
+
+    BINARY = "binary"
+    """A binary message where the protocol expects text."""
+    TOO_LARGE = "too_large"
+    INVALID_JSON = "invalid_json"
+    BAD_SHAPE = "bad_shape"
+    """Valid JSON, but not ``{"type": <non-empty string>, "data": ...}``."""
+    INVALID_EVENT = "invalid_event"
+    """A well-formed frame whose data does not fit its type's rule."""
+
+
+class FrameRejected(Exception):
+    """A frame that cannot be decoded. The connection survives it.
+
+    Attributes:
+        reason: A `RejectReason`.
+        preview: A short, truncated, escaped rendering of the frame, safe to log.
+    """
+
+    def __init__(self, reason: RejectReason, preview: str) -> None:
+        super().__init__(f"{reason.value}: {preview}")
+        self.reason = reason
+        self.preview = preview
+
+
+class CloseRequested(Exception):
+    """The peer asked to end the connection, with a reason (e.g. ``stream:error``)."""
+
+    def __init__(self, reason: DisconnectReason) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+def preview(frame: object, limit: int = 80) -> str:
+    """*frame* as a short escaped string: at most *limit* characters of it, then ``...``."""
+    if isinstance(frame, (str, bytes, bytearray)):
+        head = repr(frame[:limit])
+        return head + "..." if len(frame) > limit else head
+    return f"<{type(frame).__name__}>"
+
+
+class WireProtocol(Protocol):
+    """What a socket needs from a protocol."""
+
+    def decode(self, frame: str | bytes) -> tuple[str, Any]:
+        """One message to one ``(type, data)`` event.
+
+        Raises:
+            FrameRejected: the frame is not a valid message of this protocol.
+            CloseRequested: the message asks to end the connection.
+        """
+        ...
+
+    def encode(self, event_type: str, data: Any) -> str | bytes:
+        """One event to one message."""
+        ...
+
+
+@final
+@attrs.frozen
+class JsonProtocol:
+    """Text frames ``{"type": str, "data": ...}``, one event each.
+
+    A frame ``{"type": "stream:error", "code": N}`` (optionally with a
+    ``"text"``) asks to close with reason N, as the seed's library reports
+    restart-required (515) and service-unavailable (503).
+
+    Args:
+        max_message_size: Longer text frames (in characters) are rejected.
+        preview_chars: How much of a rejected frame its preview shows.
+    """
+
+    max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
+    preview_chars: int = attrs.field(default=80, validator=positive_count)
+
+    def decode(self, frame: str | bytes) -> tuple[str, Any]:
+        """See `WireProtocol.decode`."""
+        if frame.__class__ is not str:
+            raise FrameRejected(RejectReason.BINARY, preview(frame, self.preview_chars))
+        if len(frame) > self.max_message_size:
+            raise FrameRejected(RejectReason.TOO_LARGE, preview(frame, self.preview_chars))
+        try:
+            message = json.loads(frame)
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            raise FrameRejected(
+                RejectReason.INVALID_JSON, preview(frame, self.preview_chars)
+            ) from None
+        if message.__class__ is dict:
+            event_type = message.get("type")
+            if event_type.__class__ is str and event_type:
+                if event_type == "stream:error":
+                    raise CloseRequested(self._stream_error(message, frame))
+                if "data" in message:
+                    return event_type, message["data"]
+        raise FrameRejected(RejectReason.BAD_SHAPE, preview(frame, self.preview_chars))
+
+    def encode(self, event_type: str, data: Any) -> str:
+        """See `WireProtocol.encode`. Raises `TypeError` for data JSON cannot hold."""
+        check_name(event_type, "event type")
+        # ASCII escapes: every string is then sendable, even one with lone surrogates.
+        return json.dumps({"type": event_type, "data": data}, separators=(",", ":"))
+
+    def _stream_error(self, message: dict[str, Any], frame: str) -> DisconnectReason:
+        try:
+            code = check_count(message.get("code"), "code", minimum=0)
+        except (TypeError, ValueError):
+            raise FrameRejected(
+                RejectReason.BAD_SHAPE, preview(frame, self.preview_chars)
+            ) from None
+        text = message.get("text")
+        return DisconnectReason(code, text if isinstance(text, str) else "stream:error")
