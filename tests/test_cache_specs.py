@@ -3,7 +3,7 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from tenantry import SEED_CACHE_SPECS, CacheSpec, Scope, capacity_plan
+from tenantry import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope, capacity_plan
 
 
 def test_seed_limits() -> None:
@@ -75,3 +75,30 @@ def test_spec_is_frozen_and_builds_caches() -> None:
     for i in range(10):
         cache.set(i, i)
     assert len(cache) == 3
+
+
+def test_cache_sets_build_one_scope_and_label_it() -> None:
+    socket_caches = CacheSet(SEED_CACHE_SPECS, Scope.SOCKET, label="acme", clock=lambda: 0.0)
+    assert list(socket_caches) == [
+        "msg_retry",
+        "call_offer",
+        "user_devices",
+        "placeholder_resend",
+        "lid",
+    ]
+    devices = socket_caches["user_devices"]
+    assert (devices.name, devices.max_keys, devices.ttl) == ("acme/user_devices", 5_000, 300.0)
+    devices.set("a", 1)
+    assert [s.size for s in socket_caches.stats()] == [0, 0, 1, 0, 0]
+    socket_caches.clear()
+    assert len(devices) == 0
+    assert socket_caches.scope is Scope.SOCKET
+    assert repr(CacheSet(SEED_CACHE_SPECS, Scope.GLOBAL)) == "<CacheSet global ['lid_global']>"
+    assert len(CacheSet(SEED_CACHE_SPECS, Scope.TENANT)) == 1
+
+
+def test_cache_set_validation() -> None:
+    with pytest.raises(TypeError, match="scope"):
+        CacheSet(SEED_CACHE_SPECS, "socket")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="'x'"):
+        CacheSet({"x": 5}, Scope.SOCKET)  # type: ignore[dict-item]

@@ -9,7 +9,7 @@ from types import FunctionType as _FunctionType
 
 from ._buffer import BufferConfig, BufferStats, EventBuffer, InvalidEvent
 from ._cache import BoundedCache, CacheStats, RemovalCause
-from ._cache_specs import SEED_CACHE_SPECS, CacheSpec, CapacityPlan, Scope, capacity_plan
+from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, CapacityPlan, Scope, capacity_plan
 from ._clock import Clock
 from ._events import Batch, Event, FlushReason
 from ._janitor import run_janitor
@@ -26,6 +26,7 @@ __all__ = [
     "BoundedCache",
     "BufferConfig",
     "BufferStats",
+    "CacheSet",
     "CacheSpec",
     "CacheStats",
     "CapacityPlan",

@@ -10,17 +10,17 @@ and computes the worst case instead of writing it in a comment.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, final
 
 import attrs
 
-from ._cache import BoundedCache, RemovalCause
+from ._cache import BoundedCache, CacheStats, RemovalCause
 from ._clock import Clock
 from ._validate import check_count, positive_count, seconds
 
-__all__ = ["SEED_CACHE_SPECS", "CacheSpec", "CapacityPlan", "Scope", "capacity_plan"]
+__all__ = ["SEED_CACHE_SPECS", "CacheSet", "CacheSpec", "CapacityPlan", "Scope", "capacity_plan"]
 
 
 class Scope(enum.Enum):
@@ -117,3 +117,68 @@ def capacity_plan(specs: Mapping[str, CacheSpec], tenants: int = 1) -> CapacityP
         by_scope=MappingProxyType(by_scope),
         total=sum(by_scope.values()),
     )
+
+
+@final
+class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
+    """The caches one scope owns: those of *specs* whose scope is *scope*.
+
+    A socket builds the set of `Scope.SOCKET` caches when it opens and clears
+    it when it closes; a tenant, its `Scope.TENANT` set; the hub, the global
+    one. Reading ``caches["user_devices"]`` gives the `BoundedCache`.
+
+    Args:
+        specs: Cache specs by name (e.g. `SEED_CACHE_SPECS`).
+        scope: Which of them this set builds.
+        label: Prefixed to each cache's name in logs and stats
+            (``"acme/user_devices"``), so that many tenants' caches can be
+            told apart.
+        clock: Passed to every cache.
+    """
+
+    __slots__ = ("_caches", "_scope")
+
+    def __init__(
+        self,
+        specs: Mapping[str, CacheSpec],
+        scope: Scope,
+        *,
+        label: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(scope, Scope):
+            raise TypeError(f"scope must be a Scope, got {scope!r}")
+        prefix = "" if label is None else f"{label}/"
+        self._scope = scope
+        self._caches: dict[str, BoundedCache[Any, Any]] = {}
+        for name, spec in specs.items():
+            if not isinstance(spec, CacheSpec):
+                raise TypeError(f"spec for {name!r} must be a CacheSpec, got {spec!r}")
+            if spec.scope is scope:
+                self._caches[name] = spec.build(prefix + name, clock=clock)
+
+    @property
+    def scope(self) -> Scope:
+        """The scope that owns these caches."""
+        return self._scope
+
+    def stats(self) -> list[CacheStats]:
+        """A `CacheStats` snapshot of each cache."""
+        return [cache.stats for cache in self._caches.values()]
+
+    def clear(self) -> None:
+        """Empty every cache (the owner does this as its scope ends)."""
+        for cache in self._caches.values():
+            cache.clear()
+
+    def __getitem__(self, name: str) -> BoundedCache[Any, Any]:
+        return self._caches[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._caches)
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+    def __repr__(self) -> str:
+        return f"<CacheSet {self._scope.value} {list(self._caches)}>"
