@@ -11,6 +11,7 @@ from ._buffer import BufferConfig, BufferStats, EventBuffer, InvalidEvent
 from ._cache import BoundedCache, CacheStats, RemovalCause
 from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, CapacityPlan, Scope, capacity_plan
 from ._clock import Clock
+from ._connect import Connector, UrlConnector
 from ._events import Batch, Event, FlushReason
 from ._janitor import run_janitor
 from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, WireProtocol
@@ -32,6 +33,7 @@ __all__ = [
     "CapacityPlan",
     "Clock",
     "CloseRequested",
+    "Connector",
     "Decision",
     "DisconnectReason",
     "Event",
@@ -50,6 +52,7 @@ __all__ = [
     "Rule",
     "RuleKind",
     "Scope",
+    "UrlConnector",
     "WireProtocol",
     "capacity_plan",
     "default_decide",

@@ -1,0 +1,77 @@
+"""An in-memory connector: the real WebSocket code, no network, no real time."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import final
+
+import trio
+import trio.testing
+import trio_websocket
+
+from .._connect import open_connection
+
+__all__ = ["MemoryConnector"]
+
+Handler = Callable[[trio_websocket.WebSocketRequest], Awaitable[object]]
+
+
+@final
+class MemoryConnector:
+    """Connects clients to *handler* over `trio.testing.memory_stream_pair`.
+
+    Each `open` makes a pair of in-memory streams, wraps the client end
+    with trio-websocket's ``wrap_client_stream`` and the server end with
+    ``wrap_server_stream``, and runs ``handler(request)`` for the server
+    side in *server_nursery*. The full WebSocket protocol -- handshake,
+    frames, pings, close codes -- runs as over TCP, but deterministically,
+    so tests can drive reconnects with `trio.testing.MockClock`.
+
+    When the handler returns, its end of the stream is closed. A handler
+    that returns without closing the WebSocket therefore looks, to the
+    client, like a connection dropped without a close frame (code 1006).
+    """
+
+    def __init__(
+        self,
+        server_nursery: trio.Nursery,
+        handler: Handler,
+        *,
+        host: str = "tenantry.test",
+        resource: str = "/",
+    ) -> None:
+        self._server_nursery = server_nursery
+        self._handler = handler
+        self._host = host
+        self._resource = resource
+
+    def open(
+        self, *, headers: Mapping[str, str], max_message_size: int
+    ) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
+        """See `tenantry.Connector.open`."""
+
+        async def open_stream() -> trio.abc.Stream:
+            client, server = trio.testing.memory_stream_pair()
+            self._server_nursery.start_soon(self._serve, server)
+            return client
+
+        return open_connection(
+            open_stream,
+            host=self._host,
+            resource=self._resource,
+            headers=headers,
+            max_message_size=max_message_size,
+        )
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                request = await trio_websocket.wrap_server_stream(nursery, stream)
+                await self._handler(request)
+                nursery.cancel_scope.cancel()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    def __repr__(self) -> str:
+        return f"<MemoryConnector {self._host}{self._resource} -> {self._handler!r}>"

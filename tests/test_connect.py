@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+from tenantry import UrlConnector
+from tenantry._connect import as_connector, redact_url
+from tenantry.testing import MemoryConnector
+
+LIMIT = 1024 * 1024
+
+
+def living_tasks() -> int:
+    return trio.lowlevel.current_statistics().tasks_living
+
+
+async def echo(request: trio_websocket.WebSocketRequest) -> None:
+    ws = await request.accept()
+    try:
+        while True:
+            await ws.send_message(await ws.get_message())
+    except trio_websocket.ConnectionClosed:
+        pass
+
+
+async def test_memory_connector_runs_the_real_protocol(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen_headers: list[list[tuple[bytes, bytes]]] = []
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        seen_headers.append(request.headers)
+        await echo(request)
+
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, handler)
+        headers = {"Authorization": "Bearer s3cret"}
+        before = living_tasks()
+        async with connector.open(headers=headers, max_message_size=LIMIT) as ws:
+            await ws.send_message("hello")
+            assert await ws.get_message() == "hello"
+            assert living_tasks() > before
+        await trio.testing.wait_all_tasks_blocked()
+        assert living_tasks() == before  # the connection's tasks ended with the block
+        server.cancel_scope.cancel()
+    assert (b"authorization", b"Bearer s3cret") in seen_headers[0]
+
+
+@pytest.mark.parametrize(
+    ("server_side", "expected_code"),
+    [("close 4503", 4503), ("close 1000", 1000), ("drop", 1006)],
+)
+async def test_memory_connector_close_paths(
+    autojump_clock: trio.testing.MockClock, server_side: str, expected_code: int
+) -> None:
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        if server_side.startswith("close"):
+            await ws.aclose(code=int(server_side.split()[1]), reason="bye")
+        # "drop": return without a close frame
+
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, handler)
+        async with connector.open(headers={}, max_message_size=LIMIT) as ws:
+            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+                await ws.get_message()
+        assert closed.value.reason.code == expected_code
+        server.cancel_scope.cancel()
+
+
+async def test_a_rejected_handshake_raises_plainly(autojump_clock: trio.testing.MockClock) -> None:
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        await request.reject(403, body=b"forbidden")
+
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, handler)
+        with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+            async with connector.open(headers={}, max_message_size=LIMIT):
+                pytest.fail("the handshake was rejected")
+        assert rejected.value.status_code == 403
+        server.cancel_scope.cancel()
+
+
+async def test_url_connector_over_loopback_tcp() -> None:
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(trio_websocket.serve_websocket, echo, "127.0.0.1", 0, None)
+        connector = UrlConnector(f"ws://127.0.0.1:{server.port}/events?token=abc")
+        with trio.fail_after(10):
+            async with connector.open(headers={"X-Tenant": "acme"}, max_message_size=LIMIT) as ws:
+                await ws.send_message("over tcp")
+                assert await ws.get_message() == "over tcp"
+        nursery.cancel_scope.cancel()
+
+
+async def test_url_connector_rejection_over_loopback_tcp() -> None:
+    async def reject(request: trio_websocket.WebSocketRequest) -> None:
+        await request.reject(503)
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(trio_websocket.serve_websocket, reject, "127.0.0.1", 0, None)
+        with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+            async with UrlConnector(f"ws://127.0.0.1:{server.port}/").open(
+                headers={}, max_message_size=LIMIT
+            ):
+                pytest.fail("the handshake was rejected")
+        assert rejected.value.status_code == 503
+        nursery.cancel_scope.cancel()
+
+
+def test_urls_are_validated_and_redacted() -> None:
+    connector = UrlConnector("wss://user:pw@example.test/ws?token=abc&tenant=1")
+    assert repr(connector) == "UrlConnector('wss://user:***@example.test/ws?token=***&tenant=***')"
+    assert "abc" not in repr(connector)
+    assert redact_url("ws://h/p") == "ws://h/p"
+    with pytest.raises(ValueError, match="url"):
+        UrlConnector("http://example.test/")
+    with pytest.raises(ValueError, match="no host"):
+        UrlConnector("ws:///path")
+    assert isinstance(as_connector("ws://h/"), UrlConnector)
+    with pytest.raises(TypeError, match="connector"):
+        as_connector(42)  # type: ignore[arg-type]
