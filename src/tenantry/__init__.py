@@ -17,6 +17,7 @@ from ._janitor import run_janitor
 from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, WireProtocol
 from ._reasons import DEFAULT_DECISIONS, Decision, DisconnectReason, ReasonCode, default_decide
 from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, Rule, RuleKind, message_key
+from ._socket import ConnectFailed, Socket, SocketClosed, open_socket
 from ._stream import EventStream, Listener
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "CapacityPlan",
     "Clock",
     "CloseRequested",
+    "ConnectFailed",
     "Connector",
     "Decision",
     "DisconnectReason",
@@ -52,11 +54,14 @@ __all__ = [
     "Rule",
     "RuleKind",
     "Scope",
+    "Socket",
+    "SocketClosed",
     "UrlConnector",
     "WireProtocol",
     "capacity_plan",
     "default_decide",
     "message_key",
+    "open_socket",
     "run_janitor",
 ]
 

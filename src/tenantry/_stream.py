@@ -10,7 +10,10 @@ timers have nowhere to live.
 One lock serialises publishing, and batches are taken from the buffer only
 while holding it, so every subscriber sees batches in the order the buffer
 made them. A full subscriber channel makes publishing wait: backpressure
-reaches whoever feeds the buffer, and nothing is dropped.
+reaches whoever feeds the buffer, and nothing is dropped. Once taken, a batch
+is offered to every subscriber even if the publishing task is cancelled
+meanwhile (publication is shielded); only the grace period of `aclose` can
+cut it short, and then its events are counted as lost.
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ class EventStream:
         self._slowest_flush = 0.0
         self._lost = 0
         self._in_flight: Batch | None = None
+        self._publish_deadline = math.inf  # set by aclose: when publishing must give up
+        self._publishing: trio.CancelScope | None = None
 
     @property
     def buffer(self) -> EventBuffer:
@@ -163,7 +168,12 @@ class EventStream:
         """Publish every batch the buffer has ready, oldest first."""
         async with self._lock:
             while (batch := self._buffer.take_ready()) is not None:
-                await self._publish(batch)
+                with trio.CancelScope(shield=True, deadline=self._publish_deadline) as scope:
+                    self._publishing = scope
+                    await self._publish(batch)
+                self._publishing = None
+                if scope.cancelled_caught:
+                    return
 
     async def run_auto_flush(self) -> NoReturn:
         """The auto-flush task: start it in the owner's nursery.
@@ -198,6 +208,9 @@ class EventStream:
             return
         self._closed = True
         self._buffer.close()
+        self._publish_deadline = trio.current_time() + grace
+        if self._publishing is not None:
+            self._publishing.deadline = min(self._publishing.deadline, self._publish_deadline)
         # Shielded: closing runs the same way when the owner is being cancelled.
         with trio.move_on_after(grace, shield=True) as timer:
             await self.publish_ready()

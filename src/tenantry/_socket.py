@@ -1,0 +1,482 @@
+"""The Socket scope: one tenant connection that owns everything it starts.
+
+Theory of operation
+===================
+
+`open_socket` is an async context manager. Inside it there is one nursery,
+and everything the connection needs is a task in that nursery or an object
+only its tasks touch: the WebSocket (and trio-websocket's reader task), the
+*reader* (frames -> events -> buffer), the *writer* (the outbox of `send`),
+the keepalive, the buffer's auto-flush, the cache janitor, the socket-scoped
+caches, the subscribers and the listeners. When the ``async with`` exits,
+none of them exists any more -- by structure, not by a ``destroy()`` someone
+must remember (the seed's orphaned flush timers had nowhere else to live).
+
+Every way a socket can end runs the same *ordered shutdown*:
+
+1. stop reading (the reader's cancel scope);
+2. cancel the auto-flush;
+3. final flush into the subscribers, close their channels, and wait until
+   each has drained (`EventStream.aclose`, bounded by *grace*);
+4. fail pending sends with `SocketClosed`;
+5. cancel the body of the ``async with`` (like a cancel scope: not re-raised);
+6. cancel the remaining tasks; close the WebSocket (shielded, bounded);
+7. drop the socket caches.
+
+Steps 1-5 run in a task of their own when the end comes from inside (a
+remote close, ``stream:error``, a keepalive timeout, too many bad frames, a
+listener error, `Socket.close`), and inline when the body itself ends or is
+cancelled from outside. `Socket.close_reason` says which end it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, final
+
+import trio
+import trio_websocket
+
+from ._buffer import BufferConfig, EventBuffer, InvalidEvent
+from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
+from ._connect import Connector, as_connector
+from ._janitor import run_janitor
+from ._protocol import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    CloseRequested,
+    FrameRejected,
+    JsonProtocol,
+    RejectReason,
+    WireProtocol,
+    preview,
+)
+from ._reasons import DisconnectReason, ReasonCode
+from ._rules import DEFAULT_EVENT_RULES, EventRules
+from ._stream import EventStream
+from ._validate import check_count, check_name, check_seconds
+
+__all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
+
+logger = logging.getLogger("tenantry.socket")
+
+KEEPALIVE_GRACE = 5.0
+"""Seconds past the keepalive interval a silent peer is given before a 408."""
+
+
+class SocketClosed(Exception):
+    """The socket closed before a `Socket.send` could be written."""
+
+    def __init__(self, reason: DisconnectReason | None) -> None:
+        super().__init__(f"socket closed: {reason}")
+        self.reason = reason
+
+
+class ConnectFailed(Exception):
+    """`open_socket` could not connect; ``reason`` says why (e.g. HTTP 403)."""
+
+    def __init__(self, reason: DisconnectReason) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+class _Outgoing:
+    __slots__ = ("done", "frame", "written")
+
+    def __init__(self, frame: str | bytes) -> None:
+        self.frame = frame
+        self.done = trio.Event()
+        self.written = False
+
+
+@final
+class Socket:
+    """One live connection, as seen from inside its `open_socket` block."""
+
+    def __init__(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        *,
+        tenant_id: str,
+        protocol: WireProtocol,
+        caches: CacheSet,
+        buffer: EventBuffer,
+        keepalive: float,
+        grace: float,
+        max_bad_frames: int,
+        bad_frame_window: float,
+        max_pending_sends: int,
+        tenant_caches: CacheSet | None,
+        global_caches: CacheSet | None,
+    ) -> None:
+        self._ws = ws
+        self._tenant_id = tenant_id
+        self._protocol = protocol
+        self._caches = caches
+        self._tenant_caches = tenant_caches
+        self._global_caches = global_caches
+        self._buffer = buffer
+        self._events = EventStream(buffer)
+        self._keepalive = keepalive
+        self._grace = grace
+        self._max_bad_frames = max_bad_frames
+        self._bad_frame_window = bad_frame_window
+        self._outbox_send, self._outbox = trio.open_memory_channel[_Outgoing](max_pending_sends)
+        self._reading = trio.CancelScope()
+        self._flushing = trio.CancelScope()
+        self._body = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._closing = False
+        self._shut_down = trio.Event()
+        self._close_reason: DisconnectReason | None = None
+        self._error: Exception | None = None
+        self._rejected = dict.fromkeys(RejectReason, 0)
+        self._recent_rejections: deque[float] = deque()
+        self._last_heard = trio.current_time()
+        self._frames = 0
+
+    # -- public ------------------------------------------------------------
+
+    @property
+    def tenant_id(self) -> str:
+        """The tenant this connection belongs to."""
+        return self._tenant_id
+
+    @property
+    def caches(self) -> CacheSet:
+        """The socket-scoped caches: dropped when the socket closes."""
+        return self._caches
+
+    @property
+    def tenant_caches(self) -> CacheSet | None:
+        """The tenant's caches (owned by the tenant; they survive reconnects), if given."""
+        return self._tenant_caches
+
+    @property
+    def global_caches(self) -> CacheSet | None:
+        """The hub's caches (shared by all tenants), if given."""
+        return self._global_caches
+
+    @property
+    def events(self) -> EventStream:
+        """Subscribe to batches, or register listeners, here."""
+        return self._events
+
+    @property
+    def buffer(self) -> EventBuffer:
+        """The socket's event buffer (``with sock.buffer.buffering(): ...``)."""
+        return self._buffer
+
+    @property
+    def close_reason(self) -> DisconnectReason | None:
+        """Why the socket closed or is closing; None while it is open."""
+        return self._close_reason
+
+    @property
+    def closing(self) -> bool:
+        """Whether the ordered shutdown has begun."""
+        return self._closing
+
+    @property
+    def rejected(self) -> Mapping[RejectReason, int]:
+        """Frames rejected so far, by reason."""
+        return dict(self._rejected)
+
+    @property
+    def frames_received(self) -> int:
+        """Messages read from the WebSocket, rejected ones included."""
+        return self._frames
+
+    async def send(self, event_type: str, data: Any) -> None:
+        """Encode an event and write it, in order, through the socket's writer.
+
+        Waits while the outbox is full; returns once the frame is written.
+
+        Raises:
+            SocketClosed: the socket closed (or was closing) before the frame
+                was written.
+            TypeError, ValueError: the protocol cannot encode the event.
+        """
+        if self._closing:
+            raise SocketClosed(self._close_reason)
+        outgoing = _Outgoing(self._protocol.encode(event_type, data))
+        try:
+            await self._outbox_send.send(outgoing)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise SocketClosed(self._close_reason) from None
+        await outgoing.done.wait()
+        if not outgoing.written:
+            raise SocketClosed(self._close_reason)
+
+    def close(self, reason: DisconnectReason | str | None = None) -> None:
+        """Begin the ordered shutdown; the ``async with`` body is then cancelled.
+
+        *reason* is a `DisconnectReason` (its ``remote`` is kept as given) or
+        a message for a local 428 (connection closed). Idempotent: the first
+        reason wins.
+        """
+        if not isinstance(reason, DisconnectReason):
+            reason = DisconnectReason(
+                ReasonCode.CONNECTION_CLOSED, reason or "closed locally", remote=False
+            )
+        self._begin_close(reason)
+
+    def __repr__(self) -> str:
+        state = "open" if self._close_reason is None else f"closed ({self._close_reason})"
+        return f"<Socket tenant={self._tenant_id!r} {state}>"
+
+    # -- tasks -----------------------------------------------------------------
+
+    def _start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        nursery.start_soon(self._read)
+        nursery.start_soon(self._write)
+        nursery.start_soon(self._keep_alive)
+        nursery.start_soon(self._auto_flush)
+        nursery.start_soon(run_janitor, self._caches.values())
+
+    async def _read(self) -> None:
+        decode, buffer, events = self._protocol.decode, self._buffer, self._events
+        with self._reading:
+            try:
+                while True:
+                    frame = await self._ws.get_message()
+                    self._frames += 1
+                    self._last_heard = trio.current_time()
+                    try:
+                        event_type, data = decode(frame)
+                        ready = buffer.emit(event_type, data)
+                    except FrameRejected as rejection:
+                        self._reject(rejection.reason, rejection.preview)
+                        continue
+                    except InvalidEvent as invalid:
+                        self._reject(RejectReason.INVALID_EVENT, f"{preview(frame)} ({invalid})")
+                        continue
+                    if ready:
+                        await events.publish_ready()
+            except trio_websocket.ConnectionClosed as closed:
+                code = None if closed.reason is None else closed.reason.code
+                message = None if closed.reason is None else closed.reason.reason
+                self._begin_close(DisconnectReason.from_close_code(code, message))
+            except CloseRequested as request:
+                self._begin_close(request.reason)
+            except Exception as exc:  # noqa: BLE001 - a listener's (or a custom protocol's) bug
+                self._fail(exc)
+
+    async def _write(self) -> None:
+        async for outgoing in self._outbox:
+            try:
+                await self._ws.send_message(outgoing.frame)
+                outgoing.written = True
+            except trio_websocket.ConnectionClosed:
+                pass  # the reader reports why
+            finally:
+                outgoing.done.set()
+
+    async def _keep_alive(self) -> None:
+        limit = self._keepalive + KEEPALIVE_GRACE
+        while True:
+            await trio.sleep(self._keepalive)
+            with trio.move_on_after(KEEPALIVE_GRACE):
+                try:
+                    await self._ws.ping()
+                except trio_websocket.ConnectionClosed:
+                    return  # the reader reports why
+                self._last_heard = trio.current_time()
+            silent = trio.current_time() - self._last_heard
+            if silent >= limit:
+                self._begin_close(
+                    DisconnectReason(
+                        ReasonCode.CONNECTION_LOST, f"nothing heard for {silent:.1f} s", remote=True
+                    )
+                )
+                return
+
+    async def _auto_flush(self) -> None:
+        with self._flushing:
+            try:
+                await self._events.run_auto_flush()
+            except Exception as exc:  # noqa: BLE001 - a listener's bug, raised while publishing
+                self._fail(exc)
+
+    # -- shutdown ----------------------------------------------------------------
+
+    def _begin_close(self, reason: DisconnectReason) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._close_reason = reason
+        self._reading.cancel()
+        log = logger.info if reason.remote or self._error is None else logger.error
+        log(
+            "socket closing: tenant %s, %s",
+            self._tenant_id,
+            reason,
+            extra={"tenant": self._tenant_id, "code": reason.code, "remote": reason.remote},
+        )
+        if self._nursery is None:  # pragma: no cover - the socket starts before anyone can close it
+            raise RuntimeError("socket closed before it started")
+        self._nursery.start_soon(self._shutdown)
+
+    async def _shutdown(self) -> None:
+        """Steps 2-5 of the ordered shutdown (see the module docstring)."""
+        self._flushing.cancel()
+        try:
+            await self._events.aclose(self._grace)
+        except Exception as exc:  # noqa: BLE001 - the final batch met a broken listener again
+            self._error = self._error or exc
+        self._outbox_send.close()
+        while True:
+            try:
+                self._outbox.receive_nowait().done.set()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        self._body.cancel()
+        self._shut_down.set()
+
+    async def _finish(self) -> None:
+        """Run from the body's exit: make sure the ordered shutdown ran, then wait for it."""
+        self.close("closed by owner")
+        with trio.move_on_after(self._grace + KEEPALIVE_GRACE, shield=True):
+            await self._shut_down.wait()
+
+    def _fail(self, exc: Exception) -> None:
+        if self._error is None:
+            self._error = exc
+        self._begin_close(
+            DisconnectReason(
+                ReasonCode.CONNECTION_CLOSED,
+                f"{type(exc).__name__} in user code: {exc}",
+                remote=False,
+            )
+        )
+
+    def _reject(self, reason: RejectReason, shown: str) -> None:
+        self._rejected[reason] += 1
+        logger.warning(
+            "frame rejected (%s) on tenant %s: %s",
+            reason.value,
+            self._tenant_id,
+            shown,
+            extra={"tenant": self._tenant_id, "reason": reason.value, "preview": shown},
+        )
+        now = trio.current_time()
+        recent = self._recent_rejections
+        recent.append(now)
+        while recent and recent[0] <= now - self._bad_frame_window:
+            recent.popleft()
+        if len(recent) > self._max_bad_frames:
+            self._begin_close(
+                DisconnectReason(
+                    ReasonCode.PROTOCOL_ERROR,
+                    f"{len(recent)} bad frames within {self._bad_frame_window:g} s",
+                    remote=False,
+                )
+            )
+
+
+@asynccontextmanager
+async def open_socket(
+    connect: str | Connector,
+    *,
+    tenant_id: str,
+    protocol: WireProtocol | None = None,
+    caches: Mapping[str, CacheSpec] = SEED_CACHE_SPECS,
+    tenant_caches: CacheSet | None = None,
+    global_caches: CacheSet | None = None,
+    buffer: BufferConfig | None = None,
+    rules: EventRules = DEFAULT_EVENT_RULES,
+    keepalive: float = 30.0,
+    headers: Mapping[str, str] | None = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    grace: float = 5.0,
+    max_bad_frames: int = 20,
+    bad_frame_window: float = 60.0,
+    max_pending_sends: int = 16,
+) -> AsyncIterator[Socket]:
+    """Connect, and own everything the connection needs until the block ends.
+
+    Args:
+        connect: A ``ws://``/``wss://`` URL, or a connector such as
+            `tenantry.testing.MemoryConnector`.
+        tenant_id: Stamped on batches, logs and cache names.
+        protocol: Frames to events; `JsonProtocol` by default.
+        caches: Cache specs; those of `Scope.SOCKET` are built for this socket
+            and dropped when it closes.
+        tenant_caches, global_caches: Caches owned by the tenant and the hub,
+            passed through for handlers (`Socket.tenant_caches`).
+        buffer, rules: The event buffer's configuration and consolidation table.
+        keepalive: Ping interval in seconds; silence for ``keepalive + 5`` s
+            closes the socket with reason 408.
+        headers: Sent with the handshake (e.g. an auth token). Never logged.
+        max_message_size: Larger frames are rejected (and counted); the
+            transport itself refuses frames over four times this size.
+        grace: Bound, in seconds, on the final flush and drain at close.
+        max_bad_frames, bad_frame_window: More than this many rejected frames
+            within this many seconds close the socket (reason 400).
+        max_pending_sends: Frames `Socket.send` may queue before it waits.
+
+    Raises:
+        ConnectFailed: the connection could not be made (its ``reason``
+            carries the HTTP status of a rejected handshake).
+
+    A remote or local close cancels the body like a cancel scope and is not
+    re-raised; `Socket.close_reason` says why. An exception from a listener
+    is re-raised after the ordered shutdown: it is a bug in user code.
+    """
+    check_name(tenant_id, "tenant_id")
+    keepalive = check_seconds(keepalive, "keepalive")
+    grace = check_seconds(grace, "grace")
+    bad_frame_window = check_seconds(bad_frame_window, "bad_frame_window")
+    check_count(max_message_size, "max_message_size", minimum=1)
+    check_count(max_bad_frames, "max_bad_frames", minimum=0)
+    check_count(max_pending_sends, "max_pending_sends", minimum=1)
+    connector = as_connector(connect)
+    protocol = JsonProtocol(max_message_size=max_message_size) if protocol is None else protocol
+    socket_caches = CacheSet(caches, Scope.SOCKET, label=tenant_id)
+    event_buffer = EventBuffer(buffer, rules, tenant_id=tenant_id)
+
+    async with AsyncExitStack() as stack:
+        stack.callback(socket_caches.clear)  # the last step: after the WebSocket is closed
+        try:
+            ws = await stack.enter_async_context(
+                connector.open(headers=dict(headers or {}), max_message_size=4 * max_message_size)
+            )
+        except trio_websocket.ConnectionRejected as rejected:
+            raise ConnectFailed(
+                DisconnectReason.from_handshake_status(rejected.status_code)
+            ) from None
+        except (trio_websocket.HandshakeError, OSError) as error:
+            reason = DisconnectReason(ReasonCode.CONNECTION_LOST, f"could not connect: {error!r}")
+            raise ConnectFailed(reason) from None
+        sock = Socket(
+            ws,
+            tenant_id=tenant_id,
+            protocol=protocol,
+            caches=socket_caches,
+            buffer=event_buffer,
+            keepalive=keepalive,
+            grace=grace,
+            max_bad_frames=max_bad_frames,
+            bad_frame_window=bad_frame_window,
+            max_pending_sends=max_pending_sends,
+            tenant_caches=tenant_caches,
+            global_caches=global_caches,
+        )
+        body_error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            sock._start(nursery)  # noqa: SLF001 - the scope that owns the socket starts its tasks
+            try:
+                with sock._body:  # noqa: SLF001
+                    yield sock
+            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
+                body_error = exc
+            finally:
+                await sock._finish()  # noqa: SLF001
+                nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
+    if sock._error is not None:  # noqa: SLF001
+        raise sock._error  # noqa: SLF001

@@ -1,0 +1,325 @@
+"""The Socket scope, driven through the real WebSocket code in memory."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+from tenantry import (
+    Batch,
+    BufferConfig,
+    ConnectFailed,
+    ReasonCode,
+    RejectReason,
+    SocketClosed,
+    open_socket,
+)
+from tenantry.testing import MemoryConnector
+
+Handler = Callable[[trio_websocket.WebSocketRequest], Awaitable[None]]
+
+
+def frame(event_type: str, data: Any) -> str:
+    return json.dumps({"type": event_type, "data": data})
+
+
+def living_tasks() -> int:
+    return trio.lowlevel.current_statistics().tasks_living
+
+
+def upstream(*frames: str, then: str = "close 4503", pause: float = 0.0) -> Handler:
+    """A server that sends *frames*, then closes (``close N``), drops, or idles."""
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            for text in frames:
+                await ws.send_message(text)
+        except trio_websocket.ConnectionClosed:
+            return  # the client left first
+        await trio.sleep(pause)
+        if then.startswith("close"):
+            await ws.aclose(code=int(then.split()[1]), reason="scripted")
+        elif then == "idle":  # read (and so answer pings) until the client leaves
+            try:
+                while True:
+                    await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                pass
+        # "drop": return without a close frame
+
+    return handler
+
+
+async def collect(channel: trio.abc.ReceiveChannel[Batch], into: list[Batch]) -> None:
+    async for batch in channel:
+        into.append(batch)
+
+
+@pytest.mark.parametrize(
+    ("then", "code"),
+    [("close 4503", 503), ("close 4515", 515), ("close 1000", 428), ("drop", 408)],
+)
+async def test_a_remote_close_delivers_everything_then_ends_the_body(
+    autojump_clock: trio.testing.MockClock, then: str, code: int
+) -> None:
+    frames = [frame("chats.update", {"id": i % 3, "n": i}) for i in range(10)]
+    batches: list[Batch] = []
+    reached_the_end = False
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(*frames, then=then, pause=1.0))
+        before = living_tasks()
+        config = BufferConfig(always_buffer=True)
+        async with open_socket(connector, tenant_id="acme", buffer=config) as sock:
+            async with sock.events.subscribe() as channel:
+                await collect(channel, batches)
+            await trio.sleep_forever()
+            reached_the_end = True  # pragma: no cover - the close cancels the body
+        await trio.testing.wait_all_tasks_blocked()
+        assert living_tasks() == before
+        server.cancel_scope.cancel()
+    assert not reached_the_end
+    reason = sock.close_reason
+    assert reason is not None
+    assert (reason.code, reason.remote) == (code, True)
+    stats = sock.buffer.stats
+    assert stats.received == 10
+    assert sum(batch.count for batch in batches) + stats.merged == 10
+    assert batches[-1].reason.value == "close"
+    assert sock.events.subscribers == 0
+    assert len(sock.caches["user_devices"]) == 0
+
+
+async def test_stream_error_closes_with_its_code(autojump_clock: trio.testing.MockClock) -> None:
+    error = json.dumps({"type": "stream:error", "code": 515, "text": "restart required"})
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(frame("x", 1), error, then="idle"))
+        async with open_socket(connector, tenant_id="acme") as sock:
+            await trio.sleep_forever()
+        server.cancel_scope.cancel()
+    assert sock.close_reason is not None
+    assert (sock.close_reason.code, sock.close_reason.message) == (
+        ReasonCode.RESTART_REQUIRED,
+        "restart required",
+    )
+
+
+async def test_leaving_the_body_is_a_local_close(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(then="idle"))
+        before = living_tasks()
+        async with open_socket(connector, tenant_id="acme") as sock:
+            await trio.sleep(1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert living_tasks() == before
+        server.cancel_scope.cancel()
+    assert sock.close_reason is not None
+    assert (sock.close_reason.code, sock.close_reason.remote) == (
+        ReasonCode.CONNECTION_CLOSED,
+        False,
+    )
+
+
+async def test_close_cancels_the_body_and_is_not_reraised(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    steps: list[str] = []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(then="idle"))
+        async with open_socket(connector, tenant_id="acme") as sock:
+            steps.append("open")
+            sock.close("done here")
+            await trio.sleep(1)
+            steps.append("after close")  # pragma: no cover
+        server.cancel_scope.cancel()
+    assert steps == ["open"]
+    assert sock.close_reason is not None
+    assert sock.close_reason.message == "done here"
+
+
+async def test_an_outer_cancel_still_flushes_to_listeners(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[Any] = []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(frame("chats.update", {"id": 1}), then="idle"))
+        with trio.move_on_after(5):
+            async with open_socket(
+                connector,
+                tenant_id="acme",
+                buffer=BufferConfig(always_buffer=True, flush_interval=60),
+            ) as sock:
+                sock.events.on("chats.update", seen.append)
+                await trio.sleep_forever()
+        server.cancel_scope.cancel()
+    assert seen == [{"id": 1}]
+
+
+async def test_a_listener_error_is_reraised_after_the_ordered_shutdown(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    batches: list[Batch] = []
+
+    def broken(data: Any) -> None:
+        raise ZeroDivisionError("listener bug")
+
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(frame("x", 1), frame("x", 2), then="idle"))
+
+        async def run() -> None:
+            async with open_socket(connector, tenant_id="acme") as sock:
+                sockets.append(sock)
+                sock.events.on("x", broken)
+                async with sock.events.subscribe() as channel:
+                    await collect(channel, batches)
+
+        sockets: list[Any] = []
+        with pytest.raises(ZeroDivisionError, match="listener bug"):
+            await run()
+        sock = sockets[0]
+        server.cancel_scope.cancel()
+    assert [b.count for b in batches] == [1]  # the subscriber got the batch, then the stream ended
+    assert sock.close_reason is not None
+    assert "ZeroDivisionError" in sock.close_reason.message
+
+
+async def test_bad_frames_are_counted_and_survived(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = ["not json", "[1]", '{"type": "messages.upsert", "data": {"no": "key"}}', "x" * 500]
+    good = frame("chats.update", {"id": 1})
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(*bad, good, then="close 1000", pause=1))
+        with caplog.at_level(logging.WARNING, logger="tenantry.socket"):
+            async with open_socket(
+                connector,
+                tenant_id="acme",
+                max_message_size=200,
+                buffer=BufferConfig(always_buffer=True),
+            ) as sock:
+                await trio.sleep_forever()
+        server.cancel_scope.cancel()
+    assert sock.rejected == {
+        RejectReason.BINARY: 0,
+        RejectReason.TOO_LARGE: 1,
+        RejectReason.INVALID_JSON: 1,
+        RejectReason.BAD_SHAPE: 1,
+        RejectReason.INVALID_EVENT: 1,
+    }
+    assert sock.buffer.stats.received == 1
+    assert sock.close_reason is not None
+    assert sock.close_reason.code == ReasonCode.CONNECTION_CLOSED
+    assert "'not json'" in caplog.text
+
+
+async def test_a_flood_of_bad_frames_closes_with_a_protocol_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(*["garbage"] * 10, then="idle"))
+        async with open_socket(connector, tenant_id="acme", max_bad_frames=3) as sock:
+            await trio.sleep_forever()
+        server.cancel_scope.cancel()
+    assert sock.close_reason is not None
+    assert sock.close_reason.code == ReasonCode.PROTOCOL_ERROR
+    assert sock.rejected[RejectReason.INVALID_JSON] == 4
+
+
+async def test_send_writes_in_order_and_fails_after_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    received: list[str] = []
+
+    async def sink(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            while True:
+                received.append(str(await ws.get_message()))
+        except trio_websocket.ConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as server:
+        async with open_socket(MemoryConnector(server, sink), tenant_id="acme") as sock:
+            for i in range(5):
+                await sock.send("ping", {"n": i})
+        with pytest.raises(SocketClosed):
+            await sock.send("late", {})
+        server.cancel_scope.cancel()
+    assert [json.loads(text)["data"]["n"] for text in received] == [0, 1, 2, 3, 4]
+
+
+async def test_a_rejected_handshake_is_a_connect_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def reject(request: trio_websocket.WebSocketRequest) -> None:
+        await request.reject(401)
+
+    async with trio.open_nursery() as server:
+        before = living_tasks()
+        with pytest.raises(ConnectFailed) as failed:
+            async with open_socket(MemoryConnector(server, reject), tenant_id="acme"):
+                pytest.fail("not connected")
+        await trio.testing.wait_all_tasks_blocked()
+        assert living_tasks() == before
+        server.cancel_scope.cancel()
+    assert failed.value.reason.code == ReasonCode.LOGGED_OUT
+
+
+async def test_keepalive_pings_keep_a_quiet_connection_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(then="idle"))
+        async with open_socket(connector, tenant_id="acme", keepalive=30) as sock:
+            await trio.sleep(3600)
+            assert sock.close_reason is None
+        server.cancel_scope.cancel()
+
+
+async def test_a_body_exception_propagates_unwrapped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(then="idle"))
+        with pytest.raises(KeyError, match="body bug"):
+            async with open_socket(connector, tenant_id="acme"):
+                raise KeyError("body bug")
+        server.cancel_scope.cancel()
+
+
+async def test_headers_reach_the_server_and_never_the_repr(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        seen.append(request.headers)
+        await upstream(then="idle")(request)
+
+    async with trio.open_nursery() as server:
+        headers = {"Authorization": "Bearer s3cret"}
+        async with open_socket(
+            MemoryConnector(server, handler), tenant_id="acme", headers=headers
+        ) as sock:
+            assert "s3cret" not in repr(sock)
+        server.cancel_scope.cancel()
+    assert (b"authorization", b"Bearer s3cret") in seen[0]
+
+
+async def test_validation() -> None:
+    with pytest.raises(ValueError, match="keepalive"):
+        async with open_socket("ws://h/", tenant_id="a", keepalive=0):
+            pass
+    with pytest.raises(ValueError, match="tenant_id"):
+        async with open_socket("ws://h/", tenant_id=""):
+            pass
+    with pytest.raises(ValueError, match="ws://"):
+        async with open_socket("http://h/", tenant_id="a"):
+            pass
