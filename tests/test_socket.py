@@ -16,6 +16,7 @@ from tenantry import (
     Batch,
     BufferConfig,
     ConnectFailed,
+    Gauges,
     ReasonCode,
     RejectReason,
     SocketClosed,
@@ -73,11 +74,13 @@ async def test_a_remote_close_delivers_everything_then_ends_the_body(
     frames = [frame("chats.update", {"id": i % 3, "n": i}) for i in range(10)]
     batches: list[Batch] = []
     reached_the_end = False
+    gauges = Gauges()
     async with trio.open_nursery() as server:
         connector = MemoryConnector(server, upstream(*frames, then=then, pause=1.0))
         before = living_tasks()
         config = BufferConfig(always_buffer=True)
-        async with open_socket(connector, tenant_id="acme", buffer=config) as sock:
+        async with open_socket(connector, tenant_id="acme", buffer=config, gauges=gauges) as sock:
+            assert (gauges.sockets_alive, gauges.buffers_alive) == (1, 1)
             async with sock.events.subscribe() as channel:
                 await collect(channel, batches)
             await trio.sleep_forever()
@@ -86,6 +89,7 @@ async def test_a_remote_close_delivers_everything_then_ends_the_body(
         assert living_tasks() == before
         server.cancel_scope.cancel()
     assert not reached_the_end
+    assert gauges == Gauges(sockets_alive=0, buffers_alive=0)
     reason = sock.close_reason
     assert reason is not None
     assert (reason.code, reason.remote) == (code, True)
@@ -261,11 +265,15 @@ async def test_a_rejected_handshake_is_a_connect_failure(
     async def reject(request: trio_websocket.WebSocketRequest) -> None:
         await request.reject(401)
 
+    gauges = Gauges()
     async with trio.open_nursery() as server:
         before = living_tasks()
         with pytest.raises(ConnectFailed) as failed:
-            async with open_socket(MemoryConnector(server, reject), tenant_id="acme"):
+            async with open_socket(
+                MemoryConnector(server, reject), tenant_id="acme", gauges=gauges
+            ):
                 pytest.fail("not connected")
+        assert gauges == Gauges()
         await trio.testing.wait_all_tasks_blocked()
         assert living_tasks() == before
         server.cancel_scope.cancel()

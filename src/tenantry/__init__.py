@@ -13,6 +13,7 @@ from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, CapacityPlan, S
 from ._clock import Clock
 from ._connect import Connector, UrlConnector
 from ._events import Batch, Event, FlushReason
+from ._gauges import Gauges
 from ._janitor import run_janitor
 from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, WireProtocol
 from ._reasons import DEFAULT_DECISIONS, Decision, DisconnectReason, ReasonCode, default_decide
@@ -44,6 +45,7 @@ __all__ = [
     "EventStream",
     "FlushReason",
     "FrameRejected",
+    "Gauges",
     "InvalidEvent",
     "JsonProtocol",
     "KeySpec",

@@ -43,6 +43,7 @@ import trio_websocket
 from ._buffer import BufferConfig, EventBuffer, InvalidEvent
 from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
 from ._connect import Connector, as_connector
+from ._gauges import Gauges
 from ._janitor import run_janitor
 from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -395,6 +396,7 @@ async def open_socket(
     max_bad_frames: int = 20,
     bad_frame_window: float = 60.0,
     max_pending_sends: int = 16,
+    gauges: Gauges | None = None,
 ) -> AsyncIterator[Socket]:
     """Connect, and own everything the connection needs until the block ends.
 
@@ -417,6 +419,7 @@ async def open_socket(
         max_bad_frames, bad_frame_window: More than this many rejected frames
             within this many seconds close the socket (reason 400).
         max_pending_sends: Frames `Socket.send` may queue before it waits.
+        gauges: Counts this socket and its buffer while they are alive.
 
     Raises:
         ConnectFailed: the connection could not be made (its ``reason``
@@ -437,6 +440,7 @@ async def open_socket(
     protocol = JsonProtocol(max_message_size=max_message_size) if protocol is None else protocol
     socket_caches = CacheSet(caches, Scope.SOCKET, label=tenant_id)
     event_buffer = EventBuffer(buffer, rules, tenant_id=tenant_id)
+    gauges = Gauges() if gauges is None else gauges
 
     async with AsyncExitStack() as stack:
         stack.callback(socket_caches.clear)  # the last step: after the WebSocket is closed
@@ -451,6 +455,14 @@ async def open_socket(
         except (trio_websocket.HandshakeError, OSError) as error:
             reason = DisconnectReason(ReasonCode.CONNECTION_LOST, f"could not connect: {error!r}")
             raise ConnectFailed(reason) from None
+        gauges.sockets_alive += 1
+        gauges.buffers_alive += 1
+
+        def gone() -> None:
+            gauges.sockets_alive -= 1
+            gauges.buffers_alive -= 1
+
+        stack.callback(gone)
         sock = Socket(
             ws,
             tenant_id=tenant_id,
