@@ -6,9 +6,10 @@ that reconnect scenarios run deterministically under
 """
 
 from ._memory import MemoryConnector
+from ._upstream import FakeUpstream, UpstreamConnection, open_fake_upstream
 
-__all__ = ["MemoryConnector"]
+__all__ = ["FakeUpstream", "MemoryConnector", "UpstreamConnection", "open_fake_upstream"]
 
 for _name in __all__:
-    globals()[_name].__module__ = "tenantry.testing"
+    globals()[_name].__module__ = "tenantry.testing"  # open_fake_upstream too: a function
 del _name

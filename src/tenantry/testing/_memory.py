@@ -15,6 +15,7 @@ from .._connect import open_connection
 __all__ = ["MemoryConnector"]
 
 Handler = Callable[[trio_websocket.WebSocketRequest], Awaitable[object]]
+StreamServer = Callable[[trio.abc.Stream], Awaitable[object]]
 
 
 @final
@@ -43,8 +44,21 @@ class MemoryConnector:
     ) -> None:
         self._server_nursery = server_nursery
         self._handler = handler
+        self._serve_stream: StreamServer = self._serve
         self._host = host
         self._resource = resource
+
+    @classmethod
+    def for_streams(cls, server_nursery: trio.Nursery, serve: StreamServer) -> MemoryConnector:
+        """A connector whose server side is ``serve(stream)``, given the raw stream.
+
+        For servers that need the transport itself (`FakeUpstream` stalls by
+        no longer reading it); `serve` runs in *server_nursery* and owns the
+        stream.
+        """
+        connector = cls(server_nursery, _unused_handler)
+        connector._serve_stream = serve
+        return connector
 
     def open(
         self, *, headers: Mapping[str, str], max_message_size: int
@@ -53,7 +67,7 @@ class MemoryConnector:
 
         async def open_stream() -> trio.abc.Stream:
             client, server = trio.testing.memory_stream_pair()
-            self._server_nursery.start_soon(self._serve, server)
+            self._server_nursery.start_soon(self._serve_stream, server)
             return client
 
         return open_connection(
@@ -75,3 +89,7 @@ class MemoryConnector:
 
     def __repr__(self) -> str:
         return f"<MemoryConnector {self._host}{self._resource} -> {self._handler!r}>"
+
+
+async def _unused_handler(request: trio_websocket.WebSocketRequest) -> None:  # pragma: no cover
+    await request.reject(500)

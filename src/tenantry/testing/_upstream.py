@@ -1,0 +1,185 @@
+"""FakeUpstream: a scripted WebSocket server speaking `tenantry.JsonProtocol`."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, final
+
+import trio
+import trio_websocket
+
+from .._protocol import JsonProtocol
+from ._memory import MemoryConnector
+
+__all__ = ["FakeUpstream", "UpstreamConnection", "open_fake_upstream"]
+
+
+class _Gate(trio.abc.Stream):
+    """A stream whose reading can be stopped: a stalled peer reads nothing, answers no ping."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._open = trio.Event()
+        self._open.set()
+
+    def stall(self) -> None:
+        self._open = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        await self._open.wait()
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+@final
+class UpstreamConnection:
+    """One client connection as the fake upstream sees it; script it from a test."""
+
+    def __init__(self, index: int, ws: trio_websocket.WebSocketConnection, gate: _Gate) -> None:
+        self.index = index
+        self.sent: list[tuple[str, Any]] = []
+        """Every event sent on this connection, in order."""
+        self.received: list[str | bytes] = []
+        """Every message the client sent."""
+        self._ws = ws
+        self._gate = gate
+        self._protocol = JsonProtocol()
+        self._ended = trio.Event()
+        self._seq = itertools.count(1)
+
+    @property
+    def ended(self) -> bool:
+        """Whether this connection is over (closed, aborted or left by the client)."""
+        return self._ended.is_set()
+
+    async def send_event(self, event_type: str, data: Any) -> None:
+        """Send one event frame (recorded in `sent`)."""
+        await self._ws.send_message(self._protocol.encode(event_type, data))
+        self.sent.append((event_type, data))
+
+    async def stream(
+        self,
+        count: int,
+        *,
+        event_type: str = "chats.update",
+        keys: int = 100,
+        rate: float | None = None,
+    ) -> None:
+        """Send *count* events ``{"id": n % keys, "seq": n}``, *rate* per second (None: at once)."""
+        for _ in range(count):
+            seq = next(self._seq)
+            await self.send_event(event_type, {"id": seq % keys, "seq": seq})
+            if rate is not None:
+                await trio.sleep(1 / rate)
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        """Send a frame as is: malformed JSON, binary, anything (not recorded in `sent`)."""
+        await self._ws.send_message(frame)
+
+    async def stream_error(self, code: int, text: str = "") -> None:
+        """Send ``{"type": "stream:error", "code": code}``, as the seed's server does."""
+        await self._ws.send_message(
+            json.dumps({"type": "stream:error", "code": code, "text": text})
+        )
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with a close frame and *code* (e.g. 4503 for "service unavailable")."""
+        await self._ws.aclose(code=code, reason=reason or None)
+        self._ended.set()
+
+    async def abort(self) -> None:
+        """Drop the connection without a close frame (the client sees 1006)."""
+        await trio.aclose_forcefully(self._gate)
+        self._ended.set()
+
+    def stall(self) -> None:
+        """Stop reading and answering pings, keeping the connection open."""
+        self._gate.stall()
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                self.received.append(await self._ws.get_message())
+        except trio_websocket.ConnectionClosed:
+            pass
+        self._ended.set()
+
+
+@final
+class FakeUpstream:
+    """A scripted upstream for tests and the soak demo.
+
+    Make one with `open_fake_upstream`. Clients reach it through `connector`
+    (in memory: deterministic under `trio.testing.MockClock`) or through
+    `serve_tcp` (real loopback TCP). Each accepted connection appears in
+    `connections` as an `UpstreamConnection` to script: stream events,
+    close with a code, abort, stall, send malformed frames. `reject_next`
+    makes the next handshake fail with an HTTP status.
+    """
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.connections: list[UpstreamConnection] = []
+        self._rejections: list[int] = []
+        self._arrived = trio.Event()
+        self.connector = MemoryConnector.for_streams(nursery, self._serve_stream)
+        """Connects clients over in-memory streams."""
+
+    def reject_next(self, status: int) -> None:
+        """Reject the next handshake with HTTP *status* (repeatable: queued)."""
+        self._rejections.append(status)
+
+    async def wait_connections(self, count: int) -> UpstreamConnection:
+        """Wait until *count* connections have been accepted; return the last."""
+        while len(self.connections) < count:
+            self._arrived = trio.Event()
+            await self._arrived.wait()
+        return self.connections[count - 1]
+
+    async def serve_tcp(self) -> str:
+        """Also serve on a loopback TCP port; returns the ``ws://`` URL."""
+        serve = functools.partial(trio.serve_tcp, self._serve_stream, 0, host="127.0.0.1")
+        listeners: list[trio.SocketListener] = await self._nursery.start(serve)
+        host, port = listeners[0].socket.getsockname()[:2]
+        return f"ws://{host}:{port}/"
+
+    async def _serve_stream(self, stream: trio.abc.Stream) -> None:
+        gate = _Gate(stream)
+        try:
+            async with trio.open_nursery() as nursery:
+                request = await trio_websocket.wrap_server_stream(nursery, gate)
+                # Its reader task ends by itself once the connection is over; cancelling
+                # it early could interrupt a close handshake this side started.
+                await self._handshake(request, gate)
+        finally:
+            await trio.aclose_forcefully(gate)
+
+    async def _handshake(self, request: trio_websocket.WebSocketRequest, gate: _Gate) -> None:
+        if self._rejections:
+            await request.reject(self._rejections.pop(0))
+            return
+        ws = await request.accept()
+        connection = UpstreamConnection(len(self.connections), ws, gate)
+        self.connections.append(connection)
+        self._arrived.set()
+        await connection._serve()  # noqa: SLF001
+
+
+@asynccontextmanager
+async def open_fake_upstream() -> AsyncIterator[FakeUpstream]:
+    """A `FakeUpstream` whose tasks live in this block."""
+    async with trio.open_nursery() as nursery:
+        yield FakeUpstream(nursery)
+        nursery.cancel_scope.cancel()

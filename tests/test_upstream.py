@@ -1,0 +1,140 @@
+"""FakeUpstream, through open_socket: the scenarios the soak and the hub are built from."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from tenantry import (
+    Batch,
+    BufferConfig,
+    ConnectFailed,
+    Gauges,
+    ReasonCode,
+    RejectReason,
+    open_socket,
+)
+from tenantry.testing import open_fake_upstream
+
+
+async def drain(sock_events: object, into: list[Batch]) -> None:
+    async with sock_events.subscribe() as channel:  # type: ignore[attr-defined]
+        async for batch in channel:
+            into.append(batch)
+
+
+async def test_events_streamed_before_a_close_are_all_delivered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    batches: list[Batch] = []
+    async with open_fake_upstream() as upstream:
+
+        async def script() -> None:
+            conn = await upstream.wait_connections(1)
+            await conn.stream(500, keys=40, rate=100)
+            await conn.close(4503)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(script)
+            config = BufferConfig(always_buffer=True, flush_interval=1.0)
+            async with open_socket(upstream.connector, tenant_id="t", buffer=config) as sock:
+                await drain(sock.events, batches)
+    conn = upstream.connections[0]
+    stats = sock.buffer.stats
+    assert len(conn.sent) == 500
+    assert stats.received == 500
+    assert sum(b.count for b in batches) + stats.merged == 500
+    assert sock.close_reason is not None
+    assert sock.close_reason.code == ReasonCode.UNAVAILABLE_SERVICE
+    seqs = {data["seq"] for batch in batches for data in batch["chats.update"]}
+    assert max(seqs) == 500  # the last event sent made it
+
+
+async def test_a_stalled_upstream_times_out_with_408(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fake_upstream() as upstream:
+
+        async def script() -> None:
+            conn = await upstream.wait_connections(1)
+            await trio.sleep(100)
+            conn.stall()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(script)
+            async with open_socket(upstream.connector, tenant_id="t", keepalive=30) as sock:
+                await trio.sleep_forever()
+            closed_at = trio.current_time()
+    assert sock.close_reason is not None
+    assert (sock.close_reason.code, sock.close_reason.remote) == (ReasonCode.CONNECTION_LOST, True)
+    # The last pong came at 90 s; the ping at 120 s goes unanswered for 5 s.
+    assert 120 <= closed_at <= 100 + 30 + 5 + 30
+
+
+async def test_abort_stream_error_and_raw_frames(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_fake_upstream() as upstream:
+
+        async def script() -> None:
+            first = await upstream.wait_connections(1)
+            await first.send_raw(b"\x00\x01binary")
+            await first.send_raw("{broken")
+            await first.abort()
+            second = await upstream.wait_connections(2)
+            await second.stream_error(515, "restart required")
+
+        reasons = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(script)
+            for _ in range(2):
+                async with open_socket(upstream.connector, tenant_id="t") as sock:
+                    await trio.sleep_forever()
+                reasons.append(sock.close_reason)
+                rejected = sock.rejected
+                if len(reasons) == 1:
+                    assert rejected[RejectReason.BINARY] == 1
+                    assert rejected[RejectReason.INVALID_JSON] == 1
+    assert [r.code for r in reasons if r is not None] == [408, 515]
+
+
+async def test_rejected_handshakes(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_fake_upstream() as upstream:
+        upstream.reject_next(403)
+        with pytest.raises(ConnectFailed) as failed:
+            async with open_socket(upstream.connector, tenant_id="t"):
+                pytest.fail("rejected")
+        assert failed.value.reason.code == 403
+        async with open_socket(upstream.connector, tenant_id="t") as sock:
+            sock.close()
+    assert upstream.connections[0].ended
+
+
+async def test_sends_are_recorded_by_the_upstream(autojump_clock: trio.testing.MockClock) -> None:
+    async with open_fake_upstream() as upstream:
+        async with open_socket(upstream.connector, tenant_id="t") as sock:
+            await sock.send("presence.update", {"id": "me"})
+            await trio.testing.wait_all_tasks_blocked()
+        conn = upstream.connections[0]
+    assert conn.received == ['{"type":"presence.update","data":{"id":"me"}}']
+
+
+async def test_the_same_over_loopback_tcp() -> None:
+    gauges = Gauges()
+    batches: list[Batch] = []
+    async with open_fake_upstream() as upstream:
+        url = await upstream.serve_tcp()
+
+        async def script() -> None:
+            conn = await upstream.wait_connections(1)
+            await conn.stream(200, keys=200)
+            await conn.close(4515)
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(script)
+                async with open_socket(url, tenant_id="tcp", gauges=gauges) as sock:
+                    await drain(sock.events, batches)
+    assert gauges == Gauges()
+    assert sum(b.count for b in batches) == 200
+    assert sock.close_reason is not None
+    assert sock.close_reason.code == ReasonCode.RESTART_REQUIRED
