@@ -58,6 +58,7 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".", *BENCH_DEPS)
     session.run("python", "benchmarks/bench_cache.py")
     session.run("python", "benchmarks/bench_buffer.py")
+    session.run("python", "benchmarks/bench_socket.py")
 
 
 @nox.session(python=PYTHON)
