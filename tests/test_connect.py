@@ -5,15 +5,12 @@ import trio
 import trio.testing
 import trio_websocket
 
+from helpers import living_tasks
 from tenantry import UrlConnector
 from tenantry._connect import as_connector, redact_url
 from tenantry.testing import MemoryConnector
 
 LIMIT = 1024 * 1024
-
-
-def living_tasks() -> int:
-    return trio.lowlevel.current_statistics().tasks_living
 
 
 async def echo(request: trio_websocket.WebSocketRequest) -> None:

@@ -12,6 +12,7 @@ import trio
 import trio.testing
 import trio_websocket
 
+from helpers import collect, living_tasks
 from tenantry import (
     Batch,
     BufferConfig,
@@ -29,10 +30,6 @@ Handler = Callable[[trio_websocket.WebSocketRequest], Awaitable[None]]
 
 def frame(event_type: str, data: Any) -> str:
     return json.dumps({"type": event_type, "data": data})
-
-
-def living_tasks() -> int:
-    return trio.lowlevel.current_statistics().tasks_living
 
 
 def upstream(*frames: str, then: str = "close 4503", pause: float = 0.0) -> Handler:
@@ -57,11 +54,6 @@ def upstream(*frames: str, then: str = "close 4503", pause: float = 0.0) -> Hand
         # "drop": return without a close frame
 
     return handler
-
-
-async def collect(channel: trio.abc.ReceiveChannel[Batch], into: list[Batch]) -> None:
-    async for batch in channel:
-        into.append(batch)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import pytest
 import trio
 import trio.testing
 
+from helpers import collect
 from tenantry import (
     Batch,
     BufferConfig,
@@ -16,12 +17,6 @@ from tenantry import (
     open_socket,
 )
 from tenantry.testing import open_fake_upstream
-
-
-async def drain(sock_events: object, into: list[Batch]) -> None:
-    async with sock_events.subscribe() as channel:  # type: ignore[attr-defined]
-        async for batch in channel:
-            into.append(batch)
 
 
 async def test_events_streamed_before_a_close_are_all_delivered(
@@ -38,8 +33,11 @@ async def test_events_streamed_before_a_close_are_all_delivered(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(script)
             config = BufferConfig(always_buffer=True, flush_interval=1.0)
-            async with open_socket(upstream.connector, tenant_id="t", buffer=config) as sock:
-                await drain(sock.events, batches)
+            async with (
+                open_socket(upstream.connector, tenant_id="t", buffer=config) as sock,
+                sock.events.subscribe() as channel,
+            ):
+                await collect(channel, batches)
     conn = upstream.connections[0]
     stats = sock.buffer.stats
     assert len(conn.sent) == 500
@@ -132,8 +130,11 @@ async def test_the_same_over_loopback_tcp() -> None:
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(script)
-                async with open_socket(url, tenant_id="tcp", gauges=gauges) as sock:
-                    await drain(sock.events, batches)
+                async with (
+                    open_socket(url, tenant_id="tcp", gauges=gauges) as sock,
+                    sock.events.subscribe() as channel,
+                ):
+                    await collect(channel, batches)
     assert gauges == Gauges()
     assert sum(b.count for b in batches) == 200
     assert sock.close_reason is not None

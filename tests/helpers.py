@@ -1,0 +1,18 @@
+"""Small helpers shared by the Trio-level tests."""
+
+from __future__ import annotations
+
+import trio
+
+from tenantry import Batch
+
+
+def living_tasks() -> int:
+    """How many Trio tasks are alive in this run."""
+    return trio.lowlevel.current_statistics().tasks_living
+
+
+async def collect(channel: trio.abc.ReceiveChannel[Batch], into: list[Batch]) -> None:
+    """Append every batch of *channel* to *into* until the channel ends."""
+    async for batch in channel:
+        into.append(batch)
