@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from helpers import collect
+from helpers import collect, living_tasks
 from tenantry import (
     Batch,
     BufferConfig,
@@ -14,9 +14,10 @@ from tenantry import (
     Gauges,
     ReasonCode,
     RejectReason,
+    Socket,
     open_socket,
 )
-from tenantry.testing import open_fake_upstream
+from tenantry.testing import FakeUpstream, open_fake_upstream
 
 
 async def test_events_streamed_before_a_close_are_all_delivered(
@@ -139,3 +140,103 @@ async def test_the_same_over_loopback_tcp() -> None:
     assert sum(b.count for b in batches) == 200
     assert sock.close_reason is not None
     assert sock.close_reason.code == ReasonCode.RESTART_REQUIRED
+
+
+CLOSE_PATHS = [
+    "remote 4503",
+    "abort",
+    "stall",
+    "stream:error",
+    "bad frames",
+    "listener",
+    "close()",
+    "body ends",
+    "outer cancel",
+]
+
+
+async def upstream_side(upstream: FakeUpstream, path: str) -> None:
+    """What the upstream does on each close path: stream, then end its way."""
+    conn = await upstream.wait_connections(1)
+    await conn.stream(50, keys=20, rate=20)
+    if path == "remote 4503":
+        await conn.close(4503)
+    elif path == "abort":
+        await conn.abort()
+    elif path == "stall":
+        conn.stall()
+    elif path == "stream:error":
+        await conn.stream_error(515)
+    elif path == "bad frames":
+        for _ in range(5):
+            await conn.send_raw("garbage")
+
+
+async def client_side(
+    upstream: FakeUpstream, path: str, gauges: Gauges, batches: list[Batch]
+) -> Socket:
+    """What the client does on each close path; returns its socket once the scope has exited."""
+
+    def listener(data: object) -> None:
+        if path == "listener":
+            raise RuntimeError("listener bug")
+
+    config = BufferConfig(always_buffer=True, flush_interval=1.0)
+    with trio.move_on_after(600) as outer:
+        async with open_socket(
+            upstream.connector,
+            tenant_id="t",
+            gauges=gauges,
+            keepalive=10,
+            max_bad_frames=3,
+            buffer=config,
+        ) as sock:
+            sock.events.on("chats.update", listener)
+            async with sock.events.subscribe() as channel:
+                if path in ("close()", "body ends"):
+                    await trio.sleep(3)
+                    if path == "body ends":
+                        return sock
+                    sock.close("test")
+                elif path == "outer cancel":
+                    outer.deadline = trio.current_time() + 3
+                await collect(channel, batches)
+    return sock
+
+
+@pytest.mark.parametrize("path", CLOSE_PATHS)
+async def test_every_close_path_leaves_nothing_behind(
+    autojump_clock: trio.testing.MockClock, path: str
+) -> None:
+    gauges = Gauges()
+    batches: list[Batch] = []
+    sockets: list[Socket] = []
+
+    async def client() -> None:
+        sockets.append(await client_side(upstream, path, gauges, batches))
+
+    async with open_fake_upstream() as upstream, trio.open_nursery() as nursery:
+        nursery.start_soon(upstream_side, upstream, path)
+        before = living_tasks()
+        if path == "listener":
+            with pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="listener bug")):
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(client)
+        else:
+            await client()
+        if path == "stall":  # the upstream stays stalled until told otherwise
+            await upstream.connections[0].abort()
+        await trio.testing.wait_all_tasks_blocked()
+        assert living_tasks() <= before  # the upstream's script may have ended meanwhile
+        nursery.cancel_scope.cancel()
+    assert gauges == Gauges()
+    if sockets:
+        sock = sockets[0]
+        assert sock.close_reason is not None
+        assert sock.events.closed
+        assert sock.events.subscribers == 0
+        stats = sock.buffer.stats
+        assert stats.received == stats.delivered + stats.merged
+        assert stats.pending == 0
+        if path not in ("body ends", "outer cancel"):
+            assert sum(b.count for b in batches) == stats.delivered

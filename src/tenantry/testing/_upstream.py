@@ -53,6 +53,7 @@ class _Gate(trio.abc.Stream):
         await self._stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
+        self._open.set()  # a stalled reader wakes to find the stream closed
         await self._stream.aclose()
 
 
