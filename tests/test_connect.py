@@ -118,3 +118,11 @@ def test_urls_are_validated_and_redacted() -> None:
     assert isinstance(as_connector("ws://h/"), UrlConnector)
     with pytest.raises(TypeError, match="connector"):
         as_connector(42)  # type: ignore[arg-type]
+
+
+async def test_memory_connector_takes_one_kind_of_server() -> None:
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(TypeError, match="handler"):
+            MemoryConnector(nursery)
+        with pytest.raises(TypeError, match="handler"):
+            MemoryConnector(nursery, echo, serve_stream=trio.aclose_forcefully)

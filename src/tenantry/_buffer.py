@@ -57,10 +57,6 @@ class InvalidEvent(ValueError):
     """An event whose data does not fit its type's rule (e.g. it has no key)."""
 
 
-def _positive_seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    seconds(instance, attribute, value)  # type: ignore[arg-type]
-
-
 @final
 @attrs.frozen
 class BufferConfig:
@@ -75,7 +71,7 @@ class BufferConfig:
             entities across flushes.
     """
 
-    flush_interval: float = attrs.field(default=5.0, validator=_positive_seconds)
+    flush_interval: float = attrs.field(default=5.0, validator=seconds)
     max_items: int = attrs.field(default=1000, validator=positive_count)
     always_buffer: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
     history_max_keys: int = attrs.field(default=10_000, validator=positive_count)

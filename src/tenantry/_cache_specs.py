@@ -18,7 +18,7 @@ import attrs
 
 from ._cache import BoundedCache, CacheStats, RemovalCause
 from ._clock import Clock
-from ._validate import check_count, positive_count, seconds
+from ._validate import check_count, optional_seconds, positive_count
 
 __all__ = ["SEED_CACHE_SPECS", "CacheSet", "CacheSpec", "CapacityPlan", "Scope", "capacity_plan"]
 
@@ -40,7 +40,7 @@ class CacheSpec:
     """The declared limit, default TTL and owning scope of one named cache."""
 
     max_keys: int = attrs.field(validator=positive_count)
-    ttl: float | None = attrs.field(default=None, validator=seconds)
+    ttl: float | None = attrs.field(default=None, validator=optional_seconds)
     """Default TTL in seconds; None for entries that never expire."""
     scope: Scope = attrs.field(default=Scope.SOCKET, validator=attrs.validators.instance_of(Scope))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 
@@ -30,8 +32,13 @@ def check_count(value: object, field: str, *, minimum: int) -> int:
     return value
 
 
-def seconds(_: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
-    """attrs validator: `check_seconds`, None allowed."""
+def seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """attrs validator: `check_seconds`."""
+    check_seconds(value, attribute.name)
+
+
+def optional_seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """attrs validator: `check_seconds`, or None."""
     if value is not None:
         check_seconds(value, attribute.name)
 

@@ -29,6 +29,9 @@ class MemoryConnector:
     frames, pings, close codes -- runs as over TCP, but deterministically,
     so tests can drive reconnects with `trio.testing.MockClock`.
 
+    Instead of a *handler*, a server that needs the raw transport can pass
+    ``serve_stream(stream)``, which then owns the stream (`FakeUpstream` does).
+
     When the handler returns, its end of the stream is closed. A handler
     that returns without closing the WebSocket therefore looks, to the
     client, like a connection dropped without a close frame (code 1006).
@@ -37,28 +40,21 @@ class MemoryConnector:
     def __init__(
         self,
         server_nursery: trio.Nursery,
-        handler: Handler,
+        handler: Handler | None = None,
         *,
+        serve_stream: StreamServer | None = None,
         host: str = "tenantry.test",
         resource: str = "/",
     ) -> None:
+        if (handler is None) == (serve_stream is None):
+            raise TypeError("give a handler, or serve_stream for a server of raw streams")
         self._server_nursery = server_nursery
         self._handler = handler
-        self._serve_stream: StreamServer = self._serve
+        # serve_stream: for servers that need the transport itself (FakeUpstream
+        # stalls by no longer reading it); it owns the stream it is given.
+        self._serve_stream: StreamServer = serve_stream or self._serve
         self._host = host
         self._resource = resource
-
-    @classmethod
-    def for_streams(cls, server_nursery: trio.Nursery, serve: StreamServer) -> MemoryConnector:
-        """A connector whose server side is ``serve(stream)``, given the raw stream.
-
-        For servers that need the transport itself (`FakeUpstream` stalls by
-        no longer reading it); `serve` runs in *server_nursery* and owns the
-        stream.
-        """
-        connector = cls(server_nursery, _unused_handler)
-        connector._serve_stream = serve
-        return connector
 
     def open(
         self, *, headers: Mapping[str, str], max_message_size: int
@@ -82,14 +78,12 @@ class MemoryConnector:
         try:
             async with trio.open_nursery() as nursery:
                 request = await trio_websocket.wrap_server_stream(nursery, stream)
+                assert self._handler is not None  # noqa: S101 - _serve is only used with a handler
                 await self._handler(request)
                 nursery.cancel_scope.cancel()
         finally:
             await trio.aclose_forcefully(stream)
 
     def __repr__(self) -> str:
-        return f"<MemoryConnector {self._host}{self._resource} -> {self._handler!r}>"
-
-
-async def _unused_handler(request: trio_websocket.WebSocketRequest) -> None:  # pragma: no cover
-    await request.reject(500)
+        server = self._handler if self._handler is not None else self._serve_stream
+        return f"<MemoryConnector {self._host}{self._resource} -> {server!r}>"

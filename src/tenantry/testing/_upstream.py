@@ -157,7 +157,7 @@ class FakeUpstream:
         self.connections: list[UpstreamConnection] = []
         self._rejections: list[int] = []
         self._arrived = trio.Event()
-        self.connector = MemoryConnector.for_streams(nursery, self._serve_stream)
+        self.connector = MemoryConnector(nursery, serve_stream=self._serve_stream)
         """Connects clients over in-memory streams."""
 
     def reject_next(self, status: int) -> None:
