@@ -204,6 +204,7 @@ async def test_bad_frames_are_counted_and_survived(
         server.cancel_scope.cancel()
     assert sock.rejected == {
         RejectReason.BINARY: 0,
+        RejectReason.INVALID_UTF8: 0,
         RejectReason.TOO_LARGE: 1,
         RejectReason.INVALID_JSON: 1,
         RejectReason.BAD_SHAPE: 1,

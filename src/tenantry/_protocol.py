@@ -30,6 +30,11 @@ class RejectReason(enum.Enum):
     BINARY = "binary"
     """A binary message where the protocol expects text."""
     TOO_LARGE = "too_large"
+    """Over the protocol's size limit. A frame so large that the transport
+    refuses it (close code 1009) also ends the socket."""
+    INVALID_UTF8 = "invalid_utf8"
+    """A text message that is not UTF-8: the WebSocket layer fails the
+    connection (close code 1007), so this rejection also ends the socket."""
     INVALID_JSON = "invalid_json"
     BAD_SHAPE = "bad_shape"
     """Valid JSON, but not ``{"type": <non-empty string>, "data": ...}``."""

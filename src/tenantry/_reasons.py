@@ -90,6 +90,17 @@ DEFAULT_DECISIONS: Mapping[int, Decision] = MappingProxyType(
 """Codes whose default decision is not `Decision.RECONNECT`."""
 
 _WS_NORMAL = frozenset({1000, 1001})
+_WS_NAMES = MappingProxyType(
+    {
+        1002: "ws_protocol_error",
+        1003: "unsupported_data",
+        1007: "invalid_payload",
+        1008: "policy_violation",
+        1009: "message_too_big",
+        1011: "internal_error",
+    }
+)
+"""RFC 6455 close codes that pass through the table as themselves, by name."""
 _WS_ABNORMAL = 1006
 _WS_APPLICATION = range(4000, 5000)
 
@@ -112,11 +123,11 @@ class DisconnectReason:
 
     @property
     def name(self) -> str:
-        """``logged_out``, ``restart_required``, ... or ``code_<N>`` for an unknown code."""
+        """``logged_out``, ``restart_required``, ``message_too_big``, ... or ``code_<N>``."""
         try:
             return ReasonCode(self.code).name.lower()
         except ValueError:
-            return f"code_{self.code}"
+            return _WS_NAMES.get(self.code, f"code_{self.code}")
 
     def __str__(self) -> str:
         side = "remote" if self.remote else "local"

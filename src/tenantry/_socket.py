@@ -64,6 +64,9 @@ __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
 logger = logging.getLogger("tenantry.socket")
 
 KEEPALIVE_GRACE = 5.0
+
+_REFUSED_BY_TRANSPORT = {1007: RejectReason.INVALID_UTF8, 1009: RejectReason.TOO_LARGE}
+"""Close codes with which trio-websocket fails a connection over one bad frame."""
 """Seconds past the keepalive interval a silent peer is given before a 408."""
 
 
@@ -259,6 +262,8 @@ class Socket:
                 code = None if closed.reason is None else closed.reason.code
                 message = None if closed.reason is None else closed.reason.reason
                 self._begin_close(DisconnectReason.from_close_code(code, message))
+                if code in _REFUSED_BY_TRANSPORT:  # a bad frame too: count it as one
+                    self._reject(_REFUSED_BY_TRANSPORT[code], message or "")
             except CloseRequested as request:
                 self._begin_close(request.reason)
             except Exception as exc:  # noqa: BLE001 - a listener's (or a custom protocol's) bug

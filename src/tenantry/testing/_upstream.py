@@ -18,9 +18,12 @@ from ._memory import MemoryConnector
 __all__ = ["FakeUpstream", "UpstreamConnection", "open_fake_upstream"]
 
 
-def _text_frame(text: str) -> bytes:
-    """One unmasked (server-to-client) WebSocket text frame, RFC 6455 section 5.2."""
-    payload = text.encode()
+def _text_frame(text: str | bytes) -> bytes:
+    """One unmasked (server-to-client) WebSocket text frame, RFC 6455 section 5.2.
+
+    *text* as bytes is sent as the payload unchecked, valid UTF-8 or not.
+    """
+    payload = text.encode() if isinstance(text, str) else text
     size = len(payload)
     if size < 126:
         header = bytes((0x81, size))
@@ -32,12 +35,17 @@ def _text_frame(text: str) -> bytes:
 
 
 class _Gate(trio.abc.Stream):
-    """A stream whose reading can be stopped: a stalled peer reads nothing, answers no ping."""
+    """A stream whose reading can be stopped: a stalled peer reads nothing, answers no ping.
+
+    Writes are serialised, so that frames written around trio-websocket
+    (`UpstreamConnection.blast`) never interleave with its own.
+    """
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._open = trio.Event()
         self._open.set()
+        self._sending = trio.StrictFIFOLock()
 
     def stall(self) -> None:
         self._open = trio.Event()
@@ -47,7 +55,8 @@ class _Gate(trio.abc.Stream):
         return await self._stream.receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
+        async with self._sending:
+            await self._stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -107,9 +116,17 @@ class UpstreamConnection:
         """
         await self._gate.send_all(b"".join(_text_frame(text) for text in frames))
 
-    async def send_raw(self, frame: str | bytes) -> None:
-        """Send a frame as is: malformed JSON, binary, anything (not recorded in `sent`)."""
-        await self._ws.send_message(frame)
+    async def send_raw(self, frame: str | bytes, *, as_text: bool = False) -> None:
+        """Send a frame as is: malformed JSON, binary, anything (not recorded in `sent`).
+
+        With *as_text*, bytes go out as a *text* frame without any check,
+        invalid UTF-8 included (the client's WebSocket layer then fails the
+        connection with close code 1007, as RFC 6455 requires).
+        """
+        if as_text and isinstance(frame, bytes):
+            await self._gate.send_all(_text_frame(frame))
+        else:
+            await self._ws.send_message(frame)
 
     async def stream_error(self, code: int, text: str = "") -> None:
         """Send ``{"type": "stream:error", "code": code}``, as the seed's server does."""
