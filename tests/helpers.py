@@ -7,6 +7,16 @@ import trio
 from tenantry import Batch
 
 
+class FakeClock:
+    """A hand-driven clock for the pure state machines."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def living_tasks() -> int:
     """How many Trio tasks are alive in this run."""
     return trio.lowlevel.current_statistics().tasks_living

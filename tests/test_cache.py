@@ -10,17 +10,8 @@ import pytest
 import trio
 import trio.testing
 
+from helpers import FakeClock
 from tenantry import BoundedCache, CacheStats, RemovalCause
-
-
-class FakeClock:
-    """A hand-driven clock for the pure cache."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ for the scope tree and the invariants the test suite holds.
 
 from types import FunctionType as _FunctionType
 
+from ._backoff import Backoff, RandomSource
+from ._breaker import BreakerState, CircuitBreaker
 from ._buffer import BufferConfig, BufferStats, EventBuffer, InvalidEvent
 from ._cache import BoundedCache, CacheStats, RemovalCause
 from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, CapacityPlan, Scope, capacity_plan
@@ -17,6 +19,7 @@ from ._gauges import Gauges
 from ._janitor import run_janitor
 from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, WireProtocol
 from ._reasons import DEFAULT_DECISIONS, Decision, DisconnectReason, ReasonCode, default_decide
+from ._reconnect import NextStep, Reconnector, ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, Rule, RuleKind, message_key
 from ._socket import ConnectFailed, Socket, SocketClosed, open_socket
 from ._stream import EventStream, Listener
@@ -25,14 +28,17 @@ __all__ = [
     "DEFAULT_DECISIONS",
     "DEFAULT_EVENT_RULES",
     "SEED_CACHE_SPECS",
+    "Backoff",
     "Batch",
     "BoundedCache",
+    "BreakerState",
     "BufferConfig",
     "BufferStats",
     "CacheSet",
     "CacheSpec",
     "CacheStats",
     "CapacityPlan",
+    "CircuitBreaker",
     "Clock",
     "CloseRequested",
     "ConnectFailed",
@@ -50,7 +56,11 @@ __all__ = [
     "JsonProtocol",
     "KeySpec",
     "Listener",
+    "NextStep",
+    "RandomSource",
     "ReasonCode",
+    "ReconnectPolicy",
+    "Reconnector",
     "RejectReason",
     "RemovalCause",
     "Rule",

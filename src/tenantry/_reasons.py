@@ -74,7 +74,9 @@ class Decision(enum.Enum):
     RECONNECT = "reconnect"
     """After the backoff delay (and only if the circuit breaker allows)."""
     RECONNECT_NOW = "reconnect now"
-    """At once, without counting a failure."""
+    """At once, without the backoff delay. A connection that did not last
+    still counts as a failure, so the circuit breaker can stop a peer that
+    answers every connection this way."""
     STOP = "stop"
     """Not at all: the tenant stays stopped until restarted or removed."""
 

@@ -1,0 +1,105 @@
+"""How long to wait before the next connection attempt.
+
+A schedule of base delays indexed by the number of consecutive failures,
+each scaled by a random factor in ``1 ± jitter`` so that tenants dropped
+together do not come back together (the "thundering herd"; see the AWS
+Architecture Blog, "Exponential Backoff And Jitter", 2015). Pure: the random
+source is passed in, so a seeded `random.Random` makes every delay
+reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol, final
+
+import attrs
+
+from ._validate import check_seconds
+
+__all__ = ["Backoff", "RandomSource"]
+
+
+class RandomSource(Protocol):
+    """Anything with ``random() -> float`` in ``[0, 1)``, such as `random.Random`."""
+
+    def random(self) -> float:
+        """A float in ``[0, 1)``."""
+        ...
+
+
+def _delays(value: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"delays must be a sequence of seconds, got {value!r}")
+    return tuple(value)
+
+
+def _check_delays(_: object, attribute: attrs.Attribute[Any], value: tuple[float, ...]) -> None:
+    if not value:
+        raise ValueError("delays must not be empty")
+    for delay in value:
+        if delay != 0:
+            check_seconds(delay, attribute.name)
+        if delay == math.inf:
+            raise ValueError("delays must be finite")
+
+
+def _check_jitter(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"jitter must be a number, got {value!r}")
+    if not 0 <= value < 1:
+        raise ValueError(f"jitter must be in [0, 1), got {value!r}")
+
+
+@final
+@attrs.frozen
+class Backoff:
+    """A delay schedule: ``delays[n - 1]`` after *n* consecutive failures, jittered.
+
+    Past the end of *delays* the last one repeats. The defaults are the
+    seed's: 1, 2, 5, 10, 20, 30 s, each ±15 %.
+
+    Args:
+        delays: Base delays in seconds (0 allowed), one per consecutive failure.
+        jitter: Each delay is multiplied by a uniform factor in
+            ``[1 - jitter, 1 + jitter)``.
+    """
+
+    delays: tuple[float, ...] = attrs.field(
+        default=(1.0, 2.0, 5.0, 10.0, 20.0, 30.0), converter=_delays, validator=_check_delays
+    )
+    jitter: float = attrs.field(default=0.15, validator=_check_jitter)
+
+    @classmethod
+    def exponential(
+        cls,
+        initial: float = 1.0,
+        *,
+        factor: float = 2.0,
+        maximum: float = 30.0,
+        jitter: float = 0.15,
+    ) -> Backoff:
+        """``initial * factor ** n``, capped at *maximum*: 1, 2, 4, 8, 16, 30 by default."""
+        check_seconds(initial, "initial")
+        check_seconds(maximum, "maximum")
+        if not factor > 1:  # also rejects NaN
+            raise ValueError(f"factor must be a number > 1, got {factor!r}")
+        if maximum == math.inf:
+            raise ValueError("maximum must be finite")
+        delays = [min(initial, maximum)]
+        while delays[-1] < maximum:
+            delays.append(min(delays[-1] * factor, maximum))
+        return cls(tuple(delays), jitter)
+
+    def delay(self, failures: int, random: RandomSource) -> float:
+        """Seconds to wait after *failures* consecutive failures (at least 1 counts as 1)."""
+        return self._base(failures) * (1.0 + self.jitter * (2.0 * random.random() - 1.0))
+
+    def bounds(self, failures: int) -> tuple[float, float]:
+        """The smallest and largest delay `delay` can return for *failures*."""
+        base = self._base(failures)
+        return base * (1.0 - self.jitter), base * (1.0 + self.jitter)
+
+    def _base(self, failures: int) -> float:
+        return self.delays[min(max(failures, 1), len(self.delays)) - 1]

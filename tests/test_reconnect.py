@@ -1,0 +1,346 @@
+"""Backoff, circuit breaker and the per-tenant reconnect state machine: pure, no I/O."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import given, settings
+
+from helpers import FakeClock
+from tenantry import (
+    Backoff,
+    BreakerState,
+    CircuitBreaker,
+    Decision,
+    DisconnectReason,
+    ReasonCode,
+    ReconnectPolicy,
+)
+
+CLOSED_503 = DisconnectReason(ReasonCode.UNAVAILABLE_SERVICE, "scripted")
+
+
+class Fixed:
+    """A random source that always returns *value*."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+# -- Backoff -------------------------------------------------------------------
+
+
+def test_backoff_follows_the_seed_schedule_then_repeats_the_last() -> None:
+    backoff = Backoff(jitter=0)
+    delays = [backoff.delay(n, Fixed(0.5)) for n in range(9)]
+    assert delays == [1, 1, 2, 5, 10, 20, 30, 30, 30]
+
+
+def test_backoff_jitter_spans_its_bounds() -> None:
+    backoff = Backoff()
+    assert backoff.delay(3, Fixed(0.0)) == pytest.approx(5 * 0.85)
+    assert backoff.delay(3, Fixed(0.999999)) == pytest.approx(5 * 1.15)
+    assert backoff.bounds(3) == pytest.approx((4.25, 5.75))
+
+
+def test_backoff_is_reproducible_from_a_seed() -> None:
+    backoff = Backoff()
+    first = [backoff.delay(n, rng) for rng in [random.Random(7)] for n in range(1, 20)]
+    again = [backoff.delay(n, rng) for rng in [random.Random(7)] for n in range(1, 20)]
+    assert first == again
+    assert len(set(first)) == len(first)  # jittered: no two alike
+
+
+@settings(max_examples=200)
+@given(failures=st.integers(-3, 50), r=st.floats(0, 1, exclude_max=True))
+def test_backoff_stays_within_bounds(failures: int, r: float) -> None:
+    backoff = Backoff()
+    low, high = backoff.bounds(failures)
+    assert low <= backoff.delay(failures, Fixed(r)) <= high
+
+
+def test_exponential_backoff() -> None:
+    assert Backoff.exponential(jitter=0).delays == (1, 2, 4, 8, 16, 30)
+    assert Backoff.exponential(0.5, factor=3, maximum=10).delays == (0.5, 1.5, 4.5, 10)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"delays": ()}, "delays"),
+        ({"delays": (1, -2)}, "delays"),
+        ({"delays": (1, math.inf)}, "delays"),
+        ({"delays": "12"}, "delays"),
+        ({"jitter": 1.0}, "jitter"),
+        ({"jitter": -0.1}, "jitter"),
+    ],
+)
+def test_backoff_validation_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=field):
+        Backoff(**kwargs)  # type: ignore[arg-type]
+
+
+def test_exponential_validation() -> None:
+    with pytest.raises(ValueError, match="factor"):
+        Backoff.exponential(factor=1)
+    with pytest.raises(ValueError, match="maximum"):
+        Backoff.exponential(maximum=math.inf)
+
+
+# -- CircuitBreaker ------------------------------------------------------------------
+
+
+def test_breaker_opens_after_fail_max_then_half_opens_after_the_timeout() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(fail_max=3, reset_timeout=60, clock=clock)
+    for _ in range(2):
+        breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.opened_at == clock.now
+    assert not breaker.allow()
+    assert breaker.wait() == 60
+    clock.now += 59.9
+    assert breaker.state is BreakerState.OPEN
+    clock.now += 0.1
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.changed_at == breaker.retry_at == 1060
+    assert breaker.wait() == 0
+
+
+def test_half_open_allows_exactly_one_trial() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(fail_max=1, reset_timeout=10, clock=clock)
+    breaker.record_failure()
+    clock.now += 10
+    assert breaker.allow()
+    assert not breaker.allow()
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    assert breaker.changed_at == clock.now
+    assert breaker.failures == 0
+    assert breaker.allow()
+    assert breaker.allow()
+
+
+def test_a_failed_trial_reopens_for_a_full_timeout() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(fail_max=5, reset_timeout=60, clock=clock)
+    for _ in range(5):
+        breaker.record_failure()
+    clock.now += 60
+    assert breaker.allow()
+    breaker.record_failure()  # one failure is enough in half-open
+    assert breaker.state is BreakerState.OPEN
+    assert breaker.retry_at == clock.now + 60
+    assert breaker.trips == 2
+
+
+def test_a_success_resets_the_count() -> None:
+    breaker = CircuitBreaker(fail_max=2, clock=FakeClock())
+    breaker.record_failure()
+    breaker.record_success()
+    breaker.record_failure()
+    assert breaker.state is BreakerState.CLOSED
+
+
+def test_breaker_repr_and_gauge() -> None:
+    breaker = CircuitBreaker(fail_max=1, clock=FakeClock())
+    breaker.record_failure()
+    assert repr(breaker) == "<CircuitBreaker open failures=1/1 reset_timeout=60>"
+    assert [s.gauge for s in BreakerState] == [0, 1, 2]
+
+
+def test_breaker_validation() -> None:
+    with pytest.raises(ValueError, match="fail_max"):
+        CircuitBreaker(fail_max=0)
+    with pytest.raises(ValueError, match="reset_timeout"):
+        CircuitBreaker(reset_timeout=0)
+
+
+breaker_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("wait"), st.floats(0, 100)),
+        st.tuples(st.sampled_from(["allow", "success", "failure"]), st.none()),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300)
+@given(steps=breaker_steps)
+def test_breaker_invariants(steps: list[tuple[str, float | None]]) -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(fail_max=3, reset_timeout=30, clock=clock)
+    streak = 0  # failures since the last success
+    trials = 0  # allow() == True since the circuit last half-opened
+    for step, amount in steps:
+        before = breaker.state
+        if step == "wait":
+            assert amount is not None
+            clock.now += amount
+        elif step == "allow":
+            allowed = breaker.allow()
+            if before is BreakerState.HALF_OPEN:
+                assert allowed == (trials == 0)
+                trials += allowed
+            else:
+                assert allowed == (before is BreakerState.CLOSED)
+        elif step == "success":
+            breaker.record_success()
+            streak = trials = 0
+        else:
+            breaker.record_failure()
+            streak += 1
+            trials = 0
+        state = breaker.state
+        if breaker.trips == 0:
+            assert (state is BreakerState.CLOSED) == (streak < 3)
+        if streak >= 3:
+            assert state is not BreakerState.CLOSED
+        if state is BreakerState.OPEN:
+            assert breaker.wait() > 0
+            assert not breaker.allow()
+        assert trials <= 1
+
+
+# -- Reconnector -----------------------------------------------------------------------
+
+
+def make(policy: ReconnectPolicy | None = None) -> tuple[FakeClock, ReconnectPolicy]:
+    return FakeClock(), policy or ReconnectPolicy(backoff=Backoff(jitter=0))
+
+
+def test_a_server_that_accepts_then_closes_gets_growing_delays() -> None:
+    clock, policy = make()
+    machine = policy.reconnector(clock=clock, random=Fixed(0.5))
+    delays = []
+    for _ in range(4):
+        machine.connected()
+        clock.now += 1  # closes well before stable_after
+        step = machine.disconnected(CLOSED_503)
+        delays.append(step.delay)
+        assert step.failure
+        clock.now += step.delay
+    assert delays == [1, 2, 5, 10]
+    assert machine.failures == 4
+
+
+def test_a_stable_connection_resets_the_backoff_and_the_breaker() -> None:
+    clock, policy = make()
+    machine = policy.reconnector(clock=clock, random=Fixed(0.5))
+    for _ in range(3):
+        machine.disconnected(CLOSED_503)  # handshakes that failed
+    assert machine.failures == 3
+    machine.connected()
+    clock.now += 29
+    assert not machine.settle()
+    assert machine.stable_at == clock.now + 1
+    clock.now += 1
+    assert machine.settle()
+    assert machine.failures == 0
+    assert machine.breaker.failures == 0
+    step = machine.disconnected(CLOSED_503)
+    assert not step.failure
+    assert step.delay == 1
+    assert step.failures == 0
+
+
+def test_the_breaker_opens_after_five_failed_handshakes_and_its_wait_wins() -> None:
+    clock, policy = make()
+    machine = policy.reconnector(clock=clock, random=Fixed(0.5))
+    steps = [machine.disconnected(DisconnectReason(500, "handshake")) for _ in range(5)]
+    assert [s.breaker for s in steps] == [BreakerState.CLOSED] * 4 + [BreakerState.OPEN]
+    assert steps[-1].delay == 60  # the breaker's timeout, longer than the backoff's 20
+    clock.now += 60
+    assert machine.breaker.state is BreakerState.HALF_OPEN
+    trial = machine.disconnected(DisconnectReason(500, "handshake"))
+    assert trial.breaker is BreakerState.OPEN
+    assert trial.delay == 60
+
+
+@pytest.mark.parametrize("code", [401, 403, 440])
+def test_stop_codes_stop_and_count_nothing(code: int) -> None:
+    clock, policy = make()
+    machine = policy.reconnector(clock=clock)
+    step = machine.disconnected(DisconnectReason(code))
+    assert step.decision is Decision.STOP
+    assert step.delay == math.inf
+    assert not step.failure
+    assert machine.failures == 0
+
+
+def test_restart_required_reconnects_at_once_but_cannot_storm() -> None:
+    clock, policy = make()
+    machine = policy.reconnector(clock=clock, random=Fixed(0.5))
+    steps = []
+    for _ in range(6):
+        machine.connected()
+        steps.append(machine.disconnected(DisconnectReason(ReasonCode.RESTART_REQUIRED)))
+    assert [s.decision for s in steps] == [Decision.RECONNECT_NOW] * 6
+    assert [s.delay for s in steps[:4]] == [0, 0, 0, 0]
+    assert steps[4].breaker is BreakerState.OPEN
+    assert steps[4].delay == 60
+
+
+def test_a_handler_error_is_a_failure_even_on_a_stable_connection() -> None:
+    clock, policy = make()
+    machine = policy.reconnector(clock=clock, random=Fixed(0.5))
+    machine.connected()
+    clock.now += 100
+    step = machine.disconnected(DisconnectReason(428, "handler raised"), failed=True)
+    assert step.failure
+    assert step.failures == 1
+
+
+def test_restart_counts_nothing_and_waits_for_nothing() -> None:
+    clock, policy = make()
+    machine = policy.reconnector(clock=clock)
+    for _ in range(5):
+        machine.disconnected(CLOSED_503)
+    machine.connected()
+    step = machine.restarted()
+    assert (step.decision, step.delay, step.failure) == (Decision.RECONNECT_NOW, 0, False)
+    assert machine.failures == 5
+    assert machine.stable_at is None
+
+
+def test_a_custom_decide() -> None:
+    clock, _ = make()
+    policy = ReconnectPolicy(decide=lambda reason: Decision.STOP)
+    assert policy.reconnector(clock=clock).disconnected(CLOSED_503).decision is Decision.STOP
+
+
+def test_jittered_delays_from_a_seed_are_reproducible() -> None:
+    def run(seed: int) -> list[float]:
+        clock = FakeClock()
+        machine = ReconnectPolicy().reconnector(clock=clock, random=random.Random(seed))
+        return [machine.disconnected(CLOSED_503).delay for _ in range(4)]
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+    low, high = Backoff().bounds(2)
+    assert low <= run(3)[1] <= high
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"fail_max": 0}, "fail_max"),
+        ({"reset_timeout": -1}, "reset_timeout"),
+        ({"stable_after": 0}, "stable_after"),
+        ({"backoff": (1, 2)}, "backoff"),
+        ({"decide": 3}, "decide"),
+    ],
+)
+def test_policy_validation_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=field):
+        ReconnectPolicy(**kwargs)  # type: ignore[arg-type]
