@@ -16,17 +16,21 @@ from ._clock import Clock
 from ._connect import Connector, UrlConnector
 from ._events import Batch, Event, FlushReason
 from ._gauges import Gauges
+from ._hub import Hub, open_hub
 from ._janitor import run_janitor
+from ._metrics import METRIC_FAMILIES, Metrics, Sample
 from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, WireProtocol
 from ._reasons import DEFAULT_DECISIONS, Decision, DisconnectReason, ReasonCode, default_decide
 from ._reconnect import NextStep, Reconnector, ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, Rule, RuleKind, message_key
 from ._socket import ConnectFailed, Socket, SocketClosed, open_socket
 from ._stream import EventStream, Listener
+from ._tenant import TenantSpec, TenantState, TenantStatus
 
 __all__ = [
     "DEFAULT_DECISIONS",
     "DEFAULT_EVENT_RULES",
+    "METRIC_FAMILIES",
     "SEED_CACHE_SPECS",
     "Backoff",
     "Batch",
@@ -52,10 +56,12 @@ __all__ = [
     "FlushReason",
     "FrameRejected",
     "Gauges",
+    "Hub",
     "InvalidEvent",
     "JsonProtocol",
     "KeySpec",
     "Listener",
+    "Metrics",
     "NextStep",
     "RandomSource",
     "ReasonCode",
@@ -65,14 +71,19 @@ __all__ = [
     "RemovalCause",
     "Rule",
     "RuleKind",
+    "Sample",
     "Scope",
     "Socket",
     "SocketClosed",
+    "TenantSpec",
+    "TenantState",
+    "TenantStatus",
     "UrlConnector",
     "WireProtocol",
     "capacity_plan",
     "default_decide",
     "message_key",
+    "open_hub",
     "open_socket",
     "run_janitor",
 ]

@@ -328,10 +328,30 @@ class Socket:
     async def _shutdown(self) -> None:
         """Steps 2-5 of the ordered shutdown (see the module docstring)."""
         self._flushing.cancel()
+        delivered_before = self._buffer.stats.delivered
         try:
             await self._events.aclose(self._grace)
         except Exception as exc:  # noqa: BLE001 - the final batch met a broken listener again
             self._error = self._error or exc
+        stats = self._buffer.stats
+        logger.info(
+            "event buffer destroyed: tenant %s, final flush of %d events"
+            " (%d received, %d delivered, %d merged, %d lost)",
+            self._tenant_id,
+            stats.delivered - delivered_before,
+            stats.received,
+            stats.delivered,
+            stats.merged,
+            self._events.lost,
+            extra={
+                "tenant": self._tenant_id,
+                "final_flush": stats.delivered - delivered_before,
+                "received": stats.received,
+                "delivered": stats.delivered,
+                "merged": stats.merged,
+                "lost": self._events.lost,
+            },
+        )
         self._outbox_send.close()
         while True:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -70,8 +71,12 @@ class _Gate(trio.abc.Stream):
 class UpstreamConnection:
     """One client connection as the fake upstream sees it; script it from a test."""
 
-    def __init__(self, index: int, ws: trio_websocket.WebSocketConnection, gate: _Gate) -> None:
+    def __init__(
+        self, index: int, ws: trio_websocket.WebSocketConnection, gate: _Gate, path: str
+    ) -> None:
         self.index = index
+        self.path = path
+        """The resource the client asked for (``/`` unless `FakeUpstream.connector_to`)."""
         self.sent: list[tuple[str, Any]] = []
         """Every event sent on this connection, in order."""
         self.received: list[str | bytes] = []
@@ -172,21 +177,31 @@ class FakeUpstream:
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self.connections: list[UpstreamConnection] = []
-        self._rejections: list[int] = []
+        self._rejections: list[tuple[str | None, int]] = []
         self._arrived = trio.Event()
-        self.connector = MemoryConnector(nursery, serve_stream=self._serve_stream)
+        self.connector = self.connector_to("/")
         """Connects clients over in-memory streams."""
 
-    def reject_next(self, status: int) -> None:
-        """Reject the next handshake with HTTP *status* (repeatable: queued)."""
-        self._rejections.append(status)
+    def connector_to(self, path: str) -> MemoryConnector:
+        """An in-memory connector asking for *path*: one per tenant tells tenants apart."""
+        return MemoryConnector(self._nursery, serve_stream=self._serve_stream, resource=path)
 
-    async def wait_connections(self, count: int) -> UpstreamConnection:
-        """Wait until *count* connections have been accepted; return the last."""
-        while len(self.connections) < count:
-            self._arrived = trio.Event()
+    def connections_to(self, path: str) -> list[UpstreamConnection]:
+        """The accepted connections that asked for *path*, in order."""
+        return [c for c in self.connections if c.path == path]
+
+    def reject_next(self, status: int, *, path: str | None = None) -> None:
+        """Reject the next handshake (to *path*, or any) with HTTP *status*; queued."""
+        self._rejections.append((path, status))
+
+    async def wait_connections(self, count: int, *, path: str | None = None) -> UpstreamConnection:
+        """Wait until *count* connections (to *path*, or any) were accepted; return the last."""
+        while len(matching := self._matching(path)) < count:
             await self._arrived.wait()
-        return self.connections[count - 1]
+        return matching[count - 1]
+
+    def _matching(self, path: str | None) -> list[UpstreamConnection]:
+        return self.connections if path is None else self.connections_to(path)
 
     async def serve_tcp(self) -> str:
         """Also serve on a loopback TCP port; returns the ``ws://`` URL."""
@@ -202,18 +217,23 @@ class FakeUpstream:
                 request = await trio_websocket.wrap_server_stream(nursery, gate)
                 # Its reader task ends by itself once the connection is over; cancelling
                 # it early could interrupt a close handshake this side started.
-                await self._handshake(request, gate)
+                with contextlib.suppress(trio_websocket.ConnectionClosed):
+                    await self._handshake(request, gate)  # the client may leave mid-handshake
         finally:
             await trio.aclose_forcefully(gate)
 
     async def _handshake(self, request: trio_websocket.WebSocketRequest, gate: _Gate) -> None:
-        if self._rejections:
-            await request.reject(self._rejections.pop(0))
-            return
+        path = request.path
+        for i, (wanted, status) in enumerate(self._rejections):
+            if wanted in (None, path):
+                del self._rejections[i]
+                await request.reject(status)
+                return
         ws = await request.accept()
-        connection = UpstreamConnection(len(self.connections), ws, gate)
+        connection = UpstreamConnection(len(self.connections), ws, gate, path)
         self.connections.append(connection)
-        self._arrived.set()
+        self._arrived.set()  # wakes every waiter; each checks its own count
+        self._arrived = trio.Event()
         await connection._serve()  # noqa: SLF001
 
 

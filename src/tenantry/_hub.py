@@ -1,0 +1,248 @@
+"""The Hub scope: many tenants in one program, and the global caches.
+
+`open_hub` is an async context manager around one nursery that owns the
+global caches (and their janitor), the hub's command task, and one task per
+tenant (``_tenant.py``). Adding a tenant is a message to the hub's command
+task, which starts the tenant in the hub's nursery: callers never touch it.
+Restarting or removing a tenant is a message to that tenant's own mailbox.
+Leaving the ``async with`` stops every tenant the way `Hub.remove` does --
+each socket's ordered shutdown, subscribers drained -- then the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
+from typing import final
+
+import attrs
+import trio
+
+from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
+from ._gauges import Gauges
+from ._janitor import run_janitor
+from ._metrics import Metrics, Sample
+from ._tenant import Tenant, TenantSpec, TenantState, TenantStatus
+
+__all__ = ["Hub", "open_hub"]
+
+logger = logging.getLogger("tenantry.hub")
+
+
+@attrs.define
+class _Add:
+    spec: TenantSpec
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: Exception | None = None
+
+
+@final
+class Hub:
+    """Many tenants' supervisors under one scope. Made by `open_hub`."""
+
+    def __init__(self, nursery: trio.Nursery, global_caches: CacheSet, seed: int | None) -> None:
+        self._nursery = nursery
+        self._global_caches = global_caches
+        self._seed = seed
+        self._gauges = Gauges()
+        self._tenants: dict[str, Tenant] = {}
+        self._finished: dict[str, trio.Event] = {}
+        self._removing: set[str] = set()
+        self._adds_send, self._adds = trio.open_memory_channel[_Add](64)
+
+    @property
+    def global_caches(self) -> CacheSet:
+        """The caches of `Scope.GLOBAL`, shared by every tenant, gone with the hub."""
+        return self._global_caches
+
+    @property
+    def gauges(self) -> Gauges:
+        """Live sockets and buffers across the hub's tenants."""
+        return self._gauges
+
+    @property
+    def tenant_ids(self) -> list[str]:
+        """The tenants on the hub, in the order they were added."""
+        return list(self._tenants)
+
+    async def add(self, spec: TenantSpec) -> None:
+        """Start a tenant; return once its scope is running (it connects in the background).
+
+        Raises:
+            ValueError: a tenant with this id is on the hub (or being removed).
+            trio.ClosedResourceError: the hub is closing.
+        """
+        if not isinstance(spec, TenantSpec):
+            raise TypeError(f"spec must be a TenantSpec, got {spec!r}")
+        request = _Add(spec)
+        try:
+            await self._adds_send.send(request)
+        except trio.ClosedResourceError:
+            raise trio.ClosedResourceError("the hub is closing") from None
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+
+    async def restart(self, tenant_id: str) -> None:
+        """Close the tenant's socket (ordered shutdown) and reconnect at once.
+
+        Not a failure, no backoff, no breaker wait; a stopped tenant starts
+        again. Returns once the old socket has closed.
+        """
+        await self._tenant(tenant_id).command("restart")
+
+    async def remove(self, tenant_id: str) -> None:
+        """Stop the tenant and return once its scope has fully exited.
+
+        The live socket (if any) runs its ordered shutdown, so subscribers get
+        the final batch; a connection attempt or a backoff wait is cancelled.
+        No reconnect can follow: the supervisor loop is gone.
+        """
+        tenant = self._tenant(tenant_id)
+        finished = self._finished[tenant_id]
+        self._removing.add(tenant_id)
+        await tenant.command("stop")
+        await finished.wait()
+
+    def status(self) -> list[TenantStatus]:
+        """One `TenantStatus` per tenant, in the order they were added."""
+        return [tenant.status() for tenant in self._tenants.values()]
+
+    def metrics(self) -> Metrics:
+        """A snapshot of every metric in `METRIC_FAMILIES`."""
+        return Metrics(self._samples())
+
+    def _tenant(self, tenant_id: str) -> Tenant:
+        try:
+            return self._tenants[tenant_id]
+        except KeyError:
+            raise KeyError(f"no tenant {tenant_id!r} on this hub") from None
+
+    # -- the hub's own tasks ---------------------------------------------------
+
+    async def _serve_adds(self) -> None:
+        async for request in self._adds:
+            tenant_id = request.spec.tenant_id
+            if tenant_id in self._tenants:
+                removing = " (being removed)" if tenant_id in self._removing else ""
+                request.error = ValueError(f"tenant {tenant_id!r} is already on the hub{removing}")
+            else:
+                await self._nursery.start(self._run_tenant, request.spec)
+            request.done.set()
+
+    async def _run_tenant(
+        self, spec: TenantSpec, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        tenant = Tenant(
+            spec, global_caches=self._global_caches, gauges=self._gauges, seed=self._seed
+        )
+        self._tenants[spec.tenant_id] = tenant
+        self._finished[spec.tenant_id] = finished = trio.Event()
+        logger.info("tenant added: %s", spec.tenant_id, extra={"tenant": spec.tenant_id})
+        try:
+            await tenant.run(task_status=task_status)
+        finally:
+            del self._tenants[spec.tenant_id], self._finished[spec.tenant_id]
+            self._removing.discard(spec.tenant_id)
+            finished.set()
+
+    async def _stop_all(self) -> None:
+        """Remove every tenant, shielded but bounded: each socket's own grace, plus slack."""
+        self._adds_send.close()
+        bound = max((t.spec.grace for t in self._tenants.values()), default=0.0) + 5.0
+        with trio.move_on_after(bound, shield=True) as scope:
+            async with trio.open_nursery() as nursery:
+                for tenant_id in list(self._tenants):
+                    nursery.start_soon(self.remove, tenant_id)
+        if scope.cancelled_caught:
+            logger.warning(
+                "hub closing: %d tenants did not stop within %g s; cancelling them",
+                len(self._tenants),
+                bound,
+                extra={"tenants": len(self._tenants)},
+            )
+
+    # -- metrics -----------------------------------------------------------------
+
+    def _samples(self) -> Iterator[Sample]:
+        yield Sample("tenantry_sockets_alive", (), self._gauges.sockets_alive)
+        yield Sample("tenantry_buffers_alive", (), self._gauges.buffers_alive)
+        states = collections.Counter(t.status().state for t in self._tenants.values())
+        for state in TenantState:
+            yield Sample("tenantry_tenants", (("state", state.value),), states[state])
+        retired: collections.Counter[tuple[str, str]] = collections.Counter()
+        for tenant_id, tenant in self._tenants.items():
+            yield from _tenant_samples(tenant_id, tenant)
+            retired.update(tenant.totals().socket_cache_counts)
+        yield from _cache_samples(self._cache_sets(), retired)
+
+    def _cache_sets(self) -> Iterator[tuple[Scope, CacheSet]]:
+        yield Scope.GLOBAL, self._global_caches
+        for tenant in self._tenants.values():
+            yield from tenant.cache_sets()
+
+
+def _tenant_samples(tenant_id: str, tenant: Tenant) -> Iterator[Sample]:
+    label = ("tenant", tenant_id)
+    totals = tenant.totals()
+    for event in ("received", "delivered", "merged", "lost"):
+        yield Sample(f"tenantry_events_{event}_total", (label,), totals.events[event])
+    for reason, count in totals.flushes.items():
+        yield Sample("tenantry_buffer_flush_total", (label, ("reason", reason.value)), count)
+    for reject, count in totals.rejected.items():
+        yield Sample("tenantry_frames_rejected_total", (label, ("reason", reject.value)), count)
+    for name, count in tenant.reconnects.items():
+        yield Sample("tenantry_reconnects_total", (label, ("reason", name)), count)
+    yield Sample("tenantry_breaker_state", (label,), tenant.breaker_state.gauge)
+
+
+def _cache_samples(
+    cache_sets: Iterator[tuple[Scope, CacheSet]], retired: Mapping[tuple[str, str], int]
+) -> Iterator[Sample]:
+    """Cache series summed by (cache, scope); *retired*: counters of closed sockets' caches."""
+    sums: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    for scope, cache_set in cache_sets:
+        for name in cache_set:
+            stats = cache_set[name].stats
+            key = (name, scope.value)
+            sums[(*key, "keys")] += stats.size
+            sums[(*key, "max_keys")] += stats.max_keys
+            for counter in ("hits", "misses", "evictions", "expirations"):
+                sums[(*key, counter)] += getattr(stats, counter)
+    for (name, counter), count in retired.items():
+        sums[name, Scope.SOCKET.value, counter] += count
+    for (name, scope_name, metric), value in sorted(sums.items()):
+        suffix = metric if metric in ("keys", "max_keys") else f"{metric}_total"
+        yield Sample(f"tenantry_cache_{suffix}", (("cache", name), ("scope", scope_name)), value)
+
+
+@asynccontextmanager
+async def open_hub(
+    global_caches: Mapping[str, CacheSpec] = SEED_CACHE_SPECS, *, seed: int | None = None
+) -> AsyncIterator[Hub]:
+    """A hub for many tenants; everything it started is gone when the block ends.
+
+    Args:
+        global_caches: Cache specs; those of `Scope.GLOBAL` are built for the
+            hub and shared by its tenants (`Socket.global_caches`).
+        seed: Makes every tenant's backoff jitter reproducible (each tenant
+            draws from its own generator, seeded from *seed* and its id, so
+            scheduling order does not matter). None: unpredictable jitter.
+
+    On exit every tenant is removed as by `Hub.remove`, concurrently.
+    """
+    caches = CacheSet(global_caches, Scope.GLOBAL)
+    try:
+        async with trio.open_nursery() as nursery:
+            hub = Hub(nursery, caches, seed)
+            nursery.start_soon(run_janitor, caches.values())
+            nursery.start_soon(hub._serve_adds)  # noqa: SLF001 - the scope that owns the hub
+            try:
+                yield hub
+            finally:
+                await hub._stop_all()  # noqa: SLF001
+                nursery.cancel_scope.cancel()
+    finally:
+        caches.clear()

@@ -1,0 +1,451 @@
+"""The Tenant scope: one tenant's supervisor loop, its caches, its totals.
+
+Theory of operation
+===================
+
+A tenant is a task in its hub's nursery, and inside it a nursery of its own
+holding three things: the tenant-scoped caches' janitor, the *mailbox*
+task that carries out the hub's commands, and the *supervisor* loop::
+
+    while True:
+        with CancelScope() as attempt:        # one attempt, cancelled by commands
+            connect -> run handler(sock) -> the socket closes -> NextStep
+            wait NextStep.delay               # backoff / circuit open / stopped
+        if a command ended the attempt: restart at once, or leave the loop
+
+The loop is sequential, so there is never more than one socket: the seed's
+"is starting" flag has nothing to guard. Leaving the loop ends the tenant's
+scope, so no reconnect can be scheduled after a removal: the seed's
+pending-close counter has nothing to count. Reconnect decisions are the
+pure `Reconnector`'s; this module only does the waiting and the I/O.
+
+A command (restart, stop) that finds a live socket closes it the ordinary
+way, `Socket.close`, so that the handler's subscribers drain the final batch
+before the body is cancelled. One that finds the tenant connecting, waiting
+or stopped cancels the attempt: there is nothing to flush.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, final
+
+import attrs
+import trio
+
+from ._breaker import BreakerState
+from ._buffer import BufferConfig, BufferStats
+from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
+from ._connect import Connector, UrlConnector
+from ._events import FlushReason
+from ._gauges import Gauges
+from ._janitor import run_janitor
+from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, RejectReason, WireProtocol
+from ._reasons import Decision, DisconnectReason, ReasonCode
+from ._reconnect import NextStep, ReconnectPolicy
+from ._rules import DEFAULT_EVENT_RULES, EventRules
+from ._socket import ConnectFailed, Socket, open_socket
+from ._validate import check_name, positive_count, seconds
+
+__all__ = ["TenantSpec", "TenantState", "TenantStatus"]
+
+logger = logging.getLogger("tenantry.tenant")
+
+Handler = Callable[[Socket], Awaitable[None]]
+
+
+def _redacted_headers(headers: Mapping[str, str] | None) -> str:
+    return "None" if headers is None else "{" + ", ".join(f"{k!r}: '***'" for k in headers) + "}"
+
+
+def _connect_repr(connect: str | Connector) -> str:
+    return repr(UrlConnector(connect)) if isinstance(connect, str) else repr(connect)
+
+
+def _tenant_id(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    check_name(value, attribute.name)
+
+
+def _connect(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, str):
+        UrlConnector(value)  # validates the URL, naming it
+    elif not callable(getattr(value, "open", None)):
+        raise TypeError(f"{attribute.name} must be a ws:// URL or a Connector, got {value!r}")
+
+
+@final
+@attrs.frozen
+class TenantSpec:
+    """Everything a hub needs to run one tenant.
+
+    Args:
+        tenant_id: Unique within the hub; stamped on logs, batches, metrics.
+        connect: A ``ws://``/``wss://`` URL or a connector (see `open_socket`).
+        handler: ``async def handler(sock)``, run inside each connection's
+            socket scope. When it returns, that connection closes (and the
+            policy decides what follows); when it raises, the error is logged
+            with its traceback and counted as a failure -- it never leaves
+            the hub.
+        policy: Backoff, breaker and decisions (`ReconnectPolicy`).
+        caches: Cache specs: `Scope.TENANT` ones live as long as the tenant
+            (across reconnects), `Scope.SOCKET` ones as long as a connection.
+        headers: Sent with every handshake; redacted in the repr, never logged.
+
+    The other fields are passed to `open_socket` for each connection.
+    """
+
+    tenant_id: str = attrs.field(validator=_tenant_id)
+    connect: str | Connector = attrs.field(validator=_connect, repr=_connect_repr)
+    handler: Handler = attrs.field(validator=attrs.validators.is_callable())
+    policy: ReconnectPolicy = attrs.field(
+        factory=ReconnectPolicy, validator=attrs.validators.instance_of(ReconnectPolicy)
+    )
+    caches: Mapping[str, CacheSpec] = attrs.field(default=SEED_CACHE_SPECS, repr=False)
+    buffer: BufferConfig = attrs.field(
+        factory=BufferConfig, validator=attrs.validators.instance_of(BufferConfig)
+    )
+    rules: EventRules = attrs.field(default=DEFAULT_EVENT_RULES, repr=False)
+    protocol: WireProtocol | None = attrs.field(default=None, repr=False)
+    keepalive: float = attrs.field(default=30.0, validator=seconds)
+    headers: Mapping[str, str] | None = attrs.field(default=None, repr=_redacted_headers)
+    max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
+    grace: float = attrs.field(default=5.0, validator=seconds)
+    max_bad_frames: int = attrs.field(default=20, validator=positive_count)
+    bad_frame_window: float = attrs.field(default=60.0, validator=seconds)
+
+
+class TenantState(enum.Enum):
+    """Where a tenant's supervisor loop is."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKING_OFF = "backing_off"
+    CIRCUIT_OPEN = "circuit_open"
+    """Waiting for the circuit breaker's timeout."""
+    STOPPED = "stopped"
+    """The last reason's decision was STOP; only a restart (or removal) follows."""
+
+
+@final
+@attrs.frozen
+class TenantStatus:
+    """A snapshot of one tenant (`Hub.status`)."""
+
+    tenant_id: str
+    state: TenantState
+    breaker: str
+    """The breaker's state: ``closed``, ``open`` or ``half_open``."""
+    failures: int
+    """Failed attempts since the last stable connection."""
+    connections: int
+    """Successful handshakes so far."""
+    last_disconnect: DisconnectReason | None
+    last_disconnect_at: float | None
+    """When (Trio's clock) the last connection or attempt ended."""
+    next_retry_at: float | None
+    """When the next attempt is due, while backing off or waiting for the breaker."""
+    cache_utilization: Mapping[str, float]
+    """Live tenant and socket caches by name: keys / max_keys."""
+    buffer: BufferStats | None
+    """The live socket's buffer, or None between connections."""
+
+
+@attrs.define
+class _Command:
+    kind: str  # "restart" or "stop"
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+_CACHE_COUNTERS = ("hits", "misses", "evictions", "expirations")
+
+
+@attrs.define
+class _Totals:
+    """Cumulative counters of a tenant's connections (the metrics read these)."""
+
+    events: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    flushes: collections.Counter[FlushReason] = attrs.field(factory=collections.Counter)
+    rejected: collections.Counter[RejectReason] = attrs.field(factory=collections.Counter)
+    socket_cache_counts: collections.Counter[tuple[str, str]] = attrs.field(
+        factory=collections.Counter
+    )
+    """(cache name, counter) -> count, over the socket-scoped caches."""
+
+    def add_socket(self, sock: Socket) -> None:
+        stats = sock.buffer.stats
+        self.events.update(
+            received=stats.received,
+            delivered=stats.delivered,
+            merged=stats.merged,
+            lost=sock.events.lost,
+        )
+        self.flushes.update(stats.flushes)
+        self.rejected.update(sock.rejected)
+        for name in sock.caches:
+            cache_stats = sock.caches[name].stats
+            for counter in _CACHE_COUNTERS:
+                self.socket_cache_counts[name, counter] += getattr(cache_stats, counter)
+
+    def copy(self) -> _Totals:
+        return _Totals(
+            collections.Counter(self.events),
+            collections.Counter(self.flushes),
+            collections.Counter(self.rejected),
+            collections.Counter(self.socket_cache_counts),
+        )
+
+
+@final
+class Tenant:
+    """One tenant's actor. Created and driven by its `Hub`; read through `status`."""
+
+    def __init__(
+        self,
+        spec: TenantSpec,
+        *,
+        global_caches: CacheSet | None,
+        gauges: Gauges,
+        seed: int | None,
+    ) -> None:
+        self.spec = spec
+        self.tenant_id = spec.tenant_id
+        self._global_caches = global_caches
+        self._gauges = gauges
+        rng = random.Random(None if seed is None else f"{seed}:{spec.tenant_id}")  # noqa: S311
+        self._reconnector = spec.policy.reconnector(random=rng)
+        self._caches = CacheSet(spec.caches, Scope.TENANT, label=spec.tenant_id)
+        self._mailbox_send, self._mailbox = trio.open_memory_channel[_Command](16)
+        self._attempt = trio.CancelScope()
+        self._command: _Command | None = None
+        self._socket: Socket | None = None
+        self._state = TenantState.CONNECTING
+        self._last: DisconnectReason | None = None
+        self._last_at: float | None = None
+        self._next_retry_at: float | None = None
+        self._ended = _Totals()  # of the connections that have ended
+        self._reconnects: collections.Counter[str] = collections.Counter()
+
+    # -- the scope -------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The tenant's scope: returns when the tenant has stopped and everything is gone."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_janitor, self._caches.values())
+                nursery.start_soon(self._serve_mailbox)
+                task_status.started()
+                await self._supervise()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._caches.clear()
+            self._mailbox_send.close()
+            while True:  # commands queued behind a stop: the tenant is gone, so they are done
+                try:
+                    self._mailbox.receive_nowait().done.set()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            logger.info("tenant stopped: %s", self.tenant_id, extra={"tenant": self.tenant_id})
+
+    async def command(self, kind: str) -> None:
+        """Ask the tenant to ``restart`` or ``stop``; return once it is done."""
+        command = _Command(kind)
+        try:
+            await self._mailbox_send.send(command)
+        except trio.ClosedResourceError:
+            return  # the tenant has already stopped
+        await command.done.wait()
+
+    async def _serve_mailbox(self) -> None:
+        async for command in self._mailbox:
+            self._command = command
+            reason = DisconnectReason(
+                ReasonCode.CONNECTION_CLOSED, f"{command.kind} requested", remote=False
+            )
+            logger.info(
+                "intentional close: tenant %s, %s",
+                self.tenant_id,
+                reason.message,
+                extra={"tenant": self.tenant_id, "command": command.kind},
+            )
+            if self._socket is not None:
+                self._socket.close(reason)  # ordered: subscribers drain first
+            else:
+                self._attempt.cancel()
+            await command.done.wait()  # one at a time
+
+    # -- the supervisor loop ---------------------------------------------------
+
+    async def _supervise(self) -> None:
+        while True:
+            with trio.CancelScope() as self._attempt:
+                step = await self._connect_and_serve()
+                if self._command is None:
+                    await self._pause(step)
+            command, self._command = self._command, None
+            self._next_retry_at = None
+            if command is None:
+                continue
+            if command.kind == "stop":
+                command.done.set()  # the hub waits for the whole scope anyway
+                return
+            self._reconnector.restarted()
+            command.done.set()
+
+    async def _connect_and_serve(self) -> NextStep:
+        spec = self.spec
+        self._state = TenantState.CONNECTING
+        failed = False
+        sock: Socket | None = None
+        try:
+            async with open_socket(
+                spec.connect,
+                tenant_id=spec.tenant_id,
+                protocol=spec.protocol,
+                caches=spec.caches,
+                tenant_caches=self._caches,
+                global_caches=self._global_caches,
+                buffer=spec.buffer,
+                rules=spec.rules,
+                keepalive=spec.keepalive,
+                headers=spec.headers,
+                max_message_size=spec.max_message_size,
+                grace=spec.grace,
+                max_bad_frames=spec.max_bad_frames,
+                bad_frame_window=spec.bad_frame_window,
+                gauges=self._gauges,
+            ) as sock:
+                self._connected(sock)
+                await spec.handler(sock)
+        except ConnectFailed as failure:
+            reason = failure.reason
+        except Exception as exc:  # a handler's bug never leaves the tenant
+            logger.exception(
+                "handler failed: tenant %s",
+                self.tenant_id,
+                extra={"tenant": self.tenant_id},
+            )
+            reason = DisconnectReason(
+                ReasonCode.CONNECTION_CLOSED, f"handler raised {exc!r}", remote=False
+            )
+            failed = True
+        else:
+            reason = sock.close_reason or DisconnectReason(ReasonCode.CONNECTION_CLOSED)
+        finally:
+            self._socket = None
+            if sock is not None:
+                self._ended.add_socket(sock)
+        return self._disconnected(reason, failed=failed)
+
+    def _connected(self, sock: Socket) -> None:
+        self._socket = sock
+        self._state = TenantState.CONNECTED
+        self._reconnector.connected()
+        logger.info(
+            "connection opened: tenant %s (connection %d)",
+            self.tenant_id,
+            self._reconnector.connections,
+            extra={"tenant": self.tenant_id, "connections": self._reconnector.connections},
+        )
+
+    def _disconnected(self, reason: DisconnectReason, *, failed: bool) -> NextStep:
+        self._last, self._last_at = reason, trio.current_time()
+        if self._command is not None:
+            return self._reconnector.restarted()
+        self._reconnects[reason.name] += 1
+        step = self._reconnector.disconnected(reason, failed=failed)
+        logger.info(
+            "connection closed: tenant %s, %s",
+            self.tenant_id,
+            reason,
+            extra={
+                "tenant": self.tenant_id,
+                "code": reason.code,
+                "reason": reason.name,
+                "remote": reason.remote,
+                "failure": step.failure,
+            },
+        )
+        return step
+
+    async def _pause(self, step: NextStep) -> None:
+        if step.decision is Decision.STOP:
+            self._state = TenantState.STOPPED
+            logger.warning(
+                "not reconnecting: tenant %s, %s",
+                self.tenant_id,
+                self._last,
+                extra={"tenant": self.tenant_id, "code": self._last.code if self._last else None},
+            )
+            await trio.sleep_forever()
+        self._next_retry_at = trio.current_time() + step.delay
+        fields = {"tenant": self.tenant_id, "attempt": step.failures, "delay": step.delay}
+        if step.breaker is BreakerState.OPEN:
+            self._state = TenantState.CIRCUIT_OPEN
+            logger.warning(
+                "circuit open: tenant %s, %d failures, waiting %.1f s",
+                self.tenant_id,
+                step.failures,
+                step.delay,
+                extra=fields,
+            )
+        else:
+            self._state = TenantState.BACKING_OFF
+            logger.info(
+                "scheduling reconnect: tenant %s, attempt %d in %.2f s",
+                self.tenant_id,
+                step.failures + 1,
+                step.delay,
+                extra=fields,
+            )
+        await trio.sleep_until(self._next_retry_at)
+
+    # -- reading ---------------------------------------------------------------
+
+    def status(self) -> TenantStatus:
+        """A snapshot; see `TenantStatus`."""
+        self._reconnector.settle()
+        sock = self._socket
+        caches = dict(self.cache_sets())
+        return TenantStatus(
+            tenant_id=self.tenant_id,
+            state=self._state,
+            breaker=self._reconnector.breaker.state.value,
+            failures=self._reconnector.failures,
+            connections=self._reconnector.connections,
+            last_disconnect=self._last,
+            last_disconnect_at=self._last_at,
+            next_retry_at=self._next_retry_at,
+            cache_utilization={
+                name: cache_set[name].stats.utilization
+                for cache_set in caches.values()
+                for name in cache_set
+            },
+            buffer=None if sock is None else sock.buffer.stats,
+        )
+
+    def totals(self) -> _Totals:
+        """Cumulative counters: the ended connections plus the live one."""
+        totals = self._ended.copy()
+        if self._socket is not None:
+            totals.add_socket(self._socket)
+        return totals
+
+    @property
+    def reconnects(self) -> Mapping[str, int]:
+        """Ended connections and failed attempts, by reason name."""
+        return self._reconnects
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        """The circuit breaker's state now."""
+        return self._reconnector.breaker.state
+
+    def cache_sets(self) -> Iterator[tuple[Scope, CacheSet]]:
+        """The tenant's caches and, while connected, the socket's."""
+        yield Scope.TENANT, self._caches
+        if self._socket is not None:
+            yield Scope.SOCKET, self._socket.caches

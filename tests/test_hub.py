@@ -1,0 +1,423 @@
+"""The hub and its tenants' supervisors, deterministic under MockClock with FakeUpstream."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+from helpers import living_tasks
+from tenantry import (
+    Backoff,
+    Batch,
+    BufferConfig,
+    Hub,
+    ReconnectPolicy,
+    Socket,
+    TenantSpec,
+    TenantState,
+    open_hub,
+)
+from tenantry.testing import FakeUpstream, open_fake_upstream
+
+Handler = Callable[[Socket], Awaitable[None]]
+
+
+def collector(into: list[Batch]) -> Handler:
+    async def handler(sock: Socket) -> None:
+        async with sock.events.subscribe() as batches:
+            async for batch in batches:
+                into.append(batch)
+
+    return handler
+
+
+async def idle(sock: Socket) -> None:
+    await trio.sleep_forever()
+
+
+def spec(upstream: FakeUpstream, tenant_id: str = "a", **kwargs: Any) -> TenantSpec:
+    kwargs.setdefault("handler", idle)
+    return TenantSpec(tenant_id, upstream.connector_to(f"/{tenant_id}"), **kwargs)
+
+
+@asynccontextmanager
+async def running(**hub_kwargs: Any) -> AsyncIterator[tuple[FakeUpstream, Hub]]:
+    async with open_fake_upstream() as upstream, open_hub(seed=1, **hub_kwargs) as hub:
+        yield upstream, hub
+
+
+def connect_times(upstream: FakeUpstream, times: list[float]) -> Callable[[], Awaitable[None]]:
+    """A task recording when each connection to the upstream arrives."""
+
+    async def watch() -> None:
+        while True:
+            await upstream.wait_connections(len(times) + 1)
+            times.append(trio.current_time())
+
+    return watch
+
+
+def state(hub: Hub, tenant_id: str = "a") -> TenantState:
+    return next(s.state for s in hub.status() if s.tenant_id == tenant_id)
+
+
+async def test_a_tenant_connects_and_delivers(autojump_clock: trio.testing.MockClock) -> None:
+    batches: list[Batch] = []
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream, handler=collector(batches)))
+        connection = await upstream.wait_connections(1, path="/a")
+        await connection.stream(10, keys=10)
+        await trio.sleep(6)  # one auto-flush
+        assert sum(b.count for b in batches) == 10
+        [status] = hub.status()
+        assert status.state is TenantState.CONNECTED
+        assert status.connections == 1
+        assert status.buffer is not None
+        assert status.buffer.received == 10
+        assert hub.gauges.sockets_alive == 1
+
+
+async def test_accept_then_close_gets_growing_delays(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    times: list[float] = []
+    async with running() as (upstream, hub), trio.open_nursery() as watchers:
+        watchers.start_soon(connect_times(upstream, times))
+        policy = ReconnectPolicy(backoff=Backoff(jitter=0), fail_max=100)
+        await hub.add(spec(upstream, policy=policy))
+        for n in range(1, 8):
+            connection = await upstream.wait_connections(n)
+            await connection.close(4503)
+        await upstream.wait_connections(8)
+        watchers.cancel_scope.cancel()
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
+    assert gaps == [1, 2, 5, 10, 20, 30, 30]
+
+
+async def test_backoff_jitter_stays_within_bounds_and_is_seeded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def run() -> list[float]:
+        times: list[float] = []
+        async with running() as (upstream, hub), trio.open_nursery() as watchers:
+            watchers.start_soon(connect_times(upstream, times))
+            await hub.add(spec(upstream))
+            for n in range(1, 5):
+                await (await upstream.wait_connections(n)).close(4503)
+            await upstream.wait_connections(5)
+            watchers.cancel_scope.cancel()
+        return [b - a for a, b in itertools.pairwise(times)]
+
+    gaps = await run()
+    for failures, gap in enumerate(gaps, start=1):
+        low, high = Backoff().bounds(failures)
+        assert low <= gap <= high
+    assert gaps == pytest.approx(await run(), abs=1e-9)
+
+
+@pytest.mark.parametrize("code", [4401, 4403, 4440])
+async def test_stop_codes_stop_until_restarted(
+    autojump_clock: trio.testing.MockClock, code: int
+) -> None:
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream))
+        await (await upstream.wait_connections(1)).close(code)
+        await trio.sleep(3600)
+        assert len(upstream.connections) == 1
+        assert state(hub) is TenantState.STOPPED
+        [status] = hub.status()
+        assert status.last_disconnect is not None
+        assert status.last_disconnect.code == code - 4000
+        await hub.restart("a")
+        await upstream.wait_connections(2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert state(hub) is TenantState.CONNECTED
+
+
+async def test_restart_required_reconnects_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    times: list[float] = []
+    async with running() as (upstream, hub), trio.open_nursery() as watchers:
+        watchers.start_soon(connect_times(upstream, times))
+        await hub.add(spec(upstream))
+        await trio.sleep(100)  # a stable connection
+        await (await upstream.wait_connections(1)).stream_error(515)
+        await upstream.wait_connections(2)
+        watchers.cancel_scope.cancel()
+    assert times[1] - times[0] == pytest.approx(100)
+
+
+async def test_the_breaker_opens_after_five_failed_handshakes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as (upstream, hub):
+        for _ in range(6):
+            upstream.reject_next(500)
+        start = trio.current_time()
+        await hub.add(spec(upstream))
+        await trio.sleep(25)  # backoff 1 + 2 + 5 + 10 s, +15 % at most: five failures by now
+        [status] = hub.status()
+        assert (status.state, status.breaker) == (TenantState.CIRCUIT_OPEN, "open")
+        assert (status.failures, status.connections) == (5, 0)
+        assert status.next_retry_at is not None
+        opened = status.next_retry_at - 60  # after the fifth failure: 18 s +- 15 %
+        assert start + 18 * 0.85 <= opened <= start + 18 * 1.15
+        # the half-open trial is rejected too: open again for another 60 s
+        await trio.sleep_until(status.next_retry_at + 1)
+        [status] = hub.status()
+        assert (status.state, status.breaker, status.failures) == (
+            TenantState.CIRCUIT_OPEN,
+            "open",
+            6,
+        )
+        connection = await upstream.wait_connections(1)
+        assert trio.current_time() - start > 120
+        assert connection.path == "/a"
+
+
+async def test_restart_closes_and_reconnects_without_counting_a_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    batches: list[Batch] = []
+    config = BufferConfig(always_buffer=True)
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream, handler=collector(batches), buffer=config))
+        first = await upstream.wait_connections(1)
+        await first.stream(5, keys=5)
+        await trio.testing.wait_all_tasks_blocked()
+        await hub.restart("a")
+        assert first.ended or hub.status()[0].state is not TenantState.CONNECTED
+        assert sum(b.count for b in batches) == 5  # the final flush reached the subscriber
+        await upstream.wait_connections(2)
+        [status] = hub.status()
+        assert status.failures == 0
+        assert hub.metrics().value("tenantry_reconnects_total") == 0
+
+
+async def test_a_raising_handler_is_contained_and_retried(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    async def broken(sock: Socket) -> None:
+        nonlocal calls
+        calls += 1
+        raise ZeroDivisionError("handler bug")
+
+    healthy: list[Batch] = []
+    async with running() as (upstream, hub), trio.open_nursery() as script:
+        await hub.add(spec(upstream, "good", handler=collector(healthy)))
+        with caplog.at_level(logging.ERROR, logger="tenantry.tenant"):
+            await hub.add(spec(upstream, "bad", handler=broken))
+            good = await upstream.wait_connections(1, path="/good")
+            script.start_soon(functools.partial(good.stream, 600, rate=1.0))
+            await trio.sleep(300)
+        [bad] = [s for s in hub.status() if s.tenant_id == "bad"]
+        assert calls >= 5
+        assert bad.failures == calls
+        assert bad.breaker in ("open", "half_open")
+        [good_status] = [s for s in hub.status() if s.tenant_id == "good"]
+        assert good_status.connections == 1
+        assert sum(b.count for b in healthy) >= 290
+        script.cancel_scope.cancel()
+    assert "ZeroDivisionError: handler bug" in caplog.text  # the traceback was logged
+
+
+class Hanging:
+    """A connector whose handshake never completes."""
+
+    def open(
+        self, *, headers: Any, max_message_size: int
+    ) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
+        @asynccontextmanager
+        async def hang() -> AsyncIterator[trio_websocket.WebSocketConnection]:
+            await trio.sleep_forever()
+            yield  # type: ignore[misc]  # pragma: no cover
+
+        return hang()
+
+
+@pytest.mark.parametrize("when", ["connected", "connecting", "backing off", "stopped"])
+async def test_remove_leaves_nothing_and_nothing_follows(
+    autojump_clock: trio.testing.MockClock, when: str
+) -> None:
+    batches: list[Batch] = []
+    async with running() as (upstream, hub):
+        before = living_tasks()
+        if when == "connecting":
+            await hub.add(TenantSpec("a", Hanging(), handler=idle))
+        else:
+            config = BufferConfig(always_buffer=True)
+            await hub.add(spec(upstream, handler=collector(batches), buffer=config))
+            connection = await upstream.wait_connections(1)
+            await connection.stream(7, keys=7)
+            if when == "backing off":
+                await connection.close(4503)
+            elif when == "stopped":
+                await connection.close(4401)
+        await trio.sleep(0.5)
+        await hub.remove("a")
+        assert hub.status() == []
+        assert living_tasks() == before
+        assert (hub.gauges.sockets_alive, hub.gauges.buffers_alive) == (0, 0)
+        await trio.sleep(3600)
+        assert len(upstream.connections) == (0 if when == "connecting" else 1)
+        if when != "connecting":
+            assert sum(b.count for b in batches) == 7
+        with pytest.raises(KeyError, match="no tenant 'a'"):
+            await hub.remove("a")
+
+
+async def test_tenant_ids_are_unique(autojump_clock: trio.testing.MockClock) -> None:
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream))
+        with pytest.raises(ValueError, match="tenant 'a' is already on the hub"):
+            await hub.add(spec(upstream))
+        await hub.remove("a")
+        await hub.add(spec(upstream))  # a removed id can come back
+        assert hub.tenant_ids == ["a"]
+
+
+async def test_hub_exit_with_100_tenants_leaves_zero_tasks(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fake_upstream() as upstream:
+        before = living_tasks()
+        async with open_hub(seed=1) as hub:
+            for n in range(100):
+                await hub.add(spec(upstream, f"t{n}", handler=collector([])))
+            await upstream.wait_connections(100)
+            await trio.testing.wait_all_tasks_blocked()
+            assert hub.gauges.sockets_alive == 100
+            gauges = hub.gauges
+        await trio.testing.wait_all_tasks_blocked()
+        assert living_tasks() == before
+        assert (gauges.sockets_alive, gauges.buffers_alive) == (0, 0)
+        assert all(c.ended for c in upstream.connections)
+
+
+async def test_tenant_caches_survive_reconnects_and_die_with_the_tenant(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[Socket] = []
+
+    async def remember(sock: Socket) -> None:
+        seen.append(sock)
+        assert sock.tenant_caches is not None
+        assert sock.global_caches is not None
+        sock.tenant_caches["signal_store"].set(len(seen), "x")
+        sock.global_caches["lid_global"].set(("a", len(seen)), "y")
+        await trio.sleep_forever()
+
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream, handler=remember))
+        await (await upstream.wait_connections(1)).close(4503)
+        await upstream.wait_connections(2)
+        await trio.testing.wait_all_tasks_blocked()
+        tenant_caches = seen[1].tenant_caches
+        assert tenant_caches is seen[0].tenant_caches
+        assert tenant_caches is not None
+        assert len(tenant_caches["signal_store"]) == 2
+        await hub.remove("a")
+        assert len(tenant_caches["signal_store"]) == 0
+        assert len(hub.global_caches["lid_global"]) == 2
+    assert len(hub.global_caches["lid_global"]) == 0
+
+
+def test_tenant_spec_validation_and_redaction() -> None:
+    with pytest.raises(ValueError, match="tenant_id"):
+        TenantSpec("", "ws://x", handler=idle)
+    with pytest.raises(TypeError, match="connect"):
+        TenantSpec("a", 3, handler=idle)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="handler"):
+        TenantSpec("a", "ws://x", handler=None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="keepalive"):
+        TenantSpec("a", "ws://x", handler=idle, keepalive=0)
+    secret = TenantSpec(
+        "a", "wss://u:pw@x/?token=abc", handler=idle, headers={"Authorization": "Bearer s3"}
+    )
+    assert "s3" not in repr(secret)
+    assert "abc" not in repr(secret)
+    assert "pw" not in repr(secret)
+
+
+async def scripted_incident(upstream: FakeUpstream, tenants: list[str]) -> None:
+    """Each tenant's upstream streams 2 events/s; 15 closes with 4503 over 10 minutes."""
+
+    async def feed(tenant: str) -> None:
+        served = 0
+        while True:
+            connection = await upstream.wait_connections(served + 1, path=f"/{tenant}")
+            served += 1
+            with suppress(trio_websocket.ConnectionClosed):
+                await connection.stream(10**9, keys=50, rate=2.0)
+
+    async def faults() -> None:
+        for n in range(15):
+            await trio.sleep(40)
+            tenant = tenants[n % len(tenants)]
+            await upstream.connections_to(f"/{tenant}")[-1].close(4503)
+
+    async with trio.open_nursery() as nursery:
+        for tenant in tenants:
+            nursery.start_soon(feed, tenant)
+        await faults()
+        await trio.sleep(20)
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_seed_incident_cannot_happen(autojump_clock: trio.testing.MockClock) -> None:
+    tenants = [f"t{n}" for n in range(5)]
+    delivered: dict[str, list[Batch]] = {t: [] for t in tenants}
+    config = BufferConfig(always_buffer=True)
+    samples: list[tuple[int, int]] = []
+    flush_times: list[float] = []
+
+    def record_flushes(into: list[Batch]) -> Handler:
+        async def handler(sock: Socket) -> None:
+            async with sock.events.subscribe() as batches:
+                async for batch in batches:
+                    into.append(batch)
+                    flush_times.append(trio.current_time())
+
+        return handler
+
+    async with open_fake_upstream() as upstream:
+        async with open_hub(seed=7) as hub, trio.open_nursery() as sampler:
+            for tenant in tenants:
+                await hub.add(
+                    spec(upstream, tenant, handler=record_flushes(delivered[tenant]), buffer=config)
+                )
+
+            async def sample() -> None:
+                while True:
+                    samples.append((hub.gauges.buffers_alive, hub.gauges.sockets_alive))
+                    await trio.sleep(0.25)
+
+            sampler.start_soon(sample)
+            start = trio.current_time()
+            await scripted_incident(upstream, tenants)
+            sampler.cancel_scope.cancel()
+            metrics = hub.metrics()
+        assert all(buffers == sockets <= 5 for buffers, sockets in samples)
+        minutes = [int((t - start) // 60) for t in flush_times]
+        closes_per_minute = 2  # 15 closes, one every 40 s: at most 2 in any minute
+        for minute in set(minutes):
+            assert minutes.count(minute) <= 5 * 12 + closes_per_minute
+        for tenant in tenants:
+            sent = sum(len(c.sent) for c in upstream.connections_to(f"/{tenant}"))
+            got = sum(b.count for b in delivered[tenant])
+            merged = metrics.value("tenantry_events_merged_total", tenant=tenant)
+            assert sent == got + merged, tenant
+        assert metrics.value("tenantry_reconnects_total", reason="unavailable_service") == 15
+        assert metrics.value("tenantry_events_lost_total") == 0
