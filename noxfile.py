@@ -23,7 +23,7 @@ BENCH_DEPS = ["cachetools>=5.3"]
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite."""
-    session.install("-e", ".", *TEST_DEPS)
+    session.install("-e", ".[prometheus]", *TEST_DEPS)
     session.run("pytest", *session.posargs)
 
 
@@ -38,14 +38,14 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library."""
-    session.install("-e", ".", *MYPY)
+    session.install("-e", ".[prometheus]", *MYPY)
     session.run("mypy")
 
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Sphinx, warnings as errors."""
-    session.install("-e", ".", *DOCS_DEPS)
+    session.install("-e", ".[prometheus]", *DOCS_DEPS)
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
     session.run(
         "sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest"
