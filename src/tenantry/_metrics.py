@@ -14,31 +14,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import final
 
 import attrs
 
 __all__ = ["METRIC_FAMILIES", "Metrics", "Sample"]
 
-METRIC_FAMILIES: Mapping[str, tuple[str, str]] = {
-    "tenantry_tenants": ("gauge", "Tenants on the hub, by supervisor state."),
-    "tenantry_sockets_alive": ("gauge", "Live tenant sockets."),
-    "tenantry_buffers_alive": ("gauge", "Live event buffers (always equal to live sockets)."),
-    "tenantry_buffer_flush_total": ("counter", "Batches made, by tenant and reason."),
-    "tenantry_events_received_total": ("counter", "Events decoded from the wire."),
-    "tenantry_events_delivered_total": ("counter", "Events delivered in batches."),
-    "tenantry_events_merged_total": ("counter", "Events merged into other events."),
-    "tenantry_events_lost_total": ("counter", "Events a close could not publish in time."),
-    "tenantry_frames_rejected_total": ("counter", "Bad frames, by tenant and reason."),
-    "tenantry_reconnects_total": ("counter", "Ended connections and attempts, by reason."),
-    "tenantry_breaker_state": ("gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open."),
-    "tenantry_cache_keys": ("gauge", "Live keys, by cache and scope."),
-    "tenantry_cache_max_keys": ("gauge", "Declared key limits, by cache and scope."),
-    "tenantry_cache_hits_total": ("counter", "Cache lookups that found a live entry."),
-    "tenantry_cache_misses_total": ("counter", "Cache lookups that found nothing."),
-    "tenantry_cache_evictions_total": ("counter", "Entries evicted to make room."),
-    "tenantry_cache_expirations_total": ("counter", "Entries removed by their TTL."),
-}
+METRIC_FAMILIES: Mapping[str, tuple[str, str]] = MappingProxyType(
+    {
+        "tenantry_tenants": ("gauge", "Tenants on the hub, by supervisor state."),
+        "tenantry_sockets_alive": ("gauge", "Live tenant sockets."),
+        "tenantry_buffers_alive": ("gauge", "Live event buffers (always equal to live sockets)."),
+        "tenantry_buffer_flush_total": ("counter", "Batches made, by tenant and reason."),
+        "tenantry_events_received_total": ("counter", "Events decoded from the wire."),
+        "tenantry_events_delivered_total": ("counter", "Events delivered in batches."),
+        "tenantry_events_merged_total": ("counter", "Events merged into other events."),
+        "tenantry_events_lost_total": ("counter", "Events a close could not publish in time."),
+        "tenantry_frames_rejected_total": ("counter", "Bad frames, by tenant and reason."),
+        "tenantry_reconnects_total": ("counter", "Ended connections and attempts, by reason."),
+        "tenantry_breaker_state": ("gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open."),
+        "tenantry_cache_keys": ("gauge", "Live keys, by cache and scope."),
+        "tenantry_cache_max_keys": ("gauge", "Declared key limits, by cache and scope."),
+        "tenantry_cache_hits_total": ("counter", "Cache lookups that found a live entry."),
+        "tenantry_cache_misses_total": ("counter", "Cache lookups that found nothing."),
+        "tenantry_cache_evictions_total": ("counter", "Entries evicted to make room."),
+        "tenantry_cache_expirations_total": ("counter", "Entries removed by their TTL."),
+    }
+)
 """Every metric a hub reports: name -> (type, help)."""
 
 
