@@ -421,3 +421,39 @@ async def test_the_seed_incident_cannot_happen(autojump_clock: trio.testing.Mock
             assert sent == got + merged, tenant
         assert metrics.value("tenantry_reconnects_total", reason="unavailable_service") == 15
         assert metrics.value("tenantry_events_lost_total") == 0
+
+
+async def test_the_logs_operators_watch_for(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tenantry")
+    async with running() as (upstream, hub):
+        for _ in range(5):
+            upstream.reject_next(500)
+        secret = {"Authorization": "Bearer s3cret"}
+        config = BufferConfig(always_buffer=True)
+        await hub.add(spec(upstream, handler=collector([]), headers=secret, buffer=config))
+        connection = await upstream.wait_connections(1)
+        await connection.stream(3)
+        await trio.testing.wait_all_tasks_blocked()
+        await hub.restart("a")
+        await upstream.wait_connections(2)
+    messages = [r.getMessage() for r in caplog.records]
+
+    def logged(prefix: str) -> list[logging.LogRecord]:
+        return [r for r, m in zip(caplog.records, messages, strict=True) if m.startswith(prefix)]
+
+    assert len(logged("scheduling reconnect: tenant a, attempt 2 in")) == 1
+    [circuit] = logged("circuit open: tenant a, 5 failures, waiting 60.0 s")
+    assert circuit.levelno == logging.WARNING
+    assert circuit.__dict__["tenant"] == "a"
+    assert len(logged("connection opened: tenant a")) == 2
+    assert logged("intentional close: tenant a, restart requested")
+    assert logged("connection closed: tenant a, 500")
+    destroyed = logged("event buffer destroyed: tenant a, final flush of 3 events")[0]
+    assert destroyed.__dict__["final_flush"] == 3
+    assert logged("tenant stopped: a")
+    assert not any(
+        "s3cret" in m or "s3cret" in repr(r.__dict__)
+        for r, m in zip(caplog.records, messages, strict=True)
+    )
