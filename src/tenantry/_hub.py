@@ -24,7 +24,7 @@ from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
 from ._gauges import Gauges
 from ._janitor import run_janitor
 from ._metrics import Metrics, Sample
-from ._tenant import Tenant, TenantSpec, TenantState, TenantStatus
+from ._tenant import CACHE_COUNTERS, Tenant, TenantSpec, TenantState, TenantStatus
 
 __all__ = ["Hub", "open_hub"]
 
@@ -169,7 +169,7 @@ class Hub:
     def _samples(self) -> Iterator[Sample]:
         yield Sample("tenantry_sockets_alive", (), self._gauges.sockets_alive)
         yield Sample("tenantry_buffers_alive", (), self._gauges.buffers_alive)
-        states = collections.Counter(t.status().state for t in self._tenants.values())
+        states = collections.Counter(t.state for t in self._tenants.values())
         for state in TenantState:
             yield Sample("tenantry_tenants", (("state", state.value),), states[state])
         retired: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -209,7 +209,7 @@ def _cache_samples(
             key = (name, scope.value)
             sums[(*key, "keys")] += stats.size
             sums[(*key, "max_keys")] += stats.max_keys
-            for counter in ("hits", "misses", "evictions", "expirations"):
+            for counter in CACHE_COUNTERS:
                 sums[(*key, counter)] += getattr(stats, counter)
     for (name, counter), count in retired.items():
         sums[name, Scope.SOCKET.value, counter] += count

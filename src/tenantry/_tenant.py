@@ -32,7 +32,7 @@ import enum
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import Any, final
+from typing import final
 
 import attrs
 import trio
@@ -40,7 +40,7 @@ import trio
 from ._breaker import BreakerState
 from ._buffer import BufferConfig, BufferStats
 from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
-from ._connect import Connector, UrlConnector
+from ._connect import Connector, as_connector
 from ._events import FlushReason
 from ._gauges import Gauges
 from ._janitor import run_janitor
@@ -49,7 +49,7 @@ from ._reasons import Decision, DisconnectReason, ReasonCode
 from ._reconnect import NextStep, ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._socket import ConnectFailed, Socket, open_socket
-from ._validate import check_name, positive_count, seconds
+from ._validate import nonempty_name, positive_count, seconds
 
 __all__ = ["TenantSpec", "TenantState", "TenantStatus"]
 
@@ -62,21 +62,6 @@ def _redacted_headers(headers: Mapping[str, str] | None) -> str:
     return "None" if headers is None else "{" + ", ".join(f"{k!r}: '***'" for k in headers) + "}"
 
 
-def _connect_repr(connect: str | Connector) -> str:
-    return repr(UrlConnector(connect)) if isinstance(connect, str) else repr(connect)
-
-
-def _tenant_id(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    check_name(value, attribute.name)
-
-
-def _connect(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, str):
-        UrlConnector(value)  # validates the URL, naming it
-    elif not callable(getattr(value, "open", None)):
-        raise TypeError(f"{attribute.name} must be a ws:// URL or a Connector, got {value!r}")
-
-
 @final
 @attrs.frozen
 class TenantSpec:
@@ -84,7 +69,8 @@ class TenantSpec:
 
     Args:
         tenant_id: Unique within the hub; stamped on logs, batches, metrics.
-        connect: A ``ws://``/``wss://`` URL or a connector (see `open_socket`).
+        connect: A ``ws://``/``wss://`` URL or a connector (see `open_socket`);
+            a URL is kept as a `UrlConnector`, redacted in the repr.
         handler: ``async def handler(sock)``, run inside each connection's
             socket scope. When it returns, that connection closes (and the
             policy decides what follows); when it raises, the error is logged
@@ -98,8 +84,8 @@ class TenantSpec:
     The other fields are passed to `open_socket` for each connection.
     """
 
-    tenant_id: str = attrs.field(validator=_tenant_id)
-    connect: str | Connector = attrs.field(validator=_connect, repr=_connect_repr)
+    tenant_id: str = attrs.field(validator=nonempty_name)
+    connect: Connector = attrs.field(converter=as_connector)
     handler: Handler = attrs.field(validator=attrs.validators.is_callable())
     policy: ReconnectPolicy = attrs.field(
         factory=ReconnectPolicy, validator=attrs.validators.instance_of(ReconnectPolicy)
@@ -160,7 +146,8 @@ class _Command:
     done: trio.Event = attrs.field(factory=trio.Event)
 
 
-_CACHE_COUNTERS = ("hits", "misses", "evictions", "expirations")
+CACHE_COUNTERS = ("hits", "misses", "evictions", "expirations")
+"""The `CacheStats` counters that the metrics add up across connections."""
 
 
 @attrs.define
@@ -187,7 +174,7 @@ class _Totals:
         self.rejected.update(sock.rejected)
         for name in sock.caches:
             cache_stats = sock.caches[name].stats
-            for counter in _CACHE_COUNTERS:
+            for counter in CACHE_COUNTERS:
                 self.socket_cache_counts[name, counter] += getattr(cache_stats, counter)
 
     def copy(self) -> _Totals:
@@ -433,6 +420,11 @@ class Tenant:
         if self._socket is not None:
             totals.add_socket(self._socket)
         return totals
+
+    @property
+    def state(self) -> TenantState:
+        """Where the supervisor loop is now."""
+        return self._state
 
     @property
     def reconnects(self) -> Mapping[str, int]:

@@ -32,6 +32,11 @@ def check_count(value: object, field: str, *, minimum: int) -> int:
     return value
 
 
+def nonempty_name(_: object, attribute: attrs.Attribute[str], value: object) -> None:
+    """attrs validator: `check_name`."""
+    check_name(value, attribute.name)
+
+
 def seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     """attrs validator: `check_seconds`."""
     check_seconds(value, attribute.name)
