@@ -168,7 +168,8 @@ async def test_the_breaker_opens_after_five_failed_handshakes(
         await trio.sleep(25)  # backoff 1 + 2 + 5 + 10 s, +15 % at most: five failures by now
         [status] = hub.status()
         assert (status.state, status.breaker) == (TenantState.CIRCUIT_OPEN, "open")
-        assert (status.failures, status.connections) == (5, 0)
+        assert (status.failures, status.connections, status.breaker_trips) == (5, 0, 1)
+        assert hub.metrics().value("tenantry_breaker_trips_total", tenant="a") == 1
         assert status.next_retry_at is not None
         opened = status.next_retry_at - 60  # after the fifth failure: 18 s +- 15 %
         assert start + 18 * 0.85 <= opened <= start + 18 * 1.15
@@ -180,6 +181,7 @@ async def test_the_breaker_opens_after_five_failed_handshakes(
             "open",
             6,
         )
+        assert status.breaker_trips == 2
         connection = await upstream.wait_connections(1)
         assert trio.current_time() - start > 120
         assert connection.path == "/a"

@@ -196,6 +196,7 @@ def _tenant_samples(tenant_id: str, tenant: Tenant) -> Iterator[Sample]:
     for name, count in tenant.reconnects.items():
         yield Sample("tenantry_reconnects_total", (label, ("reason", name)), count)
     yield Sample("tenantry_breaker_state", (label,), tenant.breaker_state.gauge)
+    yield Sample("tenantry_breaker_trips_total", (label,), tenant.breaker_trips)
 
 
 def _cache_samples(

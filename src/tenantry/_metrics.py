@@ -34,6 +34,7 @@ METRIC_FAMILIES: Mapping[str, tuple[str, str]] = MappingProxyType(
         "tenantry_frames_rejected_total": ("counter", "Bad frames, by tenant and reason."),
         "tenantry_reconnects_total": ("counter", "Ended connections and attempts, by reason."),
         "tenantry_breaker_state": ("gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open."),
+        "tenantry_breaker_trips_total": ("counter", "Times the circuit breaker opened."),
         "tenantry_cache_keys": ("gauge", "Live keys, by cache and scope."),
         "tenantry_cache_max_keys": ("gauge", "Declared key limits, by cache and scope."),
         "tenantry_cache_hits_total": ("counter", "Cache lookups that found a live entry."),

@@ -127,6 +127,8 @@ class TenantStatus:
     """The breaker's state: ``closed``, ``open`` or ``half_open``."""
     failures: int
     """Failed attempts since the last stable connection."""
+    breaker_trips: int
+    """How many times the breaker has opened, over the tenant's life."""
     connections: int
     """Successful handshakes so far."""
     last_disconnect: DisconnectReason | None
@@ -402,6 +404,7 @@ class Tenant:
             state=self._state,
             breaker=self._reconnector.breaker.state.value,
             failures=self._reconnector.failures,
+            breaker_trips=self._reconnector.breaker.trips,
             connections=self._reconnector.connections,
             last_disconnect=self._last,
             last_disconnect_at=self._last_at,
@@ -430,6 +433,11 @@ class Tenant:
     def reconnects(self) -> Mapping[str, int]:
         """Ended connections and failed attempts, by reason name."""
         return self._reconnects
+
+    @property
+    def breaker_trips(self) -> int:
+        """How many times the circuit breaker has opened."""
+        return self._reconnector.breaker.trips
 
     @property
     def breaker_state(self) -> BreakerState:
