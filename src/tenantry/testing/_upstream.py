@@ -177,8 +177,10 @@ class FakeUpstream:
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self.connections: list[UpstreamConnection] = []
+        self._by_path: dict[str, list[UpstreamConnection]] = {}
         self._rejections: list[tuple[str | None, int]] = []
-        self._arrived = trio.Event()
+        self._arrivals: dict[str | None, trio.Event] = {}
+        """Wakes the waiters for one path (None: any path) when a connection arrives."""
         self.connector = self.connector_to("/")
         """Connects clients over in-memory streams."""
 
@@ -188,7 +190,7 @@ class FakeUpstream:
 
     def connections_to(self, path: str) -> list[UpstreamConnection]:
         """The accepted connections that asked for *path*, in order."""
-        return [c for c in self.connections if c.path == path]
+        return list(self._by_path.get(path, ()))
 
     def reject_next(self, status: int, *, path: str | None = None) -> None:
         """Reject the next handshake (to *path*, or any) with HTTP *status*; queued."""
@@ -197,11 +199,11 @@ class FakeUpstream:
     async def wait_connections(self, count: int, *, path: str | None = None) -> UpstreamConnection:
         """Wait until *count* connections (to *path*, or any) were accepted; return the last."""
         while len(matching := self._matching(path)) < count:
-            await self._arrived.wait()
+            await self._arrivals.setdefault(path, trio.Event()).wait()
         return matching[count - 1]
 
     def _matching(self, path: str | None) -> list[UpstreamConnection]:
-        return self.connections if path is None else self.connections_to(path)
+        return self.connections if path is None else self._by_path.get(path, [])
 
     async def serve_tcp(self) -> str:
         """Also serve on a loopback TCP port; returns the ``ws://`` URL."""
@@ -232,8 +234,10 @@ class FakeUpstream:
         ws = await request.accept()
         connection = UpstreamConnection(len(self.connections), ws, gate, path)
         self.connections.append(connection)
-        self._arrived.set()  # wakes every waiter; each checks its own count
-        self._arrived = trio.Event()
+        self._by_path.setdefault(path, []).append(connection)
+        for key in (None, path):  # each waiter then checks its own count
+            if (arrived := self._arrivals.pop(key, None)) is not None:
+                arrived.set()
         await connection._serve()  # noqa: SLF001
 
 
