@@ -51,3 +51,12 @@ def optional_seconds(_: object, attribute: attrs.Attribute[Any], value: object) 
 def positive_count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     """attrs validator: an int >= 1."""
     check_count(value, attribute.name, minimum=1)
+
+
+def check_between(value: object, field: str, low: float, high: float) -> float:
+    """*value* as a float in ``[low, high]``, else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{field} must be a number, got {value!r}")
+    if not low <= value <= high:  # also rejects NaN
+        raise ValueError(f"{field} must be between {low:g} and {high:g}, got {value!r}")
+    return float(value)

@@ -53,7 +53,9 @@ class _Gate(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         await self._open.wait()
-        return await self._stream.receive_some(max_bytes)
+        data = await self._stream.receive_some(max_bytes)
+        await self._open.wait()  # a stall that began during the read holds its data back
+        return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         async with self._sending:
@@ -205,9 +207,9 @@ class FakeUpstream:
     def _matching(self, path: str | None) -> list[UpstreamConnection]:
         return self.connections if path is None else self._by_path.get(path, [])
 
-    async def serve_tcp(self) -> str:
-        """Also serve on a loopback TCP port; returns the ``ws://`` URL."""
-        serve = functools.partial(trio.serve_tcp, self._serve_stream, 0, host="127.0.0.1")
+    async def serve_tcp(self, port: int = 0, *, host: str = "127.0.0.1") -> str:
+        """Also serve over TCP (by default on a free loopback port); returns the ``ws://`` URL."""
+        serve = functools.partial(trio.serve_tcp, self._serve_stream, port, host=host)
         listeners: list[trio.SocketListener] = await self._nursery.start(serve)
         host, port = listeners[0].socket.getsockname()[:2]
         return f"ws://{host}:{port}/"

@@ -1,0 +1,12 @@
+"""The ``tenantry`` command: ``soak``, ``plan`` and ``upstream`` (`main`).
+
+`run_soak` and `SoakConfig` are importable too, for benchmarks and for tests
+that want a fleet under faults without the command line.
+"""
+
+from ._faults import Fault
+from ._main import main
+from ._report import Invariant, SoakReport
+from ._soak import SoakConfig, SoakProgress, run_soak
+
+__all__ = ["Fault", "Invariant", "SoakConfig", "SoakProgress", "SoakReport", "main", "run_soak"]

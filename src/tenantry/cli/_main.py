@@ -1,0 +1,352 @@
+"""``tenantry``: argument parsing and the three commands.
+
+Exit status: 0 when all went well, 1 when a soak broke an invariant (each
+one named on stderr), 2 for a mistake in the command line or a spec file
+(one line on stderr, never a traceback), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+import trio.testing
+
+from ._console import open_output
+from ._faults import Fault
+from ._plan import ENTRY_OVERHEAD_BYTES, SpecFileError, load_specs, plan_rows
+from ._soak import SoakConfig, run_soak
+from ._upstream import UpstreamConfig, serve_upstream
+
+__all__ = ["main"]
+
+VIRTUAL_ABOVE = 180.0
+"""Without --virtual or --real, soaks longer than this many seconds run virtually."""
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+class _UsageError(Exception):
+    """A mistake of the user's: printed as one line, exit status 2."""
+
+
+def duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``1h`` or ``1h30m`` as seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not text.strip() or match is None:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90s, 30m or 1h)")
+    hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total <= 0:
+        raise argparse.ArgumentTypeError(f"a duration must be > 0, got {text!r}")
+    return total
+
+
+def faults(text: str) -> tuple[Fault, ...]:
+    """``503,abort`` as faults; ``all`` or ``none``."""
+    if text == "all":
+        return tuple(Fault)
+    if text == "none":
+        return ()
+    try:
+        return tuple(Fault(name.strip()) for name in text.split(","))
+    except ValueError:
+        known = ", ".join(f.value for f in Fault)
+        raise argparse.ArgumentTypeError(
+            f"unknown fault in {text!r} (known: {known}; or all, none)"
+        ) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tenantry",
+        description="Many tenants' WebSocket connections in one Trio program: "
+        "see the guarantees hold under faults, plan cache capacity, serve a fake upstream.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_soak(commands)
+    _add_plan(commands)
+    _add_upstream(commands)
+    return parser
+
+
+def _add_soak(commands: Any) -> None:
+    defaults = SoakConfig()
+    soak = commands.add_parser(
+        "soak",
+        help="a fleet of tenants under faults; checks the invariants",
+        description="Run tenants on one hub against an embedded fake upstream that injects "
+        "faults, then report flush rates, buffers, events, reconnects, caches and memory, "
+        "and check DESIGN.md's invariants. Exit status 1 names any that broke.",
+        epilog="faults:\n" + "\n".join(f"  {f.value:<10} {f.description}" for f in Fault),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    soak.add_argument("--tenants", type=int, default=defaults.tenants, help="default: %(default)s")
+    soak.add_argument(
+        "--duration",
+        type=duration,
+        default=defaults.duration,
+        help="traffic time, e.g. 90s, 30m, 1h (default: 30m)",
+    )
+    clock = soak.add_mutually_exclusive_group()
+    clock.add_argument(
+        "--virtual",
+        action="store_true",
+        default=None,
+        help="in memory on Trio's MockClock: an hour in seconds "
+        f"(the default above {VIRTUAL_ABOVE:g} s)",
+    )
+    clock.add_argument(
+        "--real",
+        dest="virtual",
+        action="store_false",
+        help="over loopback TCP in wall-clock time",
+    )
+    soak.add_argument(
+        "--rate",
+        type=float,
+        default=defaults.rate,
+        help="events per second to each tenant (default: %(default)s)",
+    )
+    soak.add_argument(
+        "--fault-every",
+        type=duration,
+        default=defaults.fault_every,
+        help="mean time between two faults of a tenant (default: 2m)",
+    )
+    soak.add_argument(
+        "--faults",
+        type=faults,
+        default=defaults.faults,
+        help="comma-separated: " + ",".join(f.value for f in Fault) + ", or all, none "
+        "(default: all)",
+    )
+    soak.add_argument(
+        "--spared",
+        type=float,
+        default=defaults.spared,
+        help="fraction of tenants never faulted, the control group (default: %(default)s)",
+    )
+    soak.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    soak.add_argument(
+        "--cache-scale",
+        type=float,
+        default=defaults.cache_scale,
+        help="the seed's cache limits times this, so that caches fill (default: %(default)s)",
+    )
+    soak.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
+    _add_output_options(soak)
+    soak.set_defaults(run=_soak)
+
+
+def _add_plan(commands: Any) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="the worst-case keys and memory of a cache table",
+        description="Keys per cache, per tenant, per scope and in total when every cache is "
+        "full, with a memory estimate. Without --specs: the seed's table.",
+    )
+    plan.add_argument("--tenants", type=int, default=100, help="default: %(default)s")
+    plan.add_argument(
+        "--specs",
+        type=Path,
+        metavar="FILE",
+        help="JSON or TOML: {name: {max_keys, ttl, scope}}; "
+        "NodeCache's maxKeys and stdTTL work too",
+    )
+    plan.add_argument(
+        "--entry-bytes",
+        type=int,
+        default=200,
+        help="your key and value per entry, in bytes (default: %(default)s); "
+        f"the cache adds {ENTRY_OVERHEAD_BYTES}",
+    )
+    _add_output_options(plan)
+    plan.set_defaults(run=_plan)
+
+
+def _add_upstream(commands: Any) -> None:
+    defaults = UpstreamConfig()
+    upstream = commands.add_parser(
+        "upstream",
+        help="serve the fake upstream over TCP",
+        description="Serve the soak's fake upstream: every connection, on any path, gets a "
+        "stream of chat-like events and, with --fault-every, faults. Ctrl-C stops it.",
+    )
+    upstream.add_argument("--port", type=int, default=defaults.port, help="default: %(default)s")
+    upstream.add_argument("--host", default=defaults.host, help="default: %(default)s")
+    upstream.add_argument(
+        "--rate",
+        type=float,
+        default=defaults.rate,
+        help="events per second per connection (default: %(default)s)",
+    )
+    upstream.add_argument(
+        "--fault-every", type=duration, help="mean time between faults per connection (none)"
+    )
+    upstream.add_argument("--faults", type=faults, default=defaults.faults, help="default: all")
+    upstream.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    upstream.add_argument("--duration", type=duration, help="stop after this long (default: never)")
+    _add_output_options(upstream)
+    upstream.set_defaults(run=_upstream)
+
+
+def _add_output_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--plain", action="store_true", help="plain text even if rich is installed"
+    )
+    command.add_argument("--quiet", action="store_true", help="no progress output")
+    command.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="error",
+        help="show tenantry's log records from this level on stderr (default: %(default)s)",
+    )
+
+
+# -- the commands -------------------------------------------------------------------
+
+
+def _soak(args: argparse.Namespace) -> int:
+    virtual = args.duration > VIRTUAL_ABOVE if args.virtual is None else args.virtual
+    try:
+        config = SoakConfig(
+            tenants=args.tenants,
+            duration=args.duration,
+            rate=args.rate,
+            fault_every=args.fault_every,
+            faults=args.faults,
+            spared=args.spared,
+            seed=args.seed,
+            virtual=virtual,
+            cache_scale=args.cache_scale,
+        )
+    except (TypeError, ValueError) as error:
+        raise _UsageError(str(error).replace("_", "-")) from None
+    with open_output(plain=args.plain, quiet=args.quiet) as output:
+        clock = trio.testing.MockClock(autojump_threshold=0) if virtual else None
+        report = trio.run(
+            functools.partial(run_soak, config, on_progress=output.progress), clock=clock
+        )
+    output.sections(report.sections())
+    if args.json is not None:
+        _write_json(args.json, report.to_json())
+    for broken in report.broken:
+        print(f"tenantry soak: invariant broken: {broken.name} ({broken.detail})", file=sys.stderr)
+    return 1 if report.broken else 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    if args.tenants < 0 or args.entry_bytes < 0:
+        raise _UsageError("--tenants and --entry-bytes must be >= 0")
+    if args.specs is None:
+        from .._cache_specs import SEED_CACHE_SPECS  # noqa: PLC0415
+
+        specs, source = dict(SEED_CACHE_SPECS), "the seed's cache table"
+    else:
+        try:
+            specs, source = load_specs(args.specs), str(args.specs)
+        except SpecFileError as error:
+            raise _UsageError(str(error)) from None
+    plan, rows = plan_rows(specs, args.tenants, args.entry_bytes)
+    with open_output(plain=args.plain, quiet=args.quiet) as output:
+        output.table(
+            f"Capacity of {source} for {args.tenants:,} tenants (every cache full)",
+            ["cache", "scope", "ttl", "keys/tenant", "keys in all", "memory"],
+            rows,
+        )
+        output.line(str(plan))
+        output.line(
+            f"memory: {ENTRY_OVERHEAD_BYTES} bytes of cache bookkeeping per entry "
+            f"(measured) + {args.entry_bytes} of key and value (--entry-bytes)"
+        )
+    return 0
+
+
+def _upstream(args: argparse.Namespace) -> int:
+    try:
+        config = UpstreamConfig(
+            port=args.port,
+            host=args.host,
+            rate=args.rate,
+            fault_every=args.fault_every,
+            faults=args.faults,
+            seed=args.seed,
+        )
+    except (TypeError, ValueError) as error:
+        raise _UsageError(str(error).replace("_", "-")) from None
+    with open_output(plain=args.plain, quiet=args.quiet) as output:
+        say = (lambda _: None) if args.quiet else output.line
+
+        async def serve() -> None:
+            async with trio.open_nursery() as nursery:
+                url = await nursery.start(serve_upstream, config, say)
+                output.line(f"serving {url}<any path>; Ctrl-C stops")
+                if args.duration is not None:
+                    await trio.sleep(args.duration)
+                    nursery.cancel_scope.cancel()
+
+        try:
+            trio.run(serve)
+        except OSError as error:
+            raise _UsageError(
+                f"cannot listen on {args.host}:{args.port}: {error.strerror}"
+            ) from None
+    return 0
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise _UsageError(f"cannot write {path}: {error.strerror}") from None
+
+
+@contextmanager
+def _logging_to_stderr(level: str) -> Iterator[None]:
+    """The command is an application: it shows tenantry's records, and puts things back after."""
+    logger = logging.getLogger("tenantry")
+    saved = logger.level, logger.propagate
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tenantry`` command on *argv* (default: the process's); return the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        with _logging_to_stderr(args.log_level):
+            status: int = args.run(args)
+    except _UsageError as error:
+        print(f"tenantry {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tenantry: interrupted", file=sys.stderr)
+        return 130
+    return status

@@ -1,0 +1,383 @@
+"""A soak's report: the figures, and DESIGN.md's invariants checked against them."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, final
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._soak import SoakConfig
+
+__all__ = [
+    "CacheFigures",
+    "Flushes",
+    "Invariant",
+    "SoakReport",
+    "SocketTally",
+    "TenantTally",
+]
+
+Rows = list[tuple[str, str]]
+
+
+@final
+@attrs.frozen
+class SocketTally:
+    """One closed socket's event buffer, at the end of its scope."""
+
+    received: int
+    delivered: int
+    merged: int
+    lost: int
+
+
+@final
+@attrs.frozen
+class TenantTally:
+    """One tenant's figures from both ends of the wire."""
+
+    tenant_id: str
+    spared: bool
+    sent: int
+    """Events the upstream sent, over every connection."""
+    handed: int
+    """Events the handler was given in batches."""
+    sockets: tuple[SocketTally, ...]
+    """Every socket the tenant had, in order."""
+    clean_lines: tuple[tuple[int, int], ...]
+    """(connection index, events sent) of the connections that ended cleanly."""
+    faults: Mapping[str, int]
+    faults_skipped: int
+
+    def total(self, field: str) -> int:
+        return sum(getattr(sock, field) for sock in self.sockets)
+
+    def short_connections(self) -> list[int]:
+        """Cleanly closed connections whose socket decoded fewer events than were sent."""
+        return [
+            n
+            for n, sent in self.clean_lines
+            if n < len(self.sockets) and self.sockets[n].received != sent
+        ]
+
+
+@final
+@attrs.frozen
+class Flushes:
+    """Interval flushes per whole minute, against what the timers allow."""
+
+    expected_per_minute: float
+    """Every tenant connected, one flush per interval."""
+    per_minute: tuple[int, ...]
+    bounds: tuple[float, ...]
+    """Per minute: (tenants + sockets opened in it) x (flushes one timer can make + 1)."""
+    other: Mapping[str, int]
+    """Flushes for other reasons (close, size), over the run."""
+
+    @property
+    def mean(self) -> float:
+        return sum(self.per_minute) / len(self.per_minute) if self.per_minute else 0.0
+
+    @property
+    def most(self) -> int:
+        return max(self.per_minute, default=0)
+
+    def over_bound(self) -> list[int]:
+        return [
+            m for m, (n, b) in enumerate(zip(self.per_minute, self.bounds, strict=True)) if n > b
+        ]
+
+
+@final
+@attrs.frozen
+class CacheFigures:
+    """One cache, across every scope that built it."""
+
+    name: str
+    max_keys: int
+    peak_utilization: float
+    """The largest keys / max_keys any instance reached when sampled."""
+    evictions: int
+    expirations: int
+
+
+@final
+@attrs.frozen
+class Invariant:
+    """One of DESIGN.md's invariants, and whether this run kept it."""
+
+    name: str
+    held: bool
+    detail: str
+
+
+@final
+@attrs.frozen
+class SoakReport:
+    """Everything a soak measured. `invariants` says whether the guarantees held."""
+
+    config: SoakConfig
+    elapsed: float
+    """Seconds of traffic on the soak's clock."""
+    wall: float
+    """Wall-clock seconds of the whole run."""
+    flushes: Flushes
+    gauge_samples: int
+    gauge_mismatches: int
+    """Samples in which live buffers differed from live sockets."""
+    most_buffers: int
+    most_sockets: int
+    most_sockets_one_tenant: int
+    tenants: tuple[TenantTally, ...]
+    reconnects: Mapping[str, int]
+    rejected_frames: Mapping[str, int]
+    breaker_trips: int
+    caches: tuple[CacheFigures, ...]
+    cache_overflows: int
+    """Times a handler saw a cache over its limit (must be 0)."""
+    peak_rss: int | None
+    baseline_tasks: int
+    tasks_at_end: int
+
+    # -- totals ------------------------------------------------------------------
+
+    def events(self) -> dict[str, int]:
+        """Events over the fleet: sent, received, delivered, merged, lost, handed."""
+        totals = {
+            "sent": sum(t.sent for t in self.tenants),
+            **{f: sum(t.total(f) for t in self.tenants) for f in ("received", "delivered")},
+            **{f: sum(t.total(f) for t in self.tenants) for f in ("merged", "lost")},
+            "handed_to_handlers": sum(t.handed for t in self.tenants),
+        }
+        totals["not_received"] = totals["sent"] - totals["received"]
+        return totals
+
+    def faults(self) -> dict[str, int]:
+        counts: collections.Counter[str] = collections.Counter()
+        for tenant in self.tenants:
+            counts.update(tenant.faults)
+        return {
+            **dict(sorted(counts.items())),
+            "skipped": sum(t.faults_skipped for t in self.tenants),
+        }
+
+    # -- the invariants -------------------------------------------------------------
+
+    @property
+    def invariants(self) -> tuple[Invariant, ...]:
+        """DESIGN.md's invariants, each checked against this run."""
+        return tuple(self._check())
+
+    @property
+    def broken(self) -> tuple[Invariant, ...]:
+        return tuple(i for i in self.invariants if not i.held)
+
+    def _check(self) -> Iterator[Invariant]:
+        yield Invariant(
+            "live buffers equal live sockets",
+            self.gauge_mismatches == 0,
+            f"{self.gauge_mismatches} of {self.gauge_samples} samples differ; "
+            f"at most {self.most_buffers} buffers, {self.most_sockets} sockets",
+        )
+        yield Invariant(
+            "a tenant never holds two sockets",
+            self.most_sockets_one_tenant <= 1 and self.most_sockets <= len(self.tenants),
+            f"at most {self.most_sockets_one_tenant} at once for one tenant",
+        )
+        uneven = [
+            t.tenant_id
+            for t in self.tenants
+            if t.total("received") != t.total("delivered") + t.total("merged")
+            or t.handed != t.total("delivered")
+            or t.total("lost")
+        ]
+        yield Invariant(
+            "every event decoded is delivered or merged exactly once",
+            not uneven,
+            f"tenants where it failed: {_few(uneven)}" if uneven else "every tenant, every socket",
+        )
+        short = [f"{t.tenant_id}#{n}" for t in self.tenants for n in t.short_connections()]
+        cleanly = sum(len(t.clean_lines) for t in self.tenants)
+        yield Invariant(
+            "a remote close loses nothing sent before it",
+            not short,
+            f"connections short: {_few(short)}" if short else f"{cleanly} clean closes checked",
+        )
+        over = [c.name for c in self.caches if c.peak_utilization > 1]
+        yield Invariant(
+            "no cache holds more than max_keys",
+            not over and self.cache_overflows == 0,
+            f"over the limit: {_few(over)}" if over else "every cache sampled, every write checked",
+        )
+        late = self.flushes.over_bound()
+        yield Invariant(
+            "flushes per minute stay within what the timers allow",
+            not late,
+            f"minutes over: {_few(late)}" if late else f"at most {self.flushes.most}/min",
+        )
+        disturbed = [
+            t.tenant_id
+            for t in self.tenants
+            if t.spared and (len(t.sockets) != 1 or t.total("received") != t.sent)
+        ]
+        spared = sum(t.spared for t in self.tenants)
+        yield Invariant(
+            "faults of one tenant never touch another",
+            not disturbed,
+            f"spared tenants disturbed: {_few(disturbed)}"
+            if disturbed
+            else f"{spared} spared tenants: one connection each, every event received",
+        )
+        yield Invariant(
+            "closing a scope leaves no task behind",
+            self.tasks_at_end == self.baseline_tasks,
+            f"{self.tasks_at_end} tasks alive at the end, {self.baseline_tasks} before",
+        )
+
+    # -- output ------------------------------------------------------------------------
+
+    def sections(self) -> list[tuple[str, Rows]]:
+        """The report as titled rows of (label, value), for text and tables."""
+        config, flushes, events = self.config, self.flushes, self.events()
+        mode = "virtual (MockClock, in memory)" if config.virtual else "real (loopback TCP)"
+        speed = f", {self.elapsed / self.wall:,.0f}x real time" if config.virtual else ""
+        reconnects = sum(self.reconnects.values())
+        return [
+            (
+                "Run",
+                [
+                    ("mode", mode),
+                    ("tenants", f"{config.tenants} ({config.spared_tenants} spared from faults)"),
+                    ("traffic", f"{duration_text(self.elapsed)}, {config.rate:g} events/s each"),
+                    ("wall time", f"{self.wall:,.1f} s{speed}"),
+                    ("seed", str(config.seed)),
+                ],
+            ),
+            (
+                "Flushes (interval timer)",
+                [
+                    ("expected per minute", f"{flushes.expected_per_minute:,.0f}"),
+                    ("observed per minute", f"mean {flushes.mean:,.1f}, max {flushes.most:,}"),
+                    (
+                        "orphaned timers would add",
+                        f"{reconnects * 60 / config.flush_interval:,.0f}/min",
+                    ),
+                    ("other flushes", _pairs(flushes.other)),
+                ],
+            ),
+            (
+                "Buffers and sockets",
+                [
+                    ("max live buffers", f"{self.most_buffers:,}"),
+                    ("max live sockets", f"{self.most_sockets:,}"),
+                    ("samples", f"{self.gauge_samples:,}, {self.gauge_mismatches} differ"),
+                ],
+            ),
+            ("Events", [(k.replace("_", " "), f"{v:,}") for k, v in events.items()]),
+            (
+                "Faults and reconnects",
+                [
+                    ("faults injected", _pairs(self.faults())),
+                    ("reconnects by reason", _pairs(self.reconnects)),
+                    ("breaker trips", f"{self.breaker_trips:,}"),
+                    ("frames rejected", _pairs(self.rejected_frames)),
+                ],
+            ),
+            (
+                "Caches (peak utilization)",
+                [
+                    (
+                        c.name,
+                        (
+                            f"{c.peak_utilization:.0%} of {c.max_keys:,}; "
+                            f"{c.evictions:,} evicted, {c.expirations:,} expired"
+                        ),
+                    )
+                    for c in self.caches
+                ],
+            ),
+            (
+                "Process",
+                [
+                    (
+                        "peak RSS",
+                        "unknown" if self.peak_rss is None else f"{self.peak_rss / 2**20:,.1f} MiB",
+                    ),
+                    (
+                        "tasks alive at the end",
+                        f"{self.tasks_at_end} ({self.baseline_tasks} before)",
+                    ),
+                ],
+            ),
+            (
+                "Invariants",
+                [
+                    (("held: " if i.held else "BROKEN: ") + i.name, i.detail)
+                    for i in self.invariants
+                ],
+            ),
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """The report for machines: plain JSON types, stable keys."""
+        config = attrs.asdict(self.config, value_serializer=_plain)
+        return {
+            "config": config,
+            "elapsed_seconds": self.elapsed,
+            "wall_seconds": self.wall,
+            "flushes": {
+                "expected_per_minute": self.flushes.expected_per_minute,
+                "mean_per_minute": self.flushes.mean,
+                "max_per_minute": self.flushes.most,
+                "per_minute": list(self.flushes.per_minute),
+                "bound_per_minute": list(self.flushes.bounds),
+                "other": dict(self.flushes.other),
+            },
+            "buffers": {
+                "max_live_buffers": self.most_buffers,
+                "max_live_sockets": self.most_sockets,
+                "max_sockets_one_tenant": self.most_sockets_one_tenant,
+                "samples": self.gauge_samples,
+                "mismatches": self.gauge_mismatches,
+            },
+            "events": self.events(),
+            "faults": self.faults(),
+            "reconnects": dict(self.reconnects),
+            "breaker_trips": self.breaker_trips,
+            "frames_rejected": dict(self.rejected_frames),
+            "caches": [attrs.asdict(c) for c in self.caches],
+            "cache_overflows": self.cache_overflows,
+            "peak_rss_bytes": self.peak_rss,
+            "tasks": {"before": self.baseline_tasks, "at_end": self.tasks_at_end},
+            "invariants": [attrs.asdict(i) for i in self.invariants],
+            "ok": not self.broken,
+        }
+
+
+def _plain(_: object, __: object, value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [getattr(v, "value", v) for v in value]
+    return getattr(value, "value", value)
+
+
+def _pairs(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"
+
+
+def _few(names: list[Any]) -> str:
+    shown = ", ".join(str(n) for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def duration_text(seconds: float) -> str:
+    """``259200`` as ``3 d``, ``3600`` as ``1 h``, ``90`` as ``1.5 min``."""
+    if seconds >= 86400:
+        return f"{seconds / 86400:g} d"
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"

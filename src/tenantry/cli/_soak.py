@@ -1,0 +1,506 @@
+"""The soak: a fleet of tenants on one hub against a misbehaving upstream.
+
+Theory of operation
+===================
+
+`run_soak` opens a `FakeUpstream` and a hub, adds the tenants, and runs
+three kinds of task beside them in one nursery, the *script*:
+
+* a **feeder** per tenant, which waits for each of the tenant's upstream
+  connections in turn and streams that tenant's `Traffic` into it;
+* a **fault injector** per tenant that is not spared, which every so often
+  (exponential gaps from the tenant's own seeded generator) does one
+  `Fault` to the tenant's live connection. A per-connection lock orders
+  the fault after the last event sent, so a clean close is known to follow
+  every event sent before it;
+* **samplers** for the gauges and the caches, and the progress reports.
+
+The client side is the tenants' handler, which counts what it is given and
+writes the caches the way an application would. When the duration is over
+the script is cancelled, the buffers get one flush interval to empty, the
+metrics are read, and the hub closes. The report compares what the upstream
+sent, what the sockets decoded and what the handlers received, and checks
+DESIGN.md's invariants (`_report.py`).
+
+Under `trio.testing.MockClock` (``virtual``) the upstream is in memory and
+an hour passes in seconds; otherwise it is served over loopback TCP in
+wall-clock time. Every random choice comes from generators seeded from
+``seed`` and the tenant's id, so a run can be repeated.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
+from typing import Any, final
+
+import attrs
+import trio
+import trio_websocket
+
+from .._buffer import BufferConfig
+from .._cache_specs import SEED_CACHE_SPECS, CacheSpec
+from .._events import Batch, FlushReason
+from .._hub import Hub, open_hub
+from .._metrics import Metrics
+from .._socket import Socket
+from .._tenant import TenantSpec
+from .._validate import check_between, check_count, check_seconds
+from ..testing import FakeUpstream, UpstreamConnection, open_fake_upstream
+from ._faults import Fault
+from ._report import CacheFigures, Flushes, SoakReport, SocketTally, TenantTally
+from ._traffic import Traffic
+
+__all__ = ["SoakConfig", "SoakProgress", "run_soak", "soak_caches"]
+
+_GAUGE_EVERY = 1.0
+_BURST = 2
+"""Events per write: the upstream sends each tenant a pair every 2 / rate seconds."""
+_CACHES_EVERY = 30.0
+
+
+def _faults(value: Iterable[Fault]) -> tuple[Fault, ...]:
+    faults = tuple(value)
+    for fault in faults:
+        if not isinstance(fault, Fault):
+            raise TypeError(f"faults must be Fault members, got {fault!r}")
+    return faults
+
+
+@final
+@attrs.frozen
+class SoakConfig:
+    """What a soak runs: the fleet, the traffic, the faults, the clock.
+
+    Args:
+        tenants: Tenants on the hub.
+        duration: Seconds of traffic (virtual seconds when ``virtual``).
+        rate: Events per second the upstream sends each tenant.
+        fault_every: Mean seconds between two faults of one tenant.
+        faults: The kinds of fault to draw from (none: a quiet run).
+        spared: The fraction of tenants that get no faults: the control
+            group whose flushes and delivery must not notice the others'.
+        seed: Traffic, faults and backoff jitter all derive from it.
+        virtual: In memory on Trio's mock clock, or over loopback TCP in
+            wall-clock time. The caller runs the soak under the clock.
+        cache_scale: The seed's cache limits times this, so that a short
+            run fills the caches and shows eviction at the limit.
+        flush_interval: The event buffers' flush interval.
+        keepalive: The sockets' ping interval.
+    """
+
+    tenants: int = attrs.field(default=100)
+    duration: float = attrs.field(default=1800.0)
+    rate: float = attrs.field(default=0.5)
+    fault_every: float = attrs.field(default=120.0)
+    faults: tuple[Fault, ...] = attrs.field(default=tuple(Fault), converter=_faults)
+    spared: float = attrs.field(default=0.1)
+    seed: int = attrs.field(default=1)
+    virtual: bool = attrs.field(default=True)
+    cache_scale: float = attrs.field(default=0.01)
+    flush_interval: float = attrs.field(default=5.0)
+    keepalive: float = attrs.field(default=30.0)
+
+    def __attrs_post_init__(self) -> None:
+        check_count(self.tenants, "tenants", minimum=1)
+        check_seconds(self.duration, "duration")
+        check_between(self.rate, "rate", 0.001, 10_000)
+        check_seconds(self.fault_every, "fault_every")
+        check_between(self.spared, "spared", 0, 1)
+        check_count(self.seed, "seed", minimum=0)
+        check_between(self.cache_scale, "cache_scale", 1e-6, 1)
+        check_seconds(self.flush_interval, "flush_interval")
+        check_seconds(self.keepalive, "keepalive")
+        if not math.isfinite(self.duration):
+            raise ValueError(f"duration must be finite, got {self.duration!r}")
+
+    @property
+    def burst_gap(self) -> float:
+        """Seconds between two writes to a tenant's connection."""
+        return _BURST / self.rate
+
+    @property
+    def expected_flushes_per_minute(self) -> float:
+        """Interval flushes of the whole fleet, every tenant connected.
+
+        A buffer flushes ``flush_interval`` after its oldest pending event,
+        so with a write every ``burst_gap`` seconds it flushes once every
+        whole number of gaps that covers the interval.
+        """
+        period = math.ceil(self.flush_interval / self.burst_gap - 1e-9) * self.burst_gap
+        return self.tenants * 60 / period
+
+    @property
+    def spared_tenants(self) -> int:
+        """How many tenants get no faults (the last ones)."""
+        return round(self.tenants * self.spared)
+
+
+@final
+@attrs.frozen
+class SoakProgress:
+    """A progress report, made every 1 % of the duration."""
+
+    elapsed: float
+    """Seconds of the soak's clock so far (virtual seconds when virtual)."""
+    duration: float
+    wall: float
+    """Wall-clock seconds so far."""
+    connected: int
+    tenants: int
+    flushes_per_minute: float
+    """Flushes in the last minute (scaled up before the first one is over)."""
+    events_per_second: float
+    """Events delivered to the handlers per second of the soak's clock, lately."""
+
+
+def soak_caches(scale: float) -> Mapping[str, CacheSpec]:
+    """The seed's cache specs with every limit times *scale* (at least one key)."""
+    return {
+        name: attrs.evolve(spec, max_keys=max(1, round(spec.max_keys * scale)))
+        for name, spec in SEED_CACHE_SPECS.items()
+    }
+
+
+@attrs.define(eq=False)
+class _Line:
+    """One upstream connection of a tenant, as its feeder and injector see it."""
+
+    connection: UpstreamConnection
+    sending: trio.Lock = attrs.field(factory=trio.Lock)
+    sent: int = 0
+    stopped: bool = False
+    clean_end: bool = False
+    """Ended by a frame the client reads after every event sent."""
+
+
+@attrs.define(eq=False)
+class _Tenant:
+    """One tenant as the soak sees it, from both ends."""
+
+    tenant_id: str
+    spared: bool
+    traffic: Traffic
+    random: random.Random
+    lines: list[_Line] = attrs.field(factory=list)
+    sockets: list[SocketTally] = attrs.field(factory=list)
+    live_sockets: int = 0
+    most_live_sockets: int = 0
+    handed: int = 0
+    """Events the handler was given, summed over batches."""
+    faults: collections.Counter[Fault] = attrs.field(factory=collections.Counter)
+    faults_skipped: int = 0
+
+    def live_line(self) -> _Line | None:
+        if self.lines and not self.lines[-1].stopped and not self.lines[-1].connection.ended:
+            return self.lines[-1]
+        return None
+
+
+@final
+class _Soak:
+    """The run's state, shared by the script's tasks and the handlers."""
+
+    def __init__(self, config: SoakConfig, upstream: FakeUpstream) -> None:
+        self.config = config
+        self.upstream = upstream
+        first_spared = config.tenants - config.spared_tenants
+        width = len(str(config.tenants))
+        self.tenants = [
+            _Tenant(
+                tenant_id=f"t{n:0{width}d}",
+                spared=n >= first_spared,
+                traffic=Traffic(f"{config.seed}:t{n}:traffic"),
+                random=random.Random(f"{config.seed}:t{n}:faults"),  # noqa: S311
+            )
+            for n in range(config.tenants)
+        ]
+        self.start = trio.current_time()
+        self.wall_start = time.perf_counter()
+        self.beat = trio.Event()
+        self.stall_for = 2 * config.keepalive + 10  # the client gives up within 2 x keepalive + 5
+        self.interval_flushes: collections.Counter[int] = collections.Counter()
+        self.other_flushes: collections.Counter[FlushReason] = collections.Counter()
+        self.opened: collections.Counter[int] = collections.Counter()
+        self.handed_total = 0
+        self.gauge_samples = 0
+        self.gauge_mismatches = 0
+        self.most_buffers = 0
+        self.most_sockets = 0
+        self.cache_peaks: dict[str, float] = {}
+        self.cache_overflows = 0
+
+    def minute(self) -> int:
+        return int((trio.current_time() - self.start) // 60)
+
+    # -- the tenants' side -------------------------------------------------------
+
+    def spec(self, tenant: _Tenant, base_url: str | None) -> TenantSpec:
+        path = f"/{tenant.tenant_id}"
+        connect = self.upstream.connector_to(path) if base_url is None else base_url + path[1:]
+        return TenantSpec(
+            tenant.tenant_id,
+            connect,
+            self._handler(tenant),
+            caches=soak_caches(self.config.cache_scale),
+            buffer=BufferConfig(flush_interval=self.config.flush_interval, always_buffer=True),
+            keepalive=self.config.keepalive,
+        )
+
+    def _handler(self, tenant: _Tenant) -> Callable[[Socket], Any]:
+        async def handler(sock: Socket) -> None:
+            tenant.live_sockets += 1
+            tenant.most_live_sockets = max(tenant.most_live_sockets, tenant.live_sockets)
+            self.opened[self.minute()] += 1
+            try:
+                async with sock.events.subscribe() as batches:
+                    async for batch in batches:
+                        self._on_batch(tenant, sock, batch)
+            finally:
+                tenant.live_sockets -= 1
+                stats = sock.buffer.stats
+                tenant.sockets.append(
+                    SocketTally(stats.received, stats.delivered, stats.merged, sock.events.lost)
+                )
+
+        return handler
+
+    def _on_batch(self, tenant: _Tenant, sock: Socket, batch: Batch) -> None:
+        tenant.handed += batch.count
+        self.handed_total += batch.count
+        if batch.reason is FlushReason.INTERVAL:
+            self.interval_flushes[self.minute()] += 1
+        else:
+            self.other_flushes[batch.reason] += 1
+        self._use_caches(tenant, sock, batch)
+
+    def _use_caches(self, tenant: _Tenant, sock: Socket, batch: Batch) -> None:
+        """Write the caches as an application would; check each stays within its limit."""
+        assert sock.tenant_caches is not None  # a hub's tenant always has both  # noqa: S101
+        assert sock.global_caches is not None  # noqa: S101
+        retry, devices, lids = (
+            sock.caches["msg_retry"],
+            sock.caches["user_devices"],
+            sock.caches["lid"],
+        )
+        signal, global_lids = sock.tenant_caches["signal_store"], sock.global_caches["lid_global"]
+        for message in batch["messages.upsert"]:
+            key = message["key"]
+            retry.set(key["id"], 0)
+            devices.set(key["remoteJid"], ("device-1",))
+            signal.set(key["id"], b"session")
+            global_lids.set((tenant.tenant_id, key["remoteJid"]), "lid")
+        for contact in batch["contacts.update"]:
+            lids.set(contact["id"], "lid")
+        for cache in (retry, devices, lids, signal, global_lids):
+            if len(cache) > cache.max_keys:
+                self.cache_overflows += 1
+
+    # -- the script --------------------------------------------------------------
+
+    async def feed(self, tenant: _Tenant) -> None:
+        """Stream the tenant's traffic into each of its connections in turn."""
+        path = f"/{tenant.tenant_id}"
+        while True:
+            connection = await self.upstream.wait_connections(len(tenant.lines) + 1, path=path)
+            line = _Line(connection)
+            tenant.lines.append(line)
+            with suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                while True:
+                    async with line.sending:
+                        if line.stopped:
+                            break
+                        frames = [tenant.traffic.next_frame() for _ in range(_BURST)]
+                        await connection.blast(frames)
+                        line.sent += len(frames)
+                    await self.beat.wait()
+            line.stopped = True
+
+    async def keep_time(self) -> None:
+        """Strike the beat every `SoakConfig.burst_gap` seconds: one timer for every feeder."""
+        gap = self.config.burst_gap
+        beats = 0
+        while True:
+            beats += 1
+            await trio.sleep_until(self.start + beats * gap)
+            self.beat.set()
+            self.beat = trio.Event()
+
+    async def inject_faults(self, tenant: _Tenant) -> None:
+        """Now and then, one fault to the tenant's live connection."""
+        faults = self.config.faults
+        while faults:
+            await trio.sleep(tenant.random.expovariate(1 / self.config.fault_every))
+            fault = tenant.random.choice(faults)
+            line = tenant.live_line()
+            if line is None:
+                tenant.faults_skipped += 1  # between connections: nothing to break
+                continue
+            async with line.sending:
+                if line.stopped:
+                    tenant.faults_skipped += 1
+                    continue
+                line.stopped = fault.ends_connection
+                try:
+                    await fault.inject(self.upstream, line.connection, stall_for=self.stall_for)
+                except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                    tenant.faults_skipped += 1  # the connection ended under the fault
+                    continue
+                line.clean_end = fault.ends_cleanly
+            tenant.faults[fault] += 1
+
+    async def sample_gauges(self, hub: Hub) -> None:
+        gauges = hub.gauges
+        while True:
+            self.gauge_samples += 1
+            self.gauge_mismatches += gauges.buffers_alive != gauges.sockets_alive
+            self.most_buffers = max(self.most_buffers, gauges.buffers_alive)
+            self.most_sockets = max(self.most_sockets, gauges.sockets_alive)
+            await trio.sleep(_GAUGE_EVERY)
+
+    async def sample_caches(self, hub: Hub) -> None:
+        while True:
+            peaks = self.cache_peaks
+            for name, cache in hub.global_caches.items():
+                peaks[name] = max(peaks.get(name, 0.0), cache.stats.utilization)
+            for status in hub.status():
+                for name, utilization in status.cache_utilization.items():
+                    peaks[name] = max(peaks.get(name, 0.0), utilization)
+            await trio.sleep(_CACHES_EVERY)
+
+    async def report_progress(self, hub: Hub, on_progress: Callable[[SoakProgress], None]) -> None:
+        tick = self.config.duration / 100
+        handed = 0
+        while True:
+            await trio.sleep(tick)
+            elapsed = trio.current_time() - self.start
+            minute = self.minute()
+            last_minute = self.interval_flushes[minute - 1] if minute else 0
+            if not minute:
+                last_minute = round(self.interval_flushes[0] * 60 / max(elapsed, 1e-9))
+            on_progress(
+                SoakProgress(
+                    elapsed=elapsed,
+                    duration=self.config.duration,
+                    wall=time.perf_counter() - self.wall_start,
+                    connected=hub.gauges.sockets_alive,
+                    tenants=self.config.tenants,
+                    flushes_per_minute=last_minute,
+                    events_per_second=(self.handed_total - handed) / tick,
+                )
+            )
+            handed = self.handed_total
+
+    # -- the report ----------------------------------------------------------------
+
+    def report(self, metrics: Metrics, *, elapsed: float, baseline_tasks: int) -> SoakReport:
+        config = self.config
+        interval_counts = [self.interval_flushes[m] for m in range(int(elapsed // 60))]
+        return SoakReport(
+            config=config,
+            elapsed=elapsed,
+            wall=time.perf_counter() - self.wall_start,
+            flushes=Flushes(
+                expected_per_minute=config.expected_flushes_per_minute,
+                per_minute=tuple(interval_counts),
+                bounds=tuple(
+                    (config.tenants + self.opened[m]) * (60 / config.flush_interval + 1)
+                    for m in range(len(interval_counts))
+                ),
+                other={
+                    reason.value: n for reason, n in sorted(self.other_flushes.items(), key=str)
+                },
+            ),
+            gauge_samples=self.gauge_samples,
+            gauge_mismatches=self.gauge_mismatches,
+            most_buffers=self.most_buffers,
+            most_sockets=self.most_sockets,
+            most_sockets_one_tenant=max(t.most_live_sockets for t in self.tenants),
+            tenants=tuple(_tally(t) for t in self.tenants),
+            reconnects=_by_label(metrics, "tenantry_reconnects_total", "reason"),
+            rejected_frames=_by_label(metrics, "tenantry_frames_rejected_total", "reason"),
+            breaker_trips=int(metrics.value("tenantry_breaker_trips_total")),
+            caches=tuple(
+                CacheFigures(
+                    name=name,
+                    max_keys=spec.max_keys,
+                    peak_utilization=self.cache_peaks.get(name, 0.0),
+                    evictions=int(metrics.value("tenantry_cache_evictions_total", cache=name)),
+                    expirations=int(metrics.value("tenantry_cache_expirations_total", cache=name)),
+                )
+                for name, spec in soak_caches(config.cache_scale).items()
+            ),
+            cache_overflows=self.cache_overflows,
+            peak_rss=_peak_rss(),
+            baseline_tasks=baseline_tasks,
+            tasks_at_end=trio.lowlevel.current_statistics().tasks_living,
+        )
+
+
+def _tally(tenant: _Tenant) -> TenantTally:
+    return TenantTally(
+        tenant_id=tenant.tenant_id,
+        spared=tenant.spared,
+        sent=sum(line.sent for line in tenant.lines),
+        handed=tenant.handed,
+        sockets=tuple(tenant.sockets),
+        clean_lines=tuple((n, line.sent) for n, line in enumerate(tenant.lines) if line.clean_end),
+        faults={fault.value: n for fault, n in tenant.faults.items()},
+        faults_skipped=tenant.faults_skipped,
+    )
+
+
+def _by_label(metrics: Metrics, name: str, label: str) -> dict[str, int]:
+    counts: collections.Counter[str] = collections.Counter()
+    for sample in metrics.samples:
+        if sample.name == name:
+            counts[dict(sample.labels)[label]] += int(sample.value)
+    return {key: n for key, n in sorted(counts.items()) if n}
+
+
+def _peak_rss() -> int | None:
+    """The process's peak resident set size in bytes, where the OS says."""
+    try:
+        import resource  # noqa: PLC0415 - Unix only
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+async def run_soak(
+    config: SoakConfig, *, on_progress: Callable[[SoakProgress], None] | None = None
+) -> SoakReport:
+    """Run the soak *config* describes and return its report.
+
+    Run it under ``trio.testing.MockClock(autojump_threshold=0)`` when
+    ``config.virtual``, and under the real clock otherwise.
+    """
+    baseline_tasks = trio.lowlevel.current_statistics().tasks_living
+    async with open_fake_upstream() as upstream:
+        base_url = None if config.virtual else await upstream.serve_tcp()
+        soak = _Soak(config, upstream)
+        async with open_hub(soak_caches(config.cache_scale), seed=config.seed) as hub:
+            for tenant in soak.tenants:
+                await hub.add(soak.spec(tenant, base_url))
+            async with trio.open_nursery() as script:
+                for tenant in soak.tenants:
+                    script.start_soon(soak.feed, tenant)
+                    if not tenant.spared:
+                        script.start_soon(soak.inject_faults, tenant)
+                script.start_soon(soak.keep_time)
+                script.start_soon(soak.sample_gauges, hub)
+                script.start_soon(soak.sample_caches, hub)
+                if on_progress is not None:
+                    script.start_soon(soak.report_progress, hub, on_progress)
+                await trio.sleep(config.duration)
+                script.cancel_scope.cancel()
+            elapsed = trio.current_time() - soak.start
+            await trio.sleep(config.flush_interval + 1)  # every pending event flushed
+            metrics = hub.metrics()
+    return soak.report(metrics, elapsed=elapsed, baseline_tasks=baseline_tasks)

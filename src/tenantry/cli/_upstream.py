@@ -1,0 +1,111 @@
+"""``tenantry upstream``: the soak's fake upstream, served over TCP for your own application.
+
+Every connection, whatever its path, gets its own chat-like `Traffic` at
+``rate`` events per second and, if asked, a fault now and then; each fault
+kind is described by `Fault`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from contextlib import suppress
+from typing import final
+
+import attrs
+import trio
+import trio_websocket
+
+from .._validate import check_between, check_count, check_seconds
+from ..testing import FakeUpstream, UpstreamConnection, open_fake_upstream
+from ._faults import Fault
+from ._traffic import Traffic
+
+__all__ = ["UpstreamConfig", "serve_upstream"]
+
+
+@final
+@attrs.frozen
+class UpstreamConfig:
+    """What ``tenantry upstream`` serves.
+
+    Args:
+        port: TCP port (0: any free port).
+        host: Interface to listen on; loopback by default.
+        rate: Events per second sent on each connection.
+        fault_every: Mean seconds between two faults on one connection;
+            None for none.
+        faults: The kinds of fault to draw from.
+        seed: Traffic and faults derive from it and the connection's number.
+    """
+
+    port: int = 8765
+    host: str = "127.0.0.1"
+    rate: float = 1.0
+    fault_every: float | None = None
+    faults: tuple[Fault, ...] = tuple(Fault)
+    seed: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        check_count(self.port, "port", minimum=0)
+        if self.port > 65535:
+            raise ValueError(f"port must be <= 65535, got {self.port}")
+        check_between(self.rate, "rate", 0.001, 100_000)
+        if self.fault_every is not None:
+            check_seconds(self.fault_every, "fault_every")
+        check_count(self.seed, "seed", minimum=0)
+
+
+async def serve_upstream(
+    config: UpstreamConfig,
+    say: Callable[[str], None],
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; reports the URL through *task_status* and events through *say*."""
+    async with open_fake_upstream() as upstream, trio.open_nursery() as nursery:
+        url = await upstream.serve_tcp(config.port, host=config.host)
+        task_status.started(url)
+        served = 0
+        while True:
+            connection = await upstream.wait_connections(served + 1)
+            served += 1
+            say(f"connection {connection.index} on {connection.path}")
+            nursery.start_soon(_serve_connection, upstream, connection, config, say)
+
+
+async def _serve_connection(
+    upstream: FakeUpstream,
+    connection: UpstreamConnection,
+    config: UpstreamConfig,
+    say: Callable[[str], None],
+) -> None:
+    """Stream events into *connection*, and break it now and then, until it ends."""
+    seed = f"{config.seed}:{connection.index}"
+    traffic, rng = Traffic(seed), random.Random(seed)  # noqa: S311 - reproducible, not secret
+    with suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+        async with trio.open_nursery() as nursery:
+            feeding = trio.CancelScope()
+            nursery.start_soon(_feed, connection, traffic, config.rate, feeding)
+            if config.fault_every is None or not config.faults:
+                return
+            while True:
+                await trio.sleep(rng.expovariate(1 / config.fault_every))
+                if connection.ended:
+                    return
+                fault = rng.choice(config.faults)
+                say(f"fault {fault.value} on connection {connection.index} ({connection.path})")
+                if fault.ends_connection:
+                    feeding.cancel()  # a closed or stalled upstream sends nothing more
+                await fault.inject(upstream, connection)
+                if fault.ends_connection:
+                    return
+
+
+async def _feed(
+    connection: UpstreamConnection, traffic: Traffic, rate: float, scope: trio.CancelScope
+) -> None:
+    with scope, suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+        while True:
+            await connection.blast((traffic.next_frame(),))
+            await trio.sleep(1 / rate)
