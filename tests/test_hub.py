@@ -345,6 +345,9 @@ def test_tenant_spec_validation_and_redaction() -> None:
         TenantSpec("a", "ws://x", handler=None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="keepalive"):
         TenantSpec("a", "ws://x", handler=idle, keepalive=0)
+    with pytest.raises(ValueError, match="max_bad_frames"):
+        TenantSpec("a", "ws://x", handler=idle, max_bad_frames=-1)
+    assert TenantSpec("a", "ws://x", handler=idle, max_bad_frames=0).max_bad_frames == 0
     secret = TenantSpec(
         "a", "wss://u:pw@x/?token=abc", handler=idle, headers={"Authorization": "Bearer s3"}
     )

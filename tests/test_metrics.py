@@ -18,6 +18,7 @@ from tenantry.prometheus import HubCollector  # noqa: E402
 
 
 async def subscriber(sock: Socket) -> None:
+    sock.caches["user_devices"].get("nobody")  # one miss per connection
     async with sock.events.subscribe() as batches:
         await collect(batches, [])
 
@@ -76,6 +77,8 @@ async def test_the_snapshot_adds_ended_and_live_connections(
     assert m.value("tenantry_cache_max_keys", cache="lid", scope="socket") == 4_000
     assert m.value("tenantry_cache_hits_total", cache="lid_global") == 1
     assert m.value("tenantry_cache_misses_total", cache="lid_global") == 1
+    # a's ended connection, a's live one, b's live one: each counted once
+    assert m.value("tenantry_cache_misses_total", cache="user_devices", scope="socket") == 3
     assert {s.name for s in m.samples} == set(METRIC_FAMILIES)
 
 

@@ -175,7 +175,7 @@ class Hub:
         retired: collections.Counter[tuple[str, str]] = collections.Counter()
         for tenant_id, tenant in self._tenants.items():
             yield from _tenant_samples(tenant_id, tenant)
-            retired.update(tenant.totals().socket_cache_counts)
+            retired.update(tenant.retired_cache_counts)  # the live caches are read below
         yield from _cache_samples(self._cache_sets(), retired)
 
     def _cache_sets(self) -> Iterator[tuple[Scope, CacheSet]]:

@@ -21,7 +21,7 @@ abnormal drop (1006, no close)   408 connection lost
 other WebSocket close codes      the close code itself (name ``code_<N>``)
 handshake rejected, HTTP N       N
 ``stream:error`` frame, code N   N
-no frame within keepalive + 5 s  408 connection lost
+a ping unanswered for 5 s        408 connection lost
 too many bad frames              400 protocol error (tenantry's own)
 ===============================  ==========================================
 
@@ -59,7 +59,7 @@ class ReasonCode(enum.IntEnum):
     LOGGED_OUT = 401
     FORBIDDEN = 403
     CONNECTION_LOST = 408
-    """Also "timed out": no frame within keepalive + 5 s, or an abnormal drop."""
+    """Also "timed out": a keepalive ping unanswered, or an abnormal drop."""
     MULTIDEVICE_MISMATCH = 411
     CONNECTION_CLOSED = 428
     CONNECTION_REPLACED = 440

@@ -64,10 +64,10 @@ __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
 logger = logging.getLogger("tenantry.socket")
 
 KEEPALIVE_GRACE = 5.0
+"""Seconds a ping waits for its pong before a silent peer gets a 408."""
 
 _REFUSED_BY_TRANSPORT = {1007: RejectReason.INVALID_UTF8, 1009: RejectReason.TOO_LARGE}
 """Close codes with which trio-websocket fails a connection over one bad frame."""
-"""Seconds past the keepalive interval a silent peer is given before a 408."""
 
 
 class SocketClosed(Exception):
@@ -434,8 +434,10 @@ async def open_socket(
         tenant_caches, global_caches: Caches owned by the tenant and the hub,
             passed through for handlers (`Socket.tenant_caches`).
         buffer, rules: The event buffer's configuration and consolidation table.
-        keepalive: Ping interval in seconds; silence for ``keepalive + 5`` s
-            closes the socket with reason 408.
+        keepalive: Ping interval in seconds. A ping goes out after an
+            interval without any frame; no pong within 5 s closes the socket
+            with reason 408. A silent peer is so detected after between
+            ``keepalive + 5`` and ``2 * keepalive + 5`` seconds of silence.
         headers: Sent with the handshake (e.g. an auth token). Never logged.
         max_message_size: Larger frames are rejected (and counted); the
             transport itself refuses frames over four times this size.

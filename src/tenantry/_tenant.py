@@ -49,7 +49,7 @@ from ._reasons import Decision, DisconnectReason, ReasonCode
 from ._reconnect import NextStep, ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._socket import ConnectFailed, Socket, open_socket
-from ._validate import nonempty_name, positive_count, seconds
+from ._validate import nonempty_name, nonnegative_count, positive_count, seconds
 
 __all__ = ["TenantSpec", "TenantState", "TenantStatus"]
 
@@ -100,7 +100,7 @@ class TenantSpec:
     headers: Mapping[str, str] | None = attrs.field(default=None, repr=_redacted_headers)
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
     grace: float = attrs.field(default=5.0, validator=seconds)
-    max_bad_frames: int = attrs.field(default=20, validator=positive_count)
+    max_bad_frames: int = attrs.field(default=20, validator=nonnegative_count)
     bad_frame_window: float = attrs.field(default=60.0, validator=seconds)
 
 
@@ -423,6 +423,11 @@ class Tenant:
         if self._socket is not None:
             totals.add_socket(self._socket)
         return totals
+
+    @property
+    def retired_cache_counts(self) -> Mapping[tuple[str, str], int]:
+        """(cache name, counter) -> count over the socket caches of ended connections."""
+        return self._ended.socket_cache_counts
 
     @property
     def state(self) -> TenantState:

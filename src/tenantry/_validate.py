@@ -53,6 +53,11 @@ def positive_count(_: object, attribute: attrs.Attribute[int], value: int) -> No
     check_count(value, attribute.name, minimum=1)
 
 
+def nonnegative_count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    """attrs validator: an int >= 0."""
+    check_count(value, attribute.name, minimum=0)
+
+
 def check_between(value: object, field: str, low: float, high: float) -> float:
     """*value* as a float in ``[low, high]``, else raise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
