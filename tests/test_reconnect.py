@@ -254,6 +254,30 @@ def test_a_stable_connection_resets_the_backoff_and_the_breaker() -> None:
     assert step.failures == 0
 
 
+def test_rejected_handshakes_after_a_stable_connection_are_failures() -> None:
+    # Found by `tenantry soak`: the stale "stable" mark of the last connection made every
+    # rejected handshake after it look like a success, so an outage was retried forever.
+    clock, policy = make()
+    machine = policy.reconnector(clock=clock, random=Fixed(0.5))
+    machine.connected()
+    clock.now += 600
+    assert not machine.disconnected(CLOSED_503).failure  # a stable connection ended
+    steps = [machine.disconnected(DisconnectReason(503, "handshake")) for _ in range(5)]
+    assert [s.failure for s in steps] == [True] * 5
+    assert [s.failures for s in steps] == [1, 2, 3, 4, 5]
+    assert steps[-1].breaker is BreakerState.OPEN
+
+
+def test_rejected_handshakes_after_a_restart_are_failures() -> None:
+    clock, policy = make()
+    machine = policy.reconnector(clock=clock, random=Fixed(0.5))
+    machine.connected()
+    clock.now += 600
+    machine.settle()
+    machine.restarted()
+    assert machine.disconnected(DisconnectReason(503, "handshake")).failure
+
+
 def test_the_breaker_opens_after_five_failed_handshakes_and_its_wait_wins() -> None:
     clock, policy = make()
     machine = policy.reconnector(clock=clock, random=Fixed(0.5))

@@ -160,7 +160,8 @@ class Reconnector:
     def disconnected(self, reason: DisconnectReason, *, failed: bool = False) -> NextStep:
         """An attempt ended with *reason*; *failed* forces a failure (a handler error)."""
         self.settle()
-        was_stable, self._connected_at = self._stable, None
+        was_stable = self._stable
+        self._stable, self._connected_at = False, None  # the next attempt starts unproven
         decision = self.policy.decide(reason)
         if decision is Decision.STOP:
             return NextStep(
@@ -182,7 +183,7 @@ class Reconnector:
     def restarted(self) -> NextStep:
         """The operator asked for a fresh connection: reconnect at once, count nothing."""
         self.settle()
-        self._connected_at = None
+        self._stable, self._connected_at = False, None
         return NextStep(
             Decision.RECONNECT_NOW, 0.0, self._failures, failure=False, breaker=self.breaker.state
         )
