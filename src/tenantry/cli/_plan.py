@@ -45,7 +45,7 @@ def load_specs(path: Path) -> dict[str, CacheSpec]:
         data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise SpecFileError(
-            f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {error}"
+            f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {error}"
         ) from None
     table = data.get("caches", data) if isinstance(data, dict) else data
     if not isinstance(table, dict) or not table:

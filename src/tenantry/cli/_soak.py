@@ -31,11 +31,12 @@ wall-clock time. Every random choice comes from generators seeded from
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from typing import Any, final
 
@@ -228,6 +229,7 @@ class _Soak:
         self.other_flushes: collections.Counter[FlushReason] = collections.Counter()
         self.opened: collections.Counter[int] = collections.Counter()
         self.handed_total = 0
+        self.handed_before = 0
         self.gauge_samples = 0
         self.gauge_mismatches = 0
         self.most_buffers = 0
@@ -346,55 +348,64 @@ class _Soak:
                     tenant.faults_skipped += 1
                     continue
                 line.stopped = fault.ends_connection
+                tenant.faults[fault] += 1  # counted as it starts: a stall lasts
                 try:
                     await fault.inject(self.upstream, line.connection, stall_for=self.stall_for)
                 except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                    tenant.faults[fault] -= 1
                     tenant.faults_skipped += 1  # the connection ended under the fault
                     continue
                 line.clean_end = fault.ends_cleanly
-            tenant.faults[fault] += 1
+
+    def sample_times(self, every: float) -> Iterator[float]:
+        """Mid-way between beats of *every*: never at the instant the script ends."""
+        for n in itertools.count():
+            yield self.start + (n + 0.5) * every
 
     async def sample_gauges(self, hub: Hub) -> None:
         gauges = hub.gauges
-        while True:
+        for when in self.sample_times(_GAUGE_EVERY):
+            await trio.sleep_until(when)
             self.gauge_samples += 1
             self.gauge_mismatches += gauges.buffers_alive != gauges.sockets_alive
             self.most_buffers = max(self.most_buffers, gauges.buffers_alive)
             self.most_sockets = max(self.most_sockets, gauges.sockets_alive)
-            await trio.sleep(_GAUGE_EVERY)
 
     async def sample_caches(self, hub: Hub) -> None:
-        while True:
-            peaks = self.cache_peaks
+        peaks = self.cache_peaks
+        for when in self.sample_times(_CACHES_EVERY):
+            await trio.sleep_until(when)
             for name, cache in hub.global_caches.items():
                 peaks[name] = max(peaks.get(name, 0.0), cache.stats.utilization)
             for status in hub.status():
                 for name, utilization in status.cache_utilization.items():
                     peaks[name] = max(peaks.get(name, 0.0), utilization)
-            await trio.sleep(_CACHES_EVERY)
 
     async def report_progress(self, hub: Hub, on_progress: Callable[[SoakProgress], None]) -> None:
+        """Every 1 % of the duration; the final report comes from `run_soak`."""
         tick = self.config.duration / 100
-        handed = 0
-        while True:
-            await trio.sleep(tick)
-            elapsed = trio.current_time() - self.start
-            minute = self.minute()
-            last_minute = self.interval_flushes[minute - 1] if minute else 0
-            if not minute:
-                last_minute = round(self.interval_flushes[0] * 60 / max(elapsed, 1e-9))
-            on_progress(
-                SoakProgress(
-                    elapsed=elapsed,
-                    duration=self.config.duration,
-                    wall=time.perf_counter() - self.wall_start,
-                    connected=hub.gauges.sockets_alive,
-                    tenants=self.config.tenants,
-                    flushes_per_minute=last_minute,
-                    events_per_second=(self.handed_total - handed) / tick,
-                )
-            )
-            handed = self.handed_total
+        for n in range(1, 100):
+            await trio.sleep_until(self.start + n * tick)
+            on_progress(self.progress(hub, over=tick))
+
+    def progress(self, hub: Hub, *, over: float) -> SoakProgress:
+        """Where the soak is; events per second over the last *over* seconds."""
+        elapsed = trio.current_time() - self.start
+        minute = self.minute()
+        if minute:
+            last_minute: float = self.interval_flushes[minute - 1]
+        else:
+            last_minute = self.interval_flushes[0] * 60 / max(elapsed, 1e-9)
+        handed, self.handed_before = self.handed_total - self.handed_before, self.handed_total
+        return SoakProgress(
+            elapsed=elapsed,
+            duration=self.config.duration,
+            wall=time.perf_counter() - self.wall_start,
+            connected=hub.gauges.sockets_alive,
+            tenants=self.config.tenants,
+            flushes_per_minute=last_minute,
+            events_per_second=handed / over,
+        )
 
     # -- the report ----------------------------------------------------------------
 
@@ -500,6 +511,8 @@ async def run_soak(
                     script.start_soon(soak.report_progress, hub, on_progress)
                 await trio.sleep(config.duration)
                 script.cancel_scope.cancel()
+            if on_progress is not None:
+                on_progress(soak.progress(hub, over=config.duration / 100))
             elapsed = trio.current_time() - soak.start
             await trio.sleep(config.flush_interval + 1)  # every pending event flushed
             metrics = hub.metrics()
