@@ -1,4 +1,4 @@
-"""Development sessions: ``nox -s tests lint typecheck docs bench demo``.
+"""Development sessions: ``nox -s soak tests lint typecheck docs bench demo``.
 
 Tool versions are pinned here so that a new release of a linter cannot turn
 CI red on a clean clone overnight.
@@ -23,7 +23,7 @@ BENCH_DEPS = ["cachetools>=5.3"]
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite."""
-    session.install("-e", ".[prometheus]", *TEST_DEPS)
+    session.install("-e", ".[prometheus,cli]", *TEST_DEPS)
     session.run("pytest", *session.posargs)
 
 
@@ -38,14 +38,14 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library."""
-    session.install("-e", ".[prometheus]", *MYPY)
+    session.install("-e", ".[prometheus,cli]", *MYPY)
     session.run("mypy")
 
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Sphinx, warnings as errors."""
-    session.install("-e", ".[prometheus]", *DOCS_DEPS)
+    session.install("-e", ".[prometheus,cli]", *DOCS_DEPS)
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
     session.run(
         "sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest"
@@ -62,7 +62,14 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """The main job: ``tenantry soak`` (arguments after ``--`` go to it)."""
+    session.install("-e", ".[cli]")
+    session.run("tenantry", "soak", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """The main job: a runnable tour of what tenantry guarantees so far."""
+    """A short tour of the library's parts, from examples/tour.py."""
     session.install("-e", ".")
     session.run("python", "examples/tour.py", *session.posargs)

@@ -179,7 +179,7 @@ class SoakReport:
         yield Invariant(
             "live buffers equal live sockets",
             self.gauge_mismatches == 0,
-            f"{self.gauge_mismatches} of {self.gauge_samples} samples differ; "
+            f"{self.gauge_mismatches} of {self.gauge_samples:,} samples differ; "
             f"at most {self.most_buffers} buffers, {self.most_sockets} sockets",
         )
         yield Invariant(
