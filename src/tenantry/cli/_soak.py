@@ -36,9 +36,9 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
-from typing import Any, final
+from typing import final
 
 import attrs
 import trio
@@ -210,6 +210,7 @@ class _Soak:
     def __init__(self, config: SoakConfig, upstream: FakeUpstream) -> None:
         self.config = config
         self.upstream = upstream
+        self.caches = soak_caches(config.cache_scale)
         first_spared = config.tenants - config.spared_tenants
         width = len(str(config.tenants))
         self.tenants = [
@@ -249,12 +250,12 @@ class _Soak:
             tenant.tenant_id,
             connect,
             self._handler(tenant),
-            caches=soak_caches(self.config.cache_scale),
+            caches=self.caches,
             buffer=BufferConfig(flush_interval=self.config.flush_interval, always_buffer=True),
             keepalive=self.config.keepalive,
         )
 
-    def _handler(self, tenant: _Tenant) -> Callable[[Socket], Any]:
+    def _handler(self, tenant: _Tenant) -> Callable[[Socket], Awaitable[None]]:
         async def handler(sock: Socket) -> None:
             tenant.live_sockets += 1
             tenant.most_live_sockets = max(tenant.most_live_sockets, tenant.live_sockets)
@@ -444,7 +445,7 @@ class _Soak:
                     evictions=int(metrics.value("tenantry_cache_evictions_total", cache=name)),
                     expirations=int(metrics.value("tenantry_cache_expirations_total", cache=name)),
                 )
-                for name, spec in soak_caches(config.cache_scale).items()
+                for name, spec in self.caches.items()
             ),
             cache_overflows=self.cache_overflows,
             peak_rss=_peak_rss(),
@@ -496,7 +497,7 @@ async def run_soak(
     async with open_fake_upstream() as upstream:
         base_url = None if config.virtual else await upstream.serve_tcp()
         soak = _Soak(config, upstream)
-        async with open_hub(soak_caches(config.cache_scale), seed=config.seed) as hub:
+        async with open_hub(soak.caches, seed=config.seed) as hub:
             for tenant in soak.tenants:
                 await hub.add(soak.spec(tenant, base_url))
             async with trio.open_nursery() as script:
