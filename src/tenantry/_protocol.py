@@ -72,6 +72,11 @@ def preview(frame: object, limit: int = 80) -> str:
     return f"<{type(frame).__name__}>"
 
 
+# One shared encoder: json.dumps with separators= builds a new encoder per call.
+# It holds no state between calls.
+_encode_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 class WireProtocol(Protocol):
     """What a socket needs from a protocol."""
 
@@ -131,7 +136,7 @@ class JsonProtocol:
         """See `WireProtocol.encode`. Raises `TypeError` for data JSON cannot hold."""
         check_name(event_type, "event type")
         # ASCII escapes: every string is then sendable, even one with lone surrogates.
-        return json.dumps({"type": event_type, "data": data}, separators=(",", ":"))
+        return _encode_compact({"type": event_type, "data": data})
 
     def _stream_error(self, message: dict[str, Any], frame: str) -> DisconnectReason:
         try:

@@ -185,7 +185,8 @@ class EventStream:
         """
         buffer = self._buffer
         while True:
-            await self.publish_ready()
+            if buffer.ready:  # most wakeups find nothing made yet: skip the lock
+                await self.publish_ready()
             due = buffer.next_flush_at
             if due is not None and buffer.clock() >= due:
                 buffer.flush(FlushReason.INTERVAL)

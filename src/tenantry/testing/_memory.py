@@ -7,10 +7,10 @@ from contextlib import AbstractAsyncContextManager
 from typing import final
 
 import trio
-import trio.testing
 import trio_websocket
 
 from .._connect import open_connection
+from ._pipe import pipe_pair
 
 __all__ = ["MemoryConnector"]
 
@@ -20,9 +20,9 @@ StreamServer = Callable[[trio.abc.Stream], Awaitable[object]]
 
 @final
 class MemoryConnector:
-    """Connects clients to *handler* over `trio.testing.memory_stream_pair`.
+    """Connects clients to *handler* over an in-memory pipe.
 
-    Each `open` makes a pair of in-memory streams, wraps the client end
+    Each `open` makes a pair of connected in-memory streams, wraps the client end
     with trio-websocket's ``wrap_client_stream`` and the server end with
     ``wrap_server_stream``, and runs ``handler(request)`` for the server
     side in *server_nursery*. The full WebSocket protocol -- handshake,
@@ -62,7 +62,7 @@ class MemoryConnector:
         """See `tenantry.Connector.open`."""
 
         async def open_stream() -> trio.abc.Stream:
-            client, server = trio.testing.memory_stream_pair()
+            client, server = pipe_pair()
             self._server_nursery.start_soon(self._serve_stream, server)
             return client
 
