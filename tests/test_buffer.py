@@ -287,22 +287,22 @@ def test_the_history_cache_is_bounded() -> None:
 # -- bad input -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("event_type", "data"),
-    [
-        ("messages.upsert", {"text": "no key"}),
-        ("messages.upsert", {"key": {"id": "x"}}),
-        ("messages.upsert", "not a mapping"),
-        ("messages.update", None),
-        ("chats.upsert", {"id": ["unhashable"]}),
-        ("chats.delete", {}),
-        ("messages.reaction", {"key": {"remoteJid": {}, "id": "x"}}),
-        ("messaging-history.set", {"chats": [{"no": "id"}]}),
-        ("messaging-history.set", {"chats": 5}),
-        ("messaging-history.set", ["not", "a", "mapping"]),
-        ("messaging-history.set", {"chats": [{"id": []}]}),
-    ],
-)
+INVALID_EVENTS = [
+    ("messages.upsert", {"text": "no key"}),
+    ("messages.upsert", {"key": {"id": "x"}}),
+    ("messages.upsert", "not a mapping"),
+    ("messages.update", None),
+    ("chats.upsert", {"id": ["unhashable"]}),
+    ("chats.delete", {}),
+    ("messages.reaction", {"key": {"remoteJid": {}, "id": "x"}}),
+    ("messaging-history.set", {"chats": [{"no": "id"}]}),
+    ("messaging-history.set", {"chats": 5}),
+    ("messaging-history.set", ["not", "a", "mapping"]),
+    ("messaging-history.set", {"chats": [{"id": []}]}),
+]
+
+
+@pytest.mark.parametrize(("event_type", "data"), INVALID_EVENTS)
 def test_invalid_events_raise_and_change_nothing(event_type: str, data: Any) -> None:
     buffer = buffered()
     buffer.emit("chats.upsert", {"id": "ok"})
@@ -311,6 +311,15 @@ def test_invalid_events_raise_and_change_nothing(event_type: str, data: Any) -> 
         buffer.emit(event_type, data)
     assert buffer.stats == before
     assert flushed(buffer)["chats.upsert"] == ({"id": "ok"},)
+
+
+@pytest.mark.parametrize(("event_type", "data"), INVALID_EVENTS)
+def test_invalid_events_are_refused_when_passed_straight_on_too(event_type: str, data: Any) -> None:
+    buffer = EventBuffer(BufferConfig(), clock=Clock())  # not buffering: events go straight on
+    with pytest.raises(InvalidEvent, match=event_type):
+        buffer.emit(event_type, data)
+    assert buffer.stats.received == 0
+    assert buffer.take_ready() is None
 
 
 def test_a_non_string_type_is_invalid() -> None:

@@ -234,8 +234,10 @@ class EventBuffer:
         if plan is None:
             return self._emit_unknown(event_type, data)
         code = plan[0]
-        if code == _IMMEDIATE or not self._holding:
+        if code == _IMMEDIATE:
             return self._emit_now(event_type, data)
+        if not self._holding:
+            return self._emit_checked(plan, event_type, data)
         if code >= _APPEND:
             return self._emit_unkeyed(plan, event_type, data)
         spec, store = plan[1], plan[2]
@@ -444,6 +446,22 @@ class EventBuffer:
         self._make_batch(((event_type, (data,)),), 1, FlushReason.IMMEDIATE)
         return True
 
+    def _emit_checked(self, plan: _Plan, event_type: str, data: Any) -> bool:
+        """Pass an event straight on, after the checks its rule would make if held."""
+        code = plan[0]
+        if code < _APPEND:
+            if not isinstance(data, Mapping):
+                raise InvalidEvent(
+                    f"{event_type} data must be a mapping, got {type(data).__name__}"
+                )
+            try:
+                hash(_key_of(plan[1], data))
+            except Exception as exc:
+                raise InvalidEvent(f"{event_type} event without a valid key: {exc!r}") from exc
+        elif code == _HISTORY:
+            _history_entities(plan[2], event_type, data)
+        return self._emit_now(event_type, data)
+
     def _emit_unknown(self, event_type: str, data: Any) -> bool:
         if not isinstance(event_type, str):
             raise InvalidEvent(f"event type must be a string, got {event_type!r}")
@@ -474,20 +492,7 @@ class EventBuffer:
         self, parts: tuple[tuple[str, KeySpec], ...], event_type: str, data: Any
     ) -> None:
         """Merge a history event into the pending history item, new entities only."""
-        try:
-            fields = dict(data.items())
-            keyed = [
-                (
-                    part,
-                    [((part, _key_of(spec, item)), item) for item in fields.pop(part, None) or ()],
-                )
-                for part, spec in parts
-            ]
-            for _, items in keyed:
-                for key, _ in items:
-                    hash(key)
-        except Exception as exc:
-            raise InvalidEvent(f"{event_type} event with an invalid entity: {exc!r}") from exc
+        fields, keyed = _history_entities(parts, event_type, data)
         if self._history is None:
             self._history = _History(parts)
         history, cache = self._history, self._history_cache
@@ -574,6 +579,31 @@ class EventBuffer:
         if rule.kind is RuleKind.APPEND_PER_KEY:
             return [(event_type, _drain_grouped(plan[2]))]
         return [(event_type, _drain_dict(plan[2]))]
+
+
+def _history_entities(
+    parts: tuple[tuple[str, KeySpec], ...], event_type: str, data: Any
+) -> tuple[dict[str, Any], list[tuple[str, list[tuple[Any, Any]]]]]:
+    """A history event's other fields, and its entities by part with their keys.
+
+    Raises:
+        InvalidEvent: *data* is not a mapping, or an entity has no hashable key.
+    """
+    try:
+        fields = dict(data.items())
+        keyed = [
+            (
+                part,
+                [((part, _key_of(spec, item)), item) for item in fields.pop(part, None) or ()],
+            )
+            for part, spec in parts
+        ]
+        for _, items in keyed:
+            for key, _ in items:
+                hash(key)
+    except Exception as exc:
+        raise InvalidEvent(f"{event_type} event with an invalid entity: {exc!r}") from exc
+    return fields, keyed
 
 
 def _key_of(spec: KeySpec, data: Any) -> Any:

@@ -131,6 +131,16 @@ class DisconnectReason:
         except ValueError:
             return _WS_NAMES.get(self.code, f"code_{self.code}")
 
+    @property
+    def label(self) -> str:
+        """`name` for the codes tenantry knows, ``other`` for the rest.
+
+        A closed set, for metric labels: a peer choosing close codes must not
+        be able to create time series without bound.
+        """
+        name = self.name
+        return "other" if name.startswith("code_") else name
+
     def __str__(self) -> str:
         side = "remote" if self.remote else "local"
         detail = f": {self.message}" if self.message else ""

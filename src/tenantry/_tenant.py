@@ -344,7 +344,7 @@ class Tenant:
         self._last, self._last_at = reason, trio.current_time()
         if self._command is not None:
             return self._reconnector.restarted()
-        self._reconnects[reason.name] += 1
+        self._reconnects[reason.label] += 1
         step = self._reconnector.disconnected(reason, failed=failed)
         logger.info(
             "connection closed: tenant %s, %s",
