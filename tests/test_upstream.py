@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+import trio_websocket
 
 from helpers import collect, living_tasks
 from tenantry import (
@@ -240,3 +241,34 @@ async def test_every_close_path_leaves_nothing_behind(
         assert stats.pending == 0
         if path not in ("body ends", "outer cancel"):
             assert sum(b.count for b in batches) == stats.delivered
+
+
+async def test_an_ended_connection_keeps_its_record_and_lets_go_of_its_websocket(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fake_upstream() as upstream:
+        async with trio.open_nursery() as nursery:
+
+            async def script() -> None:
+                connection = await upstream.wait_connections(1)
+                await connection.send_event("chats.update", {"id": 1})
+                await connection.close(4503)
+
+            nursery.start_soon(script)
+            batches: list[Batch] = []
+            async with (
+                open_socket(upstream.connector, tenant_id="t") as sock,
+                sock.events.subscribe() as channel,
+            ):
+                await collect(channel, batches)  # until the upstream's close ends it
+        await trio.testing.wait_all_tasks_blocked()
+        assert [batch["chats.update"] for batch in batches] == [({"id": 1},)]
+        (connection,) = upstream.connections
+        assert connection.ended
+        assert connection.sent == [("chats.update", {"id": 1})]
+        assert connection._link is None  # a long-running upstream stays small
+        await connection.close()  # over already: nothing to do
+        await connection.abort()
+        connection.stall()
+        with pytest.raises(trio_websocket.ConnectionClosed):
+            await connection.send_event("chats.update", {"id": 2})

@@ -83,8 +83,8 @@ class UpstreamConnection:
         """Every event sent on this connection, in order."""
         self.received: list[str | bytes] = []
         """Every message the client sent."""
-        self._ws = ws
-        self._gate = gate
+        self._link: tuple[trio_websocket.WebSocketConnection, _Gate] | None = (ws, gate)
+        self._close_reason: trio_websocket.CloseReason | None = None
         self._protocol = JsonProtocol()
         self._ended = trio.Event()
         self._seq = itertools.count(1)
@@ -93,6 +93,31 @@ class UpstreamConnection:
     def ended(self) -> bool:
         """Whether this connection is over (closed, aborted or left by the client)."""
         return self._ended.is_set()
+
+    @property
+    def _ws(self) -> trio_websocket.WebSocketConnection:
+        return self._live()[0]
+
+    @property
+    def _gate(self) -> _Gate:
+        return self._live()[1]
+
+    def _live(self) -> tuple[trio_websocket.WebSocketConnection, _Gate]:
+        if self._link is None:  # as its WebSocket would have said
+            raise trio_websocket.ConnectionClosed(self._close_reason)
+        return self._link
+
+    def _detach(self) -> None:
+        """Let go of the transport once everything is over: only the record stays.
+
+        A long-running upstream serves connection after connection; each
+        stays in `FakeUpstream.connections` for the tests to read, but
+        without its WebSocket state.
+        """
+        if self._link is not None:
+            self._close_reason = self._link[0].closed
+        self._ended.set()
+        self._link = None
 
     async def send_event(self, event_type: str, data: Any) -> None:
         """Send one event frame (recorded in `sent`)."""
@@ -143,17 +168,24 @@ class UpstreamConnection:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close with a close frame and *code* (e.g. 4503 for "service unavailable")."""
+        if self._link is None:
+            await trio.lowlevel.checkpoint()
+            return
         await self._ws.aclose(code=code, reason=reason or None)
         self._ended.set()
 
     async def abort(self) -> None:
         """Drop the connection without a close frame (the client sees 1006)."""
+        if self._link is None:
+            await trio.lowlevel.checkpoint()
+            return
         await trio.aclose_forcefully(self._gate)
         self._ended.set()
 
     def stall(self) -> None:
         """Stop reading and answering pings, keeping the connection open."""
-        self._gate.stall()
+        if self._link is not None:
+            self._gate.stall()
 
     async def _serve(self) -> None:
         try:
@@ -216,17 +248,25 @@ class FakeUpstream:
 
     async def _serve_stream(self, stream: trio.abc.Stream) -> None:
         gate = _Gate(stream)
+        accepted: list[UpstreamConnection] = []
         try:
             async with trio.open_nursery() as nursery:
                 request = await trio_websocket.wrap_server_stream(nursery, gate)
                 # Its reader task ends by itself once the connection is over; cancelling
                 # it early could interrupt a close handshake this side started.
                 with contextlib.suppress(trio_websocket.ConnectionClosed):
-                    await self._handshake(request, gate)  # the client may leave mid-handshake
+                    await self._handshake(request, gate, accepted)  # the client may leave early
         finally:
             await trio.aclose_forcefully(gate)
+            for connection in accepted:
+                connection._detach()  # noqa: SLF001
 
-    async def _handshake(self, request: trio_websocket.WebSocketRequest, gate: _Gate) -> None:
+    async def _handshake(
+        self,
+        request: trio_websocket.WebSocketRequest,
+        gate: _Gate,
+        accepted: list[UpstreamConnection],
+    ) -> None:
         path = request.path
         for i, (wanted, status) in enumerate(self._rejections):
             if wanted in (None, path):
@@ -235,6 +275,7 @@ class FakeUpstream:
                 return
         ws = await request.accept()
         connection = UpstreamConnection(len(self.connections), ws, gate, path)
+        accepted.append(connection)
         self.connections.append(connection)
         self._by_path.setdefault(path, []).append(connection)
         for key in (None, path):  # each waiter then checks its own count
