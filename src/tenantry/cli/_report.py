@@ -141,6 +141,15 @@ class SoakReport:
     peak_rss: int | None
     baseline_tasks: int
     tasks_at_end: int
+    rss_quarters: tuple[int, ...] | None = None
+    """Mean resident set size of each quarter of the run, in bytes (None: unknown)."""
+
+    @property
+    def rss_growth(self) -> float | None:
+        """How much the RSS grew from the first quarter to the last (0.02 is 2 %)."""
+        if not self.rss_quarters:
+            return None
+        return self.rss_quarters[-1] / self.rss_quarters[0] - 1
 
     # -- totals ------------------------------------------------------------------
 
@@ -239,6 +248,12 @@ class SoakReport:
 
     # -- output ------------------------------------------------------------------------
 
+    def _rss_quarters_text(self) -> str:
+        if self.rss_quarters is None or self.rss_growth is None:
+            return "unknown"
+        mib = ", ".join(f"{rss / 2**20:,.1f}" for rss in self.rss_quarters)
+        return f"{mib} MiB ({self.rss_growth:+.1%} first to last)"
+
     def sections(self) -> list[tuple[str, Rows]]:
         """The report as titled rows of (label, value), for text and tables."""
         config, flushes, events = self.config, self.flushes, self.events()
@@ -306,6 +321,7 @@ class SoakReport:
                         "peak RSS",
                         "unknown" if self.peak_rss is None else f"{self.peak_rss / 2**20:,.1f} MiB",
                     ),
+                    ("RSS by quarter", self._rss_quarters_text()),
                     (
                         "tasks alive at the end",
                         f"{self.tasks_at_end} ({self.baseline_tasks} before)",
@@ -351,6 +367,8 @@ class SoakReport:
             "caches": [attrs.asdict(c) for c in self.caches],
             "cache_overflows": self.cache_overflows,
             "peak_rss_bytes": self.peak_rss,
+            "rss_quarters_bytes": None if self.rss_quarters is None else list(self.rss_quarters),
+            "rss_growth": self.rss_growth,
             "tasks": {"before": self.baseline_tasks, "at_end": self.tasks_at_end},
             "invariants": [attrs.asdict(i) for i in self.invariants],
             "ok": not self.broken,

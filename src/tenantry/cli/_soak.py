@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import itertools
 import math
+import os
 import random
 import sys
 import time
@@ -63,6 +64,8 @@ _GAUGE_EVERY = 1.0
 _BURST = 2
 """Events per write: the upstream sends each tenant a pair every 2 / rate seconds."""
 _CACHES_EVERY = 30.0
+_MEMORY_SAMPLES = 200
+"""RSS samples over the run: its quarters compare memory early and late."""
 
 
 def _faults(value: Iterable[Fault]) -> tuple[Fault, ...]:
@@ -236,6 +239,7 @@ class _Soak:
         self.most_buffers = 0
         self.most_sockets = 0
         self.cache_peaks: dict[str, float] = {}
+        self.rss_samples: list[int] = []
         self.cache_overflows = 0
 
     def minute(self) -> int:
@@ -382,6 +386,22 @@ class _Soak:
                 for name, utilization in status.cache_utilization.items():
                     peaks[name] = max(peaks.get(name, 0.0), utilization)
 
+    async def sample_memory(self) -> None:
+        every = self.config.duration / _MEMORY_SAMPLES
+        for when in self.sample_times(every):
+            await trio.sleep_until(when)
+            if (rss := _current_rss()) is not None:
+                self.rss_samples.append(rss)
+
+    def rss_quarters(self) -> tuple[int, ...] | None:
+        samples = self.rss_samples
+        if len(samples) < 4:
+            return None
+        bounds = [len(samples) * q // 4 for q in range(5)]
+        return tuple(
+            sum(samples[start:end]) // (end - start) for start, end in itertools.pairwise(bounds)
+        )
+
     async def report_progress(self, hub: Hub, on_progress: Callable[[SoakProgress], None]) -> None:
         """Every 1 % of the duration; the final report comes from `run_soak`."""
         tick = self.config.duration / 100
@@ -449,6 +469,7 @@ class _Soak:
             ),
             cache_overflows=self.cache_overflows,
             peak_rss=_peak_rss(),
+            rss_quarters=self.rss_quarters(),
             baseline_tasks=baseline_tasks,
             tasks_at_end=trio.lowlevel.current_statistics().tasks_living,
         )
@@ -473,6 +494,16 @@ def _by_label(metrics: Metrics, name: str, label: str) -> dict[str, int]:
         if sample.name == name:
             counts[dict(sample.labels)[label]] += int(sample.value)
     return {key: n for key, n in sorted(counts.items()) if n}
+
+
+def _current_rss() -> int | None:
+    """The process's resident set size in bytes, where /proc tells (Linux)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGESIZE")
 
 
 def _peak_rss() -> int | None:
@@ -508,6 +539,7 @@ async def run_soak(
                 script.start_soon(soak.keep_time)
                 script.start_soon(soak.sample_gauges, hub)
                 script.start_soon(soak.sample_caches, hub)
+                script.start_soon(soak.sample_memory)
                 if on_progress is not None:
                     script.start_soon(soak.report_progress, hub, on_progress)
                 await trio.sleep(config.duration)
