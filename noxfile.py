@@ -1,4 +1,4 @@
-"""Development sessions: ``nox -s soak tests lint typecheck docs bench demo``.
+"""Development sessions: ``nox -s soak tests lint typecheck docs bench reliability demo``.
 
 Tool versions are pinned here so that a new release of a linter cannot turn
 CI red on a clean clone overnight.
@@ -59,6 +59,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_cache.py")
     session.run("python", "benchmarks/bench_buffer.py")
     session.run("python", "benchmarks/bench_socket.py")
+    session.run("python", "benchmarks/bench_scale.py")
+    session.run("python", "benchmarks/bench_soak.py")
+
+
+@nox.session(python=PYTHON)
+def reliability(session: nox.Session) -> None:
+    """The reliability suite (marker ``soak``) at full size: CI runs it smaller."""
+    session.install("-e", ".[prometheus,cli]", *TEST_DEPS)
+    session.env["TENANTRY_SOAK_LIFECYCLES"] = "10000"
+    session.env["TENANTRY_SOAK_MEMORY_SECONDS"] = "600"
+    session.run("pytest", "-m", "soak", "-s", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -52,3 +53,28 @@ def test_socket_benchmark_runs(
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(BENCHMARKS / "bench_socket.py"), run_name="__main__")
     assert "median ratio" in capsys.readouterr().out
+
+
+def test_scale_benchmark_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["bench_scale.py", "--tenants", "10", "--idle", "0.1", "--settle", "0.1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(BENCHMARKS / "bench_scale.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    for figure in ("connect all", "CPU idle over", "all back after", "tear all down"):
+        assert figure in out
+    assert "RSS per idle socket" in out or "needs /proc/self/statm" in out
+    assert re.search(r"handler running \(client\)( +\d+\.\d{3}){5}\n", out)
+    assert re.search(r"max sockets per tenant +1 ", out)
+    assert "PROBLEM" not in out
+
+
+def test_soak_benchmark_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench_soak.py", "--tenants", "5", "--duration", "300"])
+    runpy.run_path(str(BENCHMARKS / "bench_soak.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "x real time" in out
+    assert re.search(r"events lost +0\n", out)

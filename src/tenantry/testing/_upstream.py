@@ -59,7 +59,10 @@ class _Gate(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         async with self._sending:
-            await self._stream.send_all(data)
+            try:
+                await self._stream.send_all(data)
+            except trio.ClosedResourceError:  # closed by the upstream as the connection ended
+                raise trio.BrokenResourceError("the connection is over") from None
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -257,9 +260,9 @@ class FakeUpstream:
                 with contextlib.suppress(trio_websocket.ConnectionClosed):
                     await self._handshake(request, gate, accepted)  # the client may leave early
         finally:
-            await trio.aclose_forcefully(gate)
             for connection in accepted:
                 connection._detach()  # noqa: SLF001
+            await trio.aclose_forcefully(gate)
 
     async def _handshake(
         self,
