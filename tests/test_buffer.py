@@ -322,6 +322,33 @@ def test_invalid_events_are_refused_when_passed_straight_on_too(event_type: str,
     assert buffer.take_ready() is None
 
 
+def test_plans_are_compiled_only_once_buffering_begins() -> None:
+    buffer = EventBuffer(BufferConfig(), clock=Clock())
+    buffer.emit("chats.upsert", {"id": 1})  # straight on, checked by its rule
+    buffer.emit("connection.update", {"state": "open"})
+    buffer.emit("custom.thing", 1)
+    assert not buffer._plans  # an idle socket's buffer holds no plans or stores
+    with buffer.buffering():
+        assert buffer._plans
+        buffer.emit("chats.upsert", {"id": 2})
+        buffer.emit("chats.update", {"id": 2, "name": "x"})
+    buffer.emit("chats.upsert", {"id": 3})
+    batches = []
+    while (batch := buffer.take_ready()) is not None:
+        batches.append(batch)
+    assert [dict(b.groups) for b in batches] == [
+        {"chats.upsert": ({"id": 1},)},
+        {"connection.update": ({"state": "open"},)},
+        {"custom.thing": (1,)},
+        {"chats.upsert": ({"id": 2, "name": "x"},)},
+        {"chats.upsert": ({"id": 3},)},
+    ]
+
+
+def test_an_always_buffering_buffer_compiles_at_once() -> None:
+    assert EventBuffer(BufferConfig(always_buffer=True), clock=Clock())._plans
+
+
 def test_a_non_string_type_is_invalid() -> None:
     with pytest.raises(InvalidEvent, match="event type"):
         buffered().emit(42, {})  # type: ignore[arg-type]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import tracemalloc
 import weakref
 from typing import Any
 
@@ -486,3 +487,37 @@ def test_wakeup_is_told_of_earlier_deadlines(clock: FakeClock) -> None:
     assert delays == [10.0, 3.0, 60.0]
     cache.set_wakeup(None)
     cache.set_wakeup(delays.append)
+
+
+# -- memory of an empty cache ---------------------------------------------------
+
+
+def test_an_empty_cache_allocates_its_expiry_index_lazily(clock: FakeClock) -> None:
+    cache: BoundedCache[str, int] = BoundedCache("c", 10, ttl=5, clock=clock)
+    assert cache._fifo_keys is None
+    assert cache._fifo_expiry is None
+    assert cache.next_expiry is None
+    assert cache.purge_expired() == 0
+    assert len(cache) == 0
+    cache.set("forever", 0, ttl=math.inf)  # no deadline: still nothing to index
+    assert cache._fifo_keys is None
+    cache.set("a", 1)
+    assert cache.next_expiry == clock.now + 5
+    cache.clear()
+    assert cache._fifo_keys is None
+    assert cache._fifo_expiry is None
+    cache.set("b", 2)
+    clock.now += 5
+    assert "b" not in cache
+    assert cache.stats.expirations == 1
+
+
+def test_an_empty_cache_is_small() -> None:
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        caches = [BoundedCache(f"c{i}", 10_000, ttl=300.0) for i in range(100)]
+        per_cache = (tracemalloc.get_traced_memory()[0] - before) / len(caches)
+    finally:
+        tracemalloc.stop()
+    assert per_cache < 700  # two empty deques alone would be over 1,200 bytes

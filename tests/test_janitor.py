@@ -7,7 +7,9 @@ import pytest
 import trio
 import trio.testing
 
+from helpers import living_tasks
 from tenantry import BoundedCache, RemovalCause, run_janitor
+from tenantry._janitor import CacheJanitor
 
 
 def timed_cache(
@@ -141,3 +143,93 @@ async def test_serves_caches_on_other_clocks(autojump_clock: trio.testing.MockCl
 async def test_rejects_a_bad_resolution(resolution: float) -> None:
     with pytest.raises(ValueError, match="resolution"):
         await run_janitor([], resolution=resolution)
+
+
+# -- CacheJanitor: a task only while there is a deadline --------------------------
+
+
+async def test_an_on_demand_janitor_has_no_task_while_nothing_can_expire(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    purged: list[tuple[str, float]] = []
+    cache = timed_cache("c", None, purged)
+    async with trio.open_nursery() as nursery:
+        before = living_tasks()
+        with CacheJanitor(nursery, [cache, timed_cache("empty", 5.0, purged)]) as janitor:
+            cache.set("forever", 1)
+            await trio.sleep(3600)
+            assert not janitor.running
+            assert living_tasks() == before
+            cache.set("a", 2, ttl=10)  # a deadline: the task starts
+            await trio.testing.wait_all_tasks_blocked()
+            assert janitor.running
+            assert living_tasks() == before + 1
+            await trio.sleep(20)
+            assert not janitor.running  # nothing left to expire: the task ended
+            assert living_tasks() == before
+            cache.set("b", 3, ttl=5)  # and starts again
+            await trio.sleep(10)
+    assert purged == [("a", 3610.0), ("b", 3625.0)]
+
+
+async def test_an_on_demand_janitor_starts_for_deadlines_it_finds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    purged: list[tuple[str, float]] = []
+    cache = timed_cache("c", 5.0, purged)
+    cache.set("a", 1)
+    async with trio.open_nursery() as nursery:
+        with CacheJanitor(nursery, [cache]) as janitor:
+            assert janitor.running
+            await trio.sleep(10)
+            assert not janitor.running
+    assert purged == [("a", 5.0)]
+
+
+async def test_an_on_demand_janitor_logs_an_eviction_summary_when_due(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tenantry.cache")
+    cache: BoundedCache[int, int] = BoundedCache("small", 2, eviction_log_interval=60)
+    async with trio.open_nursery() as nursery:
+        with CacheJanitor(nursery, [cache]) as janitor:
+            for i in range(10):
+                cache.set(i, i)
+            await trio.sleep(61)
+            assert not janitor.running
+    assert [r.evicted for r in caplog.records if hasattr(r, "evicted")] == [1, 7]
+
+
+async def test_an_on_demand_janitor_detaches_and_ends_with_its_block(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cache: BoundedCache[str, int] = BoundedCache("c", 10, ttl=5)
+    async with trio.open_nursery() as nursery:
+        before = living_tasks()
+        with CacheJanitor(nursery, [cache]) as janitor:
+            cache.set("a", 1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert janitor.running
+        await trio.testing.wait_all_tasks_blocked()
+        assert not janitor.running
+        assert living_tasks() == before
+        cache.set("b", 2, ttl=1)  # no janitor to wake, and no error
+        cache.set_wakeup(lambda delay: None)  # free again: no RuntimeError
+        with (
+            pytest.raises(RuntimeError, match="already has a janitor"),
+            CacheJanitor(nursery, [cache]),
+        ):
+            pass  # pragma: no cover
+
+
+async def test_an_on_demand_janitor_attaches_all_or_none() -> None:
+    free: BoundedCache[str, int] = BoundedCache("free", 10, ttl=5)
+    taken: BoundedCache[str, int] = BoundedCache("taken", 10, ttl=5)
+    taken.set_wakeup(lambda delay: None)
+    async with trio.open_nursery() as nursery:
+        with (
+            pytest.raises(RuntimeError, match="already has a janitor"),
+            CacheJanitor(nursery, [free, taken]),
+        ):
+            pass  # pragma: no cover
+    free.set_wakeup(lambda delay: None)  # left free

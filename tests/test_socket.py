@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -250,6 +251,33 @@ async def test_send_writes_in_order_and_fails_after_close(
             await sock.send("late", {})
         server.cancel_scope.cancel()
     assert [json.loads(text)["data"]["n"] for text in received] == [0, 1, 2, 3, 4]
+
+
+async def test_an_idle_socket_starts_its_writer_and_janitor_only_when_needed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def sink(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            while True:
+                await ws.get_message()
+
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, sink)
+        async with open_socket(connector, tenant_id="acme") as sock:
+            await trio.testing.wait_all_tasks_blocked()
+            idle = living_tasks()
+            await trio.sleep(100)  # keepalive pings, nothing else
+            assert living_tasks() == idle
+            await sock.send("ping", {})
+            assert living_tasks() == idle + 1  # the writer, from the first send on
+            sock.caches["user_devices"].set("a", 1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert living_tasks() == idle + 2  # the janitor, while a key can expire
+            sock.caches["user_devices"].delete("a")
+            await trio.sleep(400)
+            assert living_tasks() == idle + 1
+        server.cancel_scope.cancel()
 
 
 async def test_a_rejected_handshake_is_a_connect_failure(

@@ -4,13 +4,15 @@ A schedule of base delays indexed by the number of consecutive failures,
 each scaled by a random factor in ``1 ± jitter`` so that tenants dropped
 together do not come back together (the "thundering herd"; see the AWS
 Architecture Blog, "Exponential Backoff And Jitter", 2015). Pure: the random
-source is passed in, so a seeded `random.Random` makes every delay
-reproducible.
+source is passed in, so a seeded `random.Random` (or the lighter
+`SplitMix64`, which a hub gives each tenant) makes every delay reproducible.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import secrets
 from collections.abc import Sequence
 from typing import Any, Protocol, final
 
@@ -18,7 +20,7 @@ import attrs
 
 from ._validate import check_seconds
 
-__all__ = ["Backoff", "RandomSource"]
+__all__ = ["Backoff", "RandomSource", "SplitMix64"]
 
 
 class RandomSource(Protocol):
@@ -27,6 +29,44 @@ class RandomSource(Protocol):
     def random(self) -> float:
         """A float in ``[0, 1)``."""
         ...
+
+
+_MASK64 = (1 << 64) - 1
+
+
+@final
+class SplitMix64:
+    """A small seeded `RandomSource`: SplitMix64 (Steele, Lea and Flood, 2014).
+
+    Good enough for jitter, not for secrets. Its state is one int, where a
+    `random.Random` costs 2.5 KB: a hub has one generator per tenant.
+
+    Args:
+        seed: An int, or a str or bytes (hashed), for a reproducible
+            sequence; None for an unpredictable one.
+    """
+
+    __slots__ = ("_state",)
+
+    def __init__(self, seed: int | str | bytes | None = None) -> None:
+        if seed is None:
+            self._state = secrets.randbits(64)
+        elif isinstance(seed, int):
+            self._state = seed & _MASK64
+        else:
+            data = seed.encode() if isinstance(seed, str) else bytes(seed)
+            digest = hashlib.blake2b(data, digest_size=8).digest()
+            self._state = int.from_bytes(digest, "little")
+
+    def random(self) -> float:
+        """A float in ``[0, 1)`` with 53 random bits."""
+        self._state = z = (self._state + 0x9E3779B97F4A7C15) & _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        return ((z ^ (z >> 31)) >> 11) * 2.0**-53
+
+    def __repr__(self) -> str:
+        return "<SplitMix64>"
 
 
 def _delays(value: Sequence[float]) -> tuple[float, ...]:

@@ -175,6 +175,7 @@ class EventBuffer:
         "_plans",
         "_ready",
         "_received",
+        "_rules",
         "_seq",
         "_tenant_id",
         "_unknown",
@@ -202,15 +203,19 @@ class EventBuffer:
         self._history_cache: BoundedCache[tuple[str, Any], bool] = BoundedCache(
             "event_history", config.history_max_keys, clock=self._clock
         )
+        # The plans hold this buffer's pending events, and a socket that never
+        # buffers never needs them: they are compiled when holding first begins.
+        self._rules = rules
         self._plans: dict[str, _Plan] = {}
         # Canonical batch order: (type, function giving its pending items).
         self._order: list[tuple[str, Callable[[], tuple[Any, ...]]]] = []
         self._history: _History | None = None
-        self._compile(rules)
         self._unknown: dict[str, list[Any]] = {}
 
         self._depth = 0
         self._holding = self._always  # whether bufferable events are held now
+        if self._holding:
+            self._compile()
         self._closed = False
         self._pending = 0
         self._first_pending_at = 0.0
@@ -237,7 +242,7 @@ class EventBuffer:
         if code == _IMMEDIATE:
             return self._emit_now(event_type, data)
         if not self._holding:
-            return self._emit_checked(plan, event_type, data)
+            return self._emit_checked(self._rules[event_type], event_type, data)
         if code >= _APPEND:
             return self._emit_unkeyed(plan, event_type, data)
         spec, store = plan[1], plan[2]
@@ -314,6 +319,8 @@ class EventBuffer:
             raise trio.ClosedResourceError("the event buffer is closed")
         self._depth += 1
         self._holding = True
+        if not self._plans:  # the first time; an empty table compiles to nothing again
+            self._compile()
         try:
             yield
         finally:
@@ -446,26 +453,28 @@ class EventBuffer:
         self._make_batch(((event_type, (data,)),), 1, FlushReason.IMMEDIATE)
         return True
 
-    def _emit_checked(self, plan: _Plan, event_type: str, data: Any) -> bool:
+    def _emit_checked(self, rule: Rule, event_type: str, data: Any) -> bool:
         """Pass an event straight on, after the checks its rule would make if held."""
-        code = plan[0]
-        if code < _APPEND:
+        if rule.key is not None:
             if not isinstance(data, Mapping):
                 raise InvalidEvent(
                     f"{event_type} data must be a mapping, got {type(data).__name__}"
                 )
             try:
-                hash(_key_of(plan[1], data))
+                hash(_key_of(rule.key, data))
             except Exception as exc:
                 raise InvalidEvent(f"{event_type} event without a valid key: {exc!r}") from exc
-        elif code == _HISTORY:
-            _history_entities(plan[2], event_type, data)
+        elif rule.kind is RuleKind.HISTORY:
+            _history_entities(rule.parts, event_type, data)
         return self._emit_now(event_type, data)
 
     def _emit_unknown(self, event_type: str, data: Any) -> bool:
         if not isinstance(event_type, str):
             raise InvalidEvent(f"event type must be a string, got {event_type!r}")
         if not self._holding:
+            rule = self._rules.get(event_type)  # known, but its plan is not compiled yet
+            if rule is not None:
+                return self._emit_checked(rule, event_type, data)
             return self._emit_now(event_type, data)
         self._received += 1
         items = self._unknown.get(event_type)
@@ -524,8 +533,9 @@ class EventBuffer:
         if self._wakeup is not None:
             self._wakeup(delay)
 
-    def _compile(self, rules: EventRules) -> None:
+    def _compile(self) -> None:
         """Turn the rule table into plans and the canonical batch order."""
+        rules = self._rules
         entities: dict[str, _Entity] = {}
         by_entity: dict[str, dict[RuleKind, str]] = {}
         for event_type, rule in rules.items():

@@ -23,7 +23,9 @@ default; ``expires`` is `math.inf` for a key that never expires.
     Expiry *candidates* for keys on the default TTL, in write order: a key and
     its ``expires``. With a monotonic clock and one TTL, write order is expiry
     order, so these are two `collections.deque` and cost two appends per `set`
-    instead of a sorted insert.
+    instead of a sorted insert. An empty deque costs over 600 bytes, and an
+    idle tenant has a dozen empty caches, so both are None until the first
+    candidate, and again after `clear`.
 
 ``_heap``
     Candidates ``(expires, seq, key)`` for keys with their own TTL, in a binary
@@ -206,10 +208,11 @@ class BoundedCache(Generic[K, V]):
         self._eviction_log_interval = check_seconds(eviction_log_interval, "eviction_log_interval")
 
         self._data: OrderedDict[K, _Entry] = OrderedDict()
-        self._fifo_keys: deque[K] = deque()
-        self._fifo_expiry: deque[float] = deque()
+        # Created by the first candidate: most caches of an idle tenant stay empty.
+        self._fifo_keys: deque[K] | None = None
+        self._fifo_expiry: deque[float] | None = None
         self._heap: list[tuple[float, int, K]] = []
-        self._seq = itertools.count()
+        self._seq = 0
         self._compact_at = 4 * max_keys + 64
 
         self._hits = self._misses = self._sets = self._deletes = 0
@@ -376,9 +379,8 @@ class BoundedCache(Generic[K, V]):
         """Remove every entry (`RemovalCause.CLEARED`, or EXPIRED for expired ones)."""
         items = list(self._data.items())
         self._data.clear()
-        self._fifo_keys.clear()
-        self._fifo_expiry.clear()
-        self._heap.clear()
+        self._fifo_keys = self._fifo_expiry = None
+        self._heap = []
         now = self._clock()
         for key, entry in items:
             if entry[1] <= now:
@@ -498,19 +500,26 @@ class BoundedCache(Generic[K, V]):
             self._on_full(now)
 
     def _push_fifo(self, key: K, expires: float, ttl: float) -> None:
-        fifo_keys = self._fifo_keys
-        if not fifo_keys and self._wakeup is not None:
-            self._wakeup(ttl)
+        fifo_keys, fifo_expiry = self._fifo_keys, self._fifo_expiry
+        if not fifo_keys or not fifo_expiry:  # empty, or not created yet
+            fifo_keys, fifo_expiry = self._first_fifo_candidate(ttl)
         fifo_keys.append(key)
-        self._fifo_expiry.append(expires)
+        fifo_expiry.append(expires)
         if len(fifo_keys) > self._compact_at:
-            self._compact_fifo()
+            self._compact_fifo(fifo_keys, fifo_expiry)
+
+    def _first_fifo_candidate(self, ttl: float) -> tuple[deque[K], deque[float]]:
+        if self._fifo_keys is None or self._fifo_expiry is None:
+            self._fifo_keys, self._fifo_expiry = deque(), deque()
+        if self._wakeup is not None:
+            self._wakeup(ttl)
+        return self._fifo_keys, self._fifo_expiry
 
     def _push_heap(self, key: K, expires: float, ttl: float) -> None:
         heap = self._heap
         if self._wakeup is not None and (not heap or expires < heap[0][0]):
             self._wakeup(ttl)
-        heapq.heappush(heap, (expires, next(self._seq), key))
+        heapq.heappush(heap, (expires, self._next_seq(), key))
         if len(heap) > self._compact_at:
             self._compact_heap()
 
@@ -546,13 +555,22 @@ class BoundedCache(Generic[K, V]):
         with a later expiry) is replaced by an exact candidate in the heap.
         """
         data, keys, expiry, heap = self._data, self._fifo_keys, self._fifo_expiry, self._heap
+        if keys is None or expiry is None:
+            return self._earliest_in_heap()
         while keys:
             entry = data.get(keys[0])
             if entry is not None and entry[1] == expiry[0]:
                 break
             key, lower = keys.popleft(), expiry.popleft()
             if entry is not None and lower < entry[1] < _INF:
-                heapq.heappush(heap, (entry[1], next(self._seq), key))
+                heapq.heappush(heap, (entry[1], self._next_seq(), key))
+        head = self._earliest_in_heap()
+        if head is not None and (not keys or head[1] < expiry[0]):
+            return head
+        return (keys[0], expiry[0], False) if keys else None
+
+    def _earliest_in_heap(self) -> tuple[K, float, bool] | None:
+        data, heap = self._data, self._heap
         while heap:
             lower, _, key = heap[0]
             entry = data.get(key)
@@ -560,10 +578,12 @@ class BoundedCache(Generic[K, V]):
                 break
             heapq.heappop(heap)
             if entry is not None and lower < entry[1] < _INF:
-                heapq.heappush(heap, (entry[1], next(self._seq), key))
-        if heap and (not keys or heap[0][0] < expiry[0]):
-            return heap[0][2], heap[0][0], True
-        return (keys[0], expiry[0], False) if keys else None
+                heapq.heappush(heap, (entry[1], self._next_seq(), key))
+        return (heap[0][2], heap[0][0], True) if heap else None
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     def _expire_earliest(self, now: float) -> bool:
         """Remove the earliest-expiring entry if it has expired by *now*."""
@@ -573,7 +593,7 @@ class BoundedCache(Generic[K, V]):
         key, _, from_heap = head
         if from_heap:
             heapq.heappop(self._heap)
-        else:
+        elif self._fifo_keys is not None and self._fifo_expiry is not None:
             self._fifo_keys.popleft()
             self._fifo_expiry.popleft()
         self._expire(key, self._data[key])
@@ -584,17 +604,17 @@ class BoundedCache(Generic[K, V]):
         self._expirations += 1
         self._notify(key, entry[0], RemovalCause.EXPIRED)
 
-    def _compact_fifo(self) -> None:
+    def _compact_fifo(self, keys: deque[K], expiry: deque[float]) -> None:
         """Drop stale candidates, and all but the earliest candidate of each key."""
         get, seen = self._data.get, set()
         needed = []
-        for key, lower in zip(self._fifo_keys, self._fifo_expiry, strict=True):
+        for key, lower in zip(keys, expiry, strict=True):
             keep = key not in seen and lower <= get(key, _GONE)[1] < _INF
             if keep:
                 seen.add(key)
             needed.append(keep)
-        self._fifo_keys = deque(itertools.compress(self._fifo_keys, needed))
-        self._fifo_expiry = deque(itertools.compress(self._fifo_expiry, needed))
+        self._fifo_keys = deque(itertools.compress(keys, needed))
+        self._fifo_expiry = deque(itertools.compress(expiry, needed))
 
     def _compact_heap(self) -> None:
         """Drop stale candidates, and all but the earliest candidate of each key."""

@@ -6,9 +6,11 @@ Theory of operation
 `open_socket` is an async context manager. Inside it there is one nursery,
 and everything the connection needs is a task in that nursery or an object
 only its tasks touch: the WebSocket (and trio-websocket's reader task), the
-*reader* (frames -> events -> buffer), the *writer* (the outbox of `send`),
-the keepalive, the buffer's auto-flush, the cache janitor, the socket-scoped
-caches, the subscribers and the listeners. When the ``async with`` exits,
+*reader* (frames -> events -> buffer), the *writer* (the outbox of `send`;
+started by the first send),
+the keepalive, the buffer's auto-flush, the cache janitor (a task only while
+a socket cache has a deadline), the socket-scoped caches, the subscribers
+and the listeners. When the ``async with`` exits,
 none of them exists any more -- by structure, not by a ``destroy()`` someone
 must remember (the seed's orphaned flush timers had nowhere else to live).
 
@@ -44,7 +46,7 @@ from ._buffer import BufferConfig, EventBuffer, InvalidEvent
 from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
 from ._connect import Connector, as_connector
 from ._gauges import Gauges
-from ._janitor import run_janitor
+from ._janitor import CacheJanitor
 from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     CloseRequested,
@@ -127,7 +129,10 @@ class Socket:
         self._grace = grace
         self._max_bad_frames = max_bad_frames
         self._bad_frame_window = bad_frame_window
-        self._outbox_send, self._outbox = trio.open_memory_channel[_Outgoing](max_pending_sends)
+        self._max_pending_sends = max_pending_sends
+        # The outbox and its writer task come with the first send: many sockets never send.
+        self._outbox_send: trio.MemorySendChannel[_Outgoing] | None = None
+        self._outbox: trio.MemoryReceiveChannel[_Outgoing] | None = None
         self._reading = trio.CancelScope()
         self._flushing = trio.CancelScope()
         self._body = trio.CancelScope()
@@ -137,7 +142,7 @@ class Socket:
         self._close_reason: DisconnectReason | None = None
         self._error: Exception | None = None
         self._rejected = dict.fromkeys(RejectReason, 0)
-        self._recent_rejections: deque[float] = deque()
+        self._recent_rejections: deque[float] | None = None  # until the first rejection
         self._frames = 0
 
     # -- public ------------------------------------------------------------
@@ -205,8 +210,9 @@ class Socket:
         if self._closing:
             raise SocketClosed(self._close_reason)
         outgoing = _Outgoing(self._protocol.encode(event_type, data))
+        outbox = self._outbox_send or self._open_outbox()
         try:
-            await self._outbox_send.send(outgoing)
+            await outbox.send(outgoing)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise SocketClosed(self._close_reason) from None
         await outgoing.done.wait()
@@ -235,10 +241,8 @@ class Socket:
     def _start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         nursery.start_soon(self._read)
-        nursery.start_soon(self._write)
         nursery.start_soon(self._keep_alive)
         nursery.start_soon(self._auto_flush)
-        nursery.start_soon(run_janitor, self._caches.values())
 
     async def _read(self) -> None:
         decode, buffer, events = self._protocol.decode, self._buffer, self._events
@@ -269,8 +273,17 @@ class Socket:
             except Exception as exc:  # noqa: BLE001 - a listener's (or a custom protocol's) bug
                 self._fail(exc)
 
-    async def _write(self) -> None:
-        async for outgoing in self._outbox:
+    def _open_outbox(self) -> trio.MemorySendChannel[_Outgoing]:
+        if self._nursery is None:  # pragma: no cover - the socket starts before anyone can send
+            raise RuntimeError("socket used before it started")
+        self._outbox_send, self._outbox = trio.open_memory_channel[_Outgoing](
+            self._max_pending_sends
+        )
+        self._nursery.start_soon(self._write, self._outbox)
+        return self._outbox_send
+
+    async def _write(self, outbox: trio.MemoryReceiveChannel[_Outgoing]) -> None:
+        async for outgoing in outbox:
             try:
                 await self._ws.send_message(outgoing.frame)
                 outgoing.written = True
@@ -352,14 +365,19 @@ class Socket:
                 "lost": self._events.lost,
             },
         )
+        self._fail_pending_sends()
+        self._body.cancel()
+        self._shut_down.set()
+
+    def _fail_pending_sends(self) -> None:
+        if self._outbox_send is None or self._outbox is None:
+            return
         self._outbox_send.close()
         while True:
             try:
                 self._outbox.receive_nowait().done.set()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-        self._body.cancel()
-        self._shut_down.set()
 
     async def _finish(self) -> None:
         """Run from the body's exit: make sure the ordered shutdown ran, then wait for it."""
@@ -389,6 +407,8 @@ class Socket:
         )
         now = trio.current_time()
         recent = self._recent_rejections
+        if recent is None:
+            recent = self._recent_rejections = deque()
         recent.append(now)
         while recent and recent[0] <= now - self._bad_frame_window:
             recent.popleft()
@@ -507,7 +527,7 @@ async def open_socket(
         async with trio.open_nursery() as nursery:
             sock._start(nursery)  # noqa: SLF001 - the scope that owns the socket starts its tasks
             try:
-                with sock._body:  # noqa: SLF001
+                with CacheJanitor(nursery, socket_caches.values()), sock._body:  # noqa: SLF001
                     yield sock
             except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
                 body_error = exc

@@ -4,8 +4,9 @@ Theory of operation
 ===================
 
 A tenant is a task in its hub's nursery, and inside it a nursery of its own
-holding three things: the tenant-scoped caches' janitor, the *mailbox*
-task that carries out the hub's commands, and the *supervisor* loop::
+holding the tenant-scoped caches' janitor (a task only while some cache has
+a deadline), the *mailbox* task that carries out the hub's commands, and the
+*supervisor* loop::
 
     while True:
         with CancelScope() as attempt:        # one attempt, cancelled by commands
@@ -30,20 +31,20 @@ from __future__ import annotations
 import collections
 import enum
 import logging
-import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import final
 
 import attrs
 import trio
 
+from ._backoff import SplitMix64
 from ._breaker import BreakerState
 from ._buffer import BufferConfig, BufferStats
 from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
 from ._connect import Connector, as_connector
 from ._events import FlushReason
 from ._gauges import Gauges
-from ._janitor import run_janitor
+from ._janitor import CacheJanitor
 from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, RejectReason, WireProtocol
 from ._reasons import Decision, DisconnectReason, ReasonCode
 from ._reconnect import NextStep, ReconnectPolicy
@@ -204,7 +205,7 @@ class Tenant:
         self.tenant_id = spec.tenant_id
         self._global_caches = global_caches
         self._gauges = gauges
-        rng = random.Random(None if seed is None else f"{seed}:{spec.tenant_id}")  # noqa: S311
+        rng = SplitMix64(None if seed is None else f"{seed}:{spec.tenant_id}")
         self._reconnector = spec.policy.reconnector(random=rng)
         self._caches = CacheSet(spec.caches, Scope.TENANT, label=spec.tenant_id)
         self._mailbox_send, self._mailbox = trio.open_memory_channel[_Command](16)
@@ -224,11 +225,11 @@ class Tenant:
         """The tenant's scope: returns when the tenant has stopped and everything is gone."""
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(run_janitor, self._caches.values())
-                nursery.start_soon(self._serve_mailbox)
-                task_status.started()
-                await self._supervise()
-                nursery.cancel_scope.cancel()
+                with CacheJanitor(nursery, self._caches.values()):
+                    nursery.start_soon(self._serve_mailbox)
+                    task_status.started()
+                    await self._supervise()
+                    nursery.cancel_scope.cancel()
         finally:
             self._caches.clear()
             self._mailbox_send.close()
