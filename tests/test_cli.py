@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import trio
 import trio.testing
 
 from tenantry import Batch, open_socket
-from tenantry.cli import Fault, SoakConfig, SoakReport, main, run_soak
+from tenantry.cli import Fault, SoakConfig, SoakReport, collecting_less, main, run_soak
 from tenantry.cli import _main as cli_main
 from tenantry.cli._report import SocketTally, TenantTally
 from tenantry.cli._upstream import UpstreamConfig, serve_upstream
@@ -346,3 +347,10 @@ def test_a_real_soak_over_loopback_tcp() -> None:
     assert [i.name for i in report.broken] == []
     assert report.events()["received"] > 100
     assert sum(report.faults().values()) > 0
+
+
+def test_the_command_collects_less_while_it_runs_and_restores_the_collector() -> None:
+    before = gc.get_threshold()
+    with collecting_less():
+        assert gc.get_threshold() == (10_000, *before[1:])
+    assert gc.get_threshold() == before

@@ -5,8 +5,17 @@ that want a fleet under faults without the command line.
 """
 
 from ._faults import Fault
-from ._main import main
+from ._main import collecting_less, main
 from ._report import Invariant, SoakReport
 from ._soak import SoakConfig, SoakProgress, run_soak
 
-__all__ = ["Fault", "Invariant", "SoakConfig", "SoakProgress", "SoakReport", "main", "run_soak"]
+__all__ = [
+    "Fault",
+    "Invariant",
+    "SoakConfig",
+    "SoakProgress",
+    "SoakReport",
+    "collecting_less",
+    "main",
+    "run_soak",
+]
