@@ -330,7 +330,7 @@ def collecting_less() -> Iterator[None]:
 
     A fleet of tenants allocates container objects fast (frames, tasks,
     decoded events) and keeps hundreds of thousands alive, so collections
-    come often and the older ones traverse it all: a fifth of a virtual
+    come often and the older ones traverse it all: 5 to 20 % of a virtual
     soak's time at CPython's default threshold. This is the application's
     call to make -- the library never touches the collector -- and the
     tuning guide shows it for applications too.
