@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import attrs
 import pytest
+import trio
+import trio.testing
 
+from helpers import living_tasks
 from tenantry import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope, capacity_plan
 
 
@@ -102,3 +105,62 @@ def test_cache_set_validation() -> None:
         CacheSet(SEED_CACHE_SPECS, "socket")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="'x'"):
         CacheSet({"x": 5}, Scope.SOCKET)  # type: ignore[dict-item]
+
+
+def test_a_cache_never_read_is_never_built_but_reports_as_empty() -> None:
+    caches = CacheSet(SEED_CACHE_SPECS, Scope.SOCKET, label="acme", clock=lambda: 0.0)
+    assert len(caches) == 5
+    assert "lid" in caches
+    assert "signal_store" not in caches
+    assert list(caches) == ["msg_retry", "call_offer", "user_devices", "placeholder_resend", "lid"]
+    lid = caches.stats_of("lid")
+    assert (lid.name, lid.size, lid.max_keys, lid.utilization, lid.hits) == (
+        "acme/lid",
+        0,
+        2000,
+        0.0,
+        0,
+    )
+    assert [s.max_keys for s in caches.stats()] == [10_000, 500, 5_000, 5_000, 2_000]
+    caches.clear()
+    assert caches.built() == []
+    built: list[str] = []
+    caches.on_build(lambda cache: built.append(cache.name))
+    assert caches["lid"] is caches["lid"]
+    assert built == ["acme/lid"]
+    assert [c.name for c in caches.built()] == ["acme/lid"]
+    with pytest.raises(RuntimeError, match="build callback"):
+        caches.on_build(print)
+    with pytest.raises(KeyError):
+        caches["nope"]
+    assert len(list(caches.values())) == 5  # reading every cache builds every cache
+    assert len(built) == 5
+
+
+async def test_a_cache_set_janitor_serves_caches_built_later(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    caches = CacheSet(SEED_CACHE_SPECS, Scope.SOCKET)
+    async with trio.open_nursery() as nursery:
+        idle = living_tasks()
+        with caches.janitor(nursery):
+            await trio.testing.wait_all_tasks_blocked()
+            assert living_tasks() == idle  # nothing built: no janitor
+            caches["lid"].set("a", 1, ttl=5.0)
+            await trio.testing.wait_all_tasks_blocked()
+            assert living_tasks() == idle + 1
+            caches["call_offer"].set("b", 2, ttl=20.0)  # a second cache: one janitor still
+            await trio.testing.wait_all_tasks_blocked()
+            assert living_tasks() == idle + 1
+            await trio.sleep(10)
+            assert caches["lid"].next_housekeeping is None  # purged
+            await trio.sleep(20)
+            assert caches["call_offer"].next_housekeeping is None
+            await trio.testing.wait_all_tasks_blocked()
+            assert living_tasks() == idle  # nothing left to expire
+            caches["msg_retry"].set("c", 3)
+            await trio.testing.wait_all_tasks_blocked()
+            assert living_tasks() == idle + 1
+        await trio.testing.wait_all_tasks_blocked()
+        assert living_tasks() == idle
+    caches["user_devices"].set("d", 4)  # after the block: built, and no janitor is asked for

@@ -462,3 +462,35 @@ async def test_the_logs_operators_watch_for(
         "s3cret" in m or "s3cret" in repr(r.__dict__)
         for r, m in zip(caplog.records, messages, strict=True)
     )
+
+
+async def test_caches_nobody_reads_are_never_built_yet_reported(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    sockets: list[Socket] = []
+
+    async def keep(sock: Socket) -> None:
+        sockets.append(sock)
+        await trio.sleep_forever()
+
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream, handler=keep))
+        await upstream.wait_connections(1, path="/a")
+        await trio.sleep(1)
+        [sock] = sockets
+        [status] = hub.status()
+        m = hub.metrics()
+        assert sock.caches.built() == []  # neither status nor metrics built them
+        assert sock.tenant_caches is not None
+        assert sock.tenant_caches.built() == []
+        names = ["signal_store", "msg_retry", "call_offer", "user_devices", "placeholder_resend"]
+        assert status.cache_utilization == dict.fromkeys([*names, "lid"], 0.0)
+        assert m.value("tenantry_cache_max_keys", cache="lid", scope="socket") == 2_000
+        assert m.value("tenantry_cache_keys", cache="signal_store", scope="tenant") == 0
+        sock.caches["lid"].get("x")
+        await hub.restart("a")  # the retired socket's counters: of built caches only
+        await upstream.wait_connections(2, path="/a")
+        await trio.sleep(1)
+        m = hub.metrics()
+        assert m.value("tenantry_cache_misses_total", cache="lid", scope="socket") == 1
+        assert m.value("tenantry_cache_max_keys", cache="lid", scope="socket") == 2_000

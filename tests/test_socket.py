@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -352,3 +352,70 @@ async def test_validation() -> None:
     with pytest.raises(ValueError, match="ws://"):
         async with open_socket("http://h/", tenant_id="a"):
             pass
+
+
+def tasks_named(suffix: str) -> int:
+    """How many living tasks have a name ending in *suffix*."""
+
+    def walk(task: trio.lowlevel.Task) -> Iterator[trio.lowlevel.Task]:
+        yield task
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                yield from walk(child)
+
+    return sum(task.name.endswith(suffix) for task in walk(trio.lowlevel.current_root_task()))
+
+
+async def test_the_auto_flush_is_a_task_only_while_events_are_pending(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def late(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await trio.sleep(10)
+            await ws.send_message(frame("chats.update", {"id": 1}))
+            while True:
+                await ws.get_message()
+
+    delivered: list[Any] = []
+    config = BufferConfig(always_buffer=True, flush_interval=5.0)
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, late)
+        async with open_socket(connector, tenant_id="acme", buffer=config) as sock:
+            sock.events.on("chats.update", delivered.append)
+            await trio.sleep(9)
+            assert tasks_named("._auto_flush") == 0  # idle: no flush task
+            await trio.sleep(2)
+            assert tasks_named("._auto_flush") == 1  # an event is pending
+            assert delivered == []
+            await trio.sleep(5)
+            assert delivered == [{"id": 1}]  # flushed at 15 s
+            assert tasks_named("._auto_flush") == 0  # nothing pending: the task ended
+        server.cancel_scope.cancel()
+
+
+async def test_a_listener_error_in_an_interval_flush_fails_the_socket(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    def broken(data: Any) -> None:
+        raise ZeroDivisionError("listener bug")
+
+    sockets: list[Any] = []
+    config = BufferConfig(always_buffer=True, flush_interval=5.0)
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(frame("chats.update", {"id": 1}), then="idle"))
+
+        async def run() -> None:
+            async with open_socket(connector, tenant_id="acme", buffer=config) as sock:
+                sockets.append(sock)
+                sock.events.on("chats.update", broken)
+                await trio.sleep_forever()
+
+        with pytest.raises(ZeroDivisionError, match="listener bug"):
+            await run()
+        assert trio.current_time() == pytest.approx(5.0, abs=0.1)  # raised by the interval flush
+        assert tasks_named("._auto_flush") == 0
+        server.cancel_scope.cancel()
+    [sock] = sockets
+    assert sock.close_reason is not None
+    assert "ZeroDivisionError" in sock.close_reason.message

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from tenantry import Batch, BufferConfig, EventBuffer, EventStream, FlushReason
@@ -287,3 +288,37 @@ async def test_close_releases_listeners(autojump_clock: trio.testing.MockClock) 
     await events.aclose()
     gc.collect()
     assert ref() is None
+
+
+async def test_on_demand_auto_flush_runs_only_while_events_are_pending(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = stream(always_buffer=True, flush_interval=5.0)
+    got: list[tuple[float, Batch]] = []
+    starts = 0
+    async with trio.open_nursery() as nursery, events.subscribe() as channel:
+        nursery.start_soon(collect, channel, got)
+
+        def start() -> None:
+            nonlocal starts
+            starts += 1
+            nursery.start_soon(events.auto_flush_while_pending)
+
+        events.flush_on_demand(start)
+        await trio.sleep(100)
+        assert starts == 0  # idle: no task, never woken
+        for i in range(600):  # an event every 0.1 s for a minute
+            await events.emit("chats.update", {"id": i % 7})
+            await trio.sleep(0.1)
+        await trio.sleep(10)
+        assert starts == 12  # one task per interval: it ends each time the buffer is empty
+        assert events.buffer.stats.flushes[FlushReason.INTERVAL] == 12  # as with run_auto_flush
+        with events.buffer.buffering():
+            await events.emit("chats.update", {"id": 1})
+        await trio.testing.wait_all_tasks_blocked()
+        assert starts == 13  # the block's batch is published by a task of its own
+        nursery.cancel_scope.cancel()
+    flushes = events.buffer.stats.flushes
+    assert (flushes[FlushReason.INTERVAL], flushes[FlushReason.EXPLICIT]) == (12, 1)
+    assert [when for when, _ in got][:2] == pytest.approx([105.0, 110.0], abs=0.2)
+    assert got[-1][1].reason is FlushReason.EXPLICIT

@@ -9,15 +9,18 @@ and computes the worst case instead of writing it in a comment.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, final
 
 import attrs
+import trio
 
 from ._cache import BoundedCache, CacheStats, RemovalCause
-from ._clock import Clock
+from ._clock import Clock, resolve_clock
+from ._janitor import CacheJanitor
 from ._validate import check_count, optional_seconds, positive_count
 
 __all__ = ["SEED_CACHE_SPECS", "CacheSet", "CacheSpec", "CapacityPlan", "Scope", "capacity_plan"]
@@ -123,20 +126,25 @@ def capacity_plan(specs: Mapping[str, CacheSpec], tenants: int = 1) -> CapacityP
 class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
     """The caches one scope owns: those of *specs* whose scope is *scope*.
 
-    A socket builds the set of `Scope.SOCKET` caches when it opens and clears
+    A socket makes the set of `Scope.SOCKET` caches when it opens and clears
     it when it closes; a tenant, its `Scope.TENANT` set; the hub, the global
     one. Reading ``caches["user_devices"]`` gives the `BoundedCache`.
 
+    Each cache is built the first time it is read (most of an idle tenant's
+    caches never are); until then `stats` and `stats_of` report it as empty,
+    with its declared limit. Iterating over the names, ``len`` and ``in``
+    build nothing.
+
     Args:
         specs: Cache specs by name (e.g. `SEED_CACHE_SPECS`).
-        scope: Which of them this set builds.
+        scope: Which of them this set holds.
         label: Prefixed to each cache's name in logs and stats
             (``"acme/user_devices"``), so that many tenants' caches can be
             told apart.
         clock: Passed to every cache.
     """
 
-    __slots__ = ("_caches", "_scope")
+    __slots__ = ("_caches", "_clock", "_on_build", "_prefix", "_scope", "_specs")
 
     def __init__(
         self,
@@ -148,23 +156,59 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
     ) -> None:
         if not isinstance(scope, Scope):
             raise TypeError(f"scope must be a Scope, got {scope!r}")
-        prefix = "" if label is None else f"{label}/"
-        self._scope = scope
-        self._caches: dict[str, BoundedCache[Any, Any]] = {}
         for name, spec in specs.items():
             if not isinstance(spec, CacheSpec):
                 raise TypeError(f"spec for {name!r} must be a CacheSpec, got {spec!r}")
-            if spec.scope is scope:
-                self._caches[name] = spec.build(prefix + name, clock=clock)
+        self._scope = scope
+        self._specs = {name: spec for name, spec in specs.items() if spec.scope is scope}
+        self._prefix = "" if label is None else f"{label}/"
+        self._clock = resolve_clock(clock)  # the clock of where the set is made, as when eager
+        self._caches: dict[str, BoundedCache[Any, Any]] = {}
+        self._on_build: Callable[[BoundedCache[Any, Any]], object] | None = None
 
     @property
     def scope(self) -> Scope:
         """The scope that owns these caches."""
         return self._scope
 
+    def built(self) -> list[BoundedCache[Any, Any]]:
+        """The caches built so far (read at least once), in declaration order."""
+        return [self._caches[name] for name in self._specs if name in self._caches]
+
+    def on_build(self, callback: Callable[[BoundedCache[Any, Any]], object] | None) -> None:
+        """Call *callback* with each cache built from now on (None: stop calling it).
+
+        Raises:
+            RuntimeError: another callback is set (one owner at a time).
+        """
+        if callback is not None and self._on_build is not None:
+            raise RuntimeError(f"{self!r} already has a build callback")
+        self._on_build = callback
+
+    @contextlib.contextmanager
+    def janitor(self, nursery: trio.Nursery) -> Iterator[None]:
+        """A ``with`` block during which a `CacheJanitor` in *nursery* serves these caches.
+
+        Caches built during the block are served too. The janitor's task
+        runs only while some cache has a deadline.
+        """
+        with CacheJanitor(nursery, self.built()) as janitor:
+            self.on_build(janitor.serve)
+            try:
+                yield
+            finally:
+                self.on_build(None)
+
     def stats(self) -> list[CacheStats]:
         """A `CacheStats` snapshot of each cache."""
-        return [cache.stats for cache in self._caches.values()]
+        return [self.stats_of(name) for name in self._specs]
+
+    def stats_of(self, name: str) -> CacheStats:
+        """A `CacheStats` snapshot of one cache, without building it."""
+        cache = self._caches.get(name)
+        if cache is not None:
+            return cache.stats
+        return _empty_stats(self._prefix + name, self._specs[name].max_keys)
 
     def clear(self) -> None:
         """Empty every cache (the owner does this as its scope ends)."""
@@ -172,13 +216,41 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
             cache.clear()
 
     def __getitem__(self, name: str) -> BoundedCache[Any, Any]:
-        return self._caches[name]
+        try:
+            return self._caches[name]
+        except KeyError:
+            return self._build(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._caches)
+        return iter(self._specs)
 
     def __len__(self) -> int:
-        return len(self._caches)
+        return len(self._specs)
 
     def __repr__(self) -> str:
-        return f"<CacheSet {self._scope.value} {list(self._caches)}>"
+        return f"<CacheSet {self._scope.value} {list(self._specs)}>"
+
+    def _build(self, name: str) -> BoundedCache[Any, Any]:
+        cache = self._specs[name].build(self._prefix + name, clock=self._clock)
+        self._caches[name] = cache
+        if self._on_build is not None:
+            self._on_build(cache)
+        return cache
+
+
+def _empty_stats(name: str, max_keys: int) -> CacheStats:
+    return CacheStats(
+        name=name,
+        size=0,
+        max_keys=max_keys,
+        utilization=0.0,
+        hits=0,
+        misses=0,
+        sets=0,
+        deletes=0,
+        evictions=0,
+        expirations=0,
+    )

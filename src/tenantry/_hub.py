@@ -206,7 +206,7 @@ def _cache_samples(
     sums: collections.Counter[tuple[str, str, str]] = collections.Counter()
     for scope, cache_set in cache_sets:
         for name in cache_set:
-            stats = cache_set[name].stats
+            stats = cache_set.stats_of(name)
             key = (name, scope.value)
             sums[(*key, "keys")] += stats.size
             sums[(*key, "max_keys")] += stats.max_keys

@@ -85,6 +85,10 @@ class CacheJanitor:
         """Whether the janitor's task exists now."""
         return self._janitor.running
 
+    def serve(self, cache: BoundedCache[Any, Any]) -> None:
+        """Serve *cache* too, from now on (inside the block: a cache built late)."""
+        self._janitor.add(cache)
+
     def __enter__(self) -> CacheJanitor:
         self._janitor.attach()
         return self
@@ -136,6 +140,13 @@ class _Janitor:
         self._attached = True
         if self._nursery is not None and self._next_due(trio.current_time()) < math.inf:
             self._start(self._nursery)
+
+    def add(self, cache: BoundedCache[Any, Any]) -> None:
+        if self._attached:
+            cache.set_wakeup(self._wake)
+        self._caches = (*self._caches, cache)
+        if self._attached and self._nursery is not None and cache.next_housekeeping is not None:
+            self._wake(0.0)
 
     def detach(self) -> None:
         if self._attached:

@@ -8,9 +8,10 @@ and everything the connection needs is a task in that nursery or an object
 only its tasks touch: the WebSocket (and trio-websocket's reader task), the
 *reader* (frames -> events -> buffer), the *writer* (the outbox of `send`;
 started by the first send),
-the keepalive, the buffer's auto-flush, the cache janitor (a task only while
-a socket cache has a deadline), the socket-scoped caches, the subscribers
-and the listeners. When the ``async with`` exits,
+the keepalive, the buffer's auto-flush (a task only while events are
+pending), the cache janitor (a task only while a socket cache has a
+deadline), the socket-scoped caches (each built when first read), the
+subscribers and the listeners. When the ``async with`` exits,
 none of them exists any more -- by structure, not by a ``destroy()`` someone
 must remember (the seed's orphaned flush timers had nowhere else to live).
 
@@ -36,7 +37,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any, final
 
 import trio
@@ -46,7 +47,6 @@ from ._buffer import BufferConfig, EventBuffer, InvalidEvent
 from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
 from ._connect import Connector, as_connector
 from ._gauges import Gauges
-from ._janitor import CacheJanitor
 from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
     CloseRequested,
@@ -101,6 +101,35 @@ class _Outgoing:
 class Socket:
     """One live connection, as seen from inside its `open_socket` block."""
 
+    __slots__ = (
+        "_bad_frame_window",
+        "_body",
+        "_buffer",
+        "_caches",
+        "_close_reason",
+        "_closing",
+        "_error",
+        "_events",
+        "_flushing",
+        "_frames",
+        "_global_caches",
+        "_grace",
+        "_keepalive",
+        "_max_bad_frames",
+        "_max_pending_sends",
+        "_nursery",
+        "_outbox",
+        "_outbox_send",
+        "_protocol",
+        "_reading",
+        "_recent_rejections",
+        "_rejected",
+        "_shut_down",
+        "_tenant_caches",
+        "_tenant_id",
+        "_ws",
+    )
+
     def __init__(
         self,
         ws: trio_websocket.WebSocketConnection,
@@ -134,14 +163,14 @@ class Socket:
         self._outbox_send: trio.MemorySendChannel[_Outgoing] | None = None
         self._outbox: trio.MemoryReceiveChannel[_Outgoing] | None = None
         self._reading = trio.CancelScope()
-        self._flushing = trio.CancelScope()
+        self._flushing: trio.CancelScope | None = None  # the auto-flush task's, while it runs
         self._body = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
         self._closing = False
         self._shut_down = trio.Event()
         self._close_reason: DisconnectReason | None = None
         self._error: Exception | None = None
-        self._rejected = dict.fromkeys(RejectReason, 0)
+        self._rejected: dict[RejectReason, int] | None = None  # until the first rejection
         self._recent_rejections: deque[float] | None = None  # until the first rejection
         self._frames = 0
 
@@ -190,7 +219,7 @@ class Socket:
     @property
     def rejected(self) -> Mapping[RejectReason, int]:
         """Frames rejected so far, by reason."""
-        return dict(self._rejected)
+        return dict.fromkeys(RejectReason, 0) if self._rejected is None else dict(self._rejected)
 
     @property
     def frames_received(self) -> int:
@@ -242,7 +271,7 @@ class Socket:
         self._nursery = nursery
         nursery.start_soon(self._read)
         nursery.start_soon(self._keep_alive)
-        nursery.start_soon(self._auto_flush)
+        self._events.flush_on_demand(self._start_auto_flush)
 
     async def _read(self) -> None:
         decode, buffer, events = self._protocol.decode, self._buffer, self._events
@@ -312,10 +341,16 @@ class Socket:
                 self._begin_close(DisconnectReason(ReasonCode.CONNECTION_LOST, reason, remote=True))
                 return
 
-    async def _auto_flush(self) -> None:
-        with self._flushing:
+    def _start_auto_flush(self) -> None:
+        if self._nursery is None:  # pragma: no cover - the reader starts after the nursery
+            raise RuntimeError("socket used before it started")
+        self._flushing = trio.CancelScope()  # a scope is entered once: one per task
+        self._nursery.start_soon(self._auto_flush, self._flushing)
+
+    async def _auto_flush(self, scope: trio.CancelScope) -> None:
+        with scope:
             try:
-                await self._events.run_auto_flush()
+                await self._events.auto_flush_while_pending()
             except Exception as exc:  # noqa: BLE001 - a listener's bug, raised while publishing
                 self._fail(exc)
 
@@ -340,7 +375,8 @@ class Socket:
 
     async def _shutdown(self) -> None:
         """Steps 2-5 of the ordered shutdown (see the module docstring)."""
-        self._flushing.cancel()
+        if self._flushing is not None:
+            self._flushing.cancel()
         delivered_before = self._buffer.stats.delivered
         try:
             await self._events.aclose(self._grace)
@@ -397,6 +433,8 @@ class Socket:
         )
 
     def _reject(self, reason: RejectReason, shown: str) -> None:
+        if self._rejected is None:
+            self._rejected = dict.fromkeys(RejectReason, 0)
         self._rejected[reason] += 1
         logger.warning(
             "frame rejected (%s) on tenant %s: %s",
@@ -488,53 +526,58 @@ async def open_socket(
     event_buffer = EventBuffer(buffer, rules, tenant_id=tenant_id)
     gauges = Gauges() if gauges is None else gauges
 
-    async with AsyncExitStack() as stack:
-        stack.callback(socket_caches.clear)  # the last step: after the WebSocket is closed
-        try:
-            ws = await stack.enter_async_context(
-                connector.open(headers=dict(headers or {}), max_message_size=4 * max_message_size)
-            )
-        except trio_websocket.ConnectionRejected as rejected:
-            raise ConnectFailed(
-                DisconnectReason.from_handshake_status(rejected.status_code)
-            ) from None
-        except (trio_websocket.HandshakeError, OSError) as error:
-            reason = DisconnectReason(ReasonCode.CONNECTION_LOST, f"could not connect: {error!r}")
-            raise ConnectFailed(reason) from None
-        gauges.sockets_alive += 1
-        gauges.buffers_alive += 1
-
-        def gone() -> None:
-            gauges.sockets_alive -= 1
-            gauges.buffers_alive -= 1
-
-        stack.callback(gone)
-        sock = Socket(
-            ws,
-            tenant_id=tenant_id,
-            protocol=protocol,
-            caches=socket_caches,
-            buffer=event_buffer,
-            keepalive=keepalive,
-            grace=grace,
-            max_bad_frames=max_bad_frames,
-            bad_frame_window=bad_frame_window,
-            max_pending_sends=max_pending_sends,
-            tenant_caches=tenant_caches,
-            global_caches=global_caches,
-        )
-        body_error: Exception | None = None
-        async with trio.open_nursery() as nursery:
-            sock._start(nursery)  # noqa: SLF001 - the scope that owns the socket starts its tasks
+    body_error: Exception | None = None
+    connected = False
+    try:
+        async with connector.open(
+            headers=dict(headers or {}), max_message_size=4 * max_message_size
+        ) as ws:
+            connected = True
+            gauges.sockets_alive += 1
+            gauges.buffers_alive += 1
             try:
-                with CacheJanitor(nursery, socket_caches.values()), sock._body:  # noqa: SLF001
-                    yield sock
-            except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
-                body_error = exc
+                sock = Socket(
+                    ws,
+                    tenant_id=tenant_id,
+                    protocol=protocol,
+                    caches=socket_caches,
+                    buffer=event_buffer,
+                    keepalive=keepalive,
+                    grace=grace,
+                    max_bad_frames=max_bad_frames,
+                    bad_frame_window=bad_frame_window,
+                    max_pending_sends=max_pending_sends,
+                    tenant_caches=tenant_caches,
+                    global_caches=global_caches,
+                )
+                async with trio.open_nursery() as nursery:
+                    sock._start(nursery)  # noqa: SLF001 - the scope that owns the socket starts it
+                    try:
+                        with socket_caches.janitor(nursery), sock._body:  # noqa: SLF001
+                            yield sock
+                    except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
+                        body_error = exc
+                    finally:
+                        await sock._finish()  # noqa: SLF001
+                        nursery.cancel_scope.cancel()
             finally:
-                await sock._finish()  # noqa: SLF001
-                nursery.cancel_scope.cancel()
+                gauges.sockets_alive -= 1
+                gauges.buffers_alive -= 1
+    except (trio_websocket.HandshakeError, OSError) as error:  # ConnectionRejected included
+        if connected:
+            raise
+        raise _connect_failed(error) from None
+    finally:
+        socket_caches.clear()  # the last step: after the WebSocket is closed
     if body_error is not None:
         raise body_error
     if sock._error is not None:  # noqa: SLF001
         raise sock._error  # noqa: SLF001
+
+
+def _connect_failed(error: Exception) -> ConnectFailed:
+    if isinstance(error, trio_websocket.ConnectionRejected):
+        return ConnectFailed(DisconnectReason.from_handshake_status(error.status_code))
+    return ConnectFailed(
+        DisconnectReason(ReasonCode.CONNECTION_LOST, f"could not connect: {error!r}")
+    )

@@ -108,6 +108,8 @@ class EventStream:
         self._in_flight: Batch | None = None
         self._publish_deadline = math.inf  # set by aclose: when publishing must give up
         self._publishing: trio.CancelScope | None = None
+        self._start_flusher: Callable[[], object] | None = None  # see flush_on_demand
+        self._flusher_running = False
 
     @property
     def buffer(self) -> EventBuffer:
@@ -183,17 +185,29 @@ class EventStream:
         blocks as they end, and otherwise sleeps: it never wakes for an
         empty buffer.
         """
-        buffer = self._buffer
         while True:
-            if buffer.ready:  # most wakeups find nothing made yet: skip the lock
-                await self.publish_ready()
-            due = buffer.next_flush_at
-            if due is not None and buffer.clock() >= due:
-                buffer.flush(FlushReason.INTERVAL)
-                continue
-            delay = math.inf if due is None else due - buffer.clock()
-            with trio.CancelScope(deadline=trio.current_time() + delay) as self._nap:
-                await trio.sleep_forever()
+            await self._auto_flush_round(forever=True)
+
+    def flush_on_demand(self, start: Callable[[], object]) -> None:
+        """Run the auto-flush as a task only while events are pending.
+
+        Instead of a `run_auto_flush` task for the stream's whole life,
+        *start* is called whenever work appears (an event becomes pending, a
+        ``buffering()`` block makes a batch) and no such task exists; it must
+        start one in the owner's nursery that awaits
+        `auto_flush_while_pending`.
+        """
+        self._start_flusher = start
+        if self._buffer.next_flush_at is not None or self._buffer.ready:
+            self._wake(0.0)
+
+    async def auto_flush_while_pending(self) -> None:
+        """The task `flush_on_demand` starts: the auto-flush, until nothing is pending."""
+        try:
+            while await self._auto_flush_round(forever=False):
+                pass
+        finally:
+            self._flusher_running = False
 
     async def aclose(self, grace: float = DEFAULT_GRACE) -> None:
         """Close in order, losing nothing that can be delivered within *grace*.
@@ -273,7 +287,31 @@ class EventStream:
         self._in_flight = None
         self._slowest_flush = max(self._slowest_flush, trio.current_time() - started)
 
+    async def _auto_flush_round(self, *, forever: bool) -> bool:
+        """Publish, flush what is due, or sleep until it is due.
+
+        Returns False at once if nothing is pending and not *forever*.
+        """
+        buffer = self._buffer
+        if buffer.ready:  # most wakeups find nothing made yet: skip the lock
+            await self.publish_ready()
+        due = buffer.next_flush_at
+        if due is None and not forever:
+            return False
+        if due is not None and buffer.clock() >= due:
+            buffer.flush(FlushReason.INTERVAL)
+            return True
+        delay = math.inf if due is None else due - buffer.clock()
+        with trio.CancelScope(deadline=trio.current_time() + delay) as self._nap:
+            await trio.sleep_forever()
+        return True
+
     def _wake(self, delay: float) -> None:
+        if self._start_flusher is not None and not self._flusher_running:
+            if not self._closed:
+                self._flusher_running = True
+                self._start_flusher()
+            return
         deadline = trio.current_time() + delay
         self._nap.deadline = min(self._nap.deadline, deadline)
 

@@ -44,7 +44,6 @@ from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
 from ._connect import Connector, as_connector
 from ._events import FlushReason
 from ._gauges import Gauges
-from ._janitor import CacheJanitor
 from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, RejectReason, WireProtocol
 from ._reasons import Decision, DisconnectReason, ReasonCode
 from ._reconnect import NextStep, ReconnectPolicy
@@ -176,7 +175,7 @@ class _Totals:
         self.flushes.update(stats.flushes)
         self.rejected.update(sock.rejected)
         for name in sock.caches:
-            cache_stats = sock.caches[name].stats
+            cache_stats = sock.caches.stats_of(name)
             for counter in CACHE_COUNTERS:
                 self.socket_cache_counts[name, counter] += getattr(cache_stats, counter)
 
@@ -225,7 +224,7 @@ class Tenant:
         """The tenant's scope: returns when the tenant has stopped and everything is gone."""
         try:
             async with trio.open_nursery() as nursery:
-                with CacheJanitor(nursery, self._caches.values()):
+                with self._caches.janitor(nursery):
                     nursery.start_soon(self._serve_mailbox)
                     task_status.started()
                     await self._supervise()
@@ -411,7 +410,7 @@ class Tenant:
             last_disconnect_at=self._last_at,
             next_retry_at=self._next_retry_at,
             cache_utilization={
-                name: cache_set[name].stats.utilization
+                name: cache_set.stats_of(name).utilization
                 for cache_set in caches.values()
                 for name in cache_set
             },
