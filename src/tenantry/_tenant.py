@@ -5,8 +5,7 @@ Theory of operation
 
 A tenant is a task in its hub's nursery, and inside it a nursery of its own
 holding the tenant-scoped caches' janitor (a task only while some cache has
-a deadline), the *mailbox* task that carries out the hub's commands, and the
-*supervisor* loop::
+a deadline) and the *supervisor* loop::
 
     while True:
         with CancelScope() as attempt:        # one attempt, cancelled by commands
@@ -23,7 +22,9 @@ pure `Reconnector`'s; this module only does the waiting and the I/O.
 A command (restart, stop) that finds a live socket closes it the ordinary
 way, `Socket.close`, so that the handler's subscribers drain the final batch
 before the body is cancelled. One that finds the tenant connecting, waiting
-or stopped cancels the attempt: there is nothing to flush.
+or stopped cancels the attempt: there is nothing to flush. Commands run in
+the hub caller's task, one at a time, each until the supervisor has acted
+on it: an idle tenant has no task waiting for them.
 """
 
 from __future__ import annotations
@@ -207,9 +208,10 @@ class Tenant:
         rng = SplitMix64(None if seed is None else f"{seed}:{spec.tenant_id}")
         self._reconnector = spec.policy.reconnector(random=rng)
         self._caches = CacheSet(spec.caches, Scope.TENANT, label=spec.tenant_id)
-        self._mailbox_send, self._mailbox = trio.open_memory_channel[_Command](16)
+        self._commanding = trio.Lock()  # the hub's commands, one at a time, in order
         self._attempt = trio.CancelScope()
         self._command: _Command | None = None
+        self._stopped = False
         self._socket: Socket | None = None
         self._state = TenantState.CONNECTING
         self._last: DisconnectReason | None = None
@@ -225,52 +227,53 @@ class Tenant:
         try:
             async with trio.open_nursery() as nursery:
                 with self._caches.janitor(nursery):
-                    nursery.start_soon(self._serve_mailbox)
                     task_status.started()
                     await self._supervise()
                     nursery.cancel_scope.cancel()
         finally:
             self._caches.clear()
-            self._mailbox_send.close()
-            while True:  # commands queued behind a stop: the tenant is gone, so they are done
-                try:
-                    self._mailbox.receive_nowait().done.set()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
+            self._stopped = True  # commands waiting behind a stop find the tenant gone
+            if self._command is not None:
+                self._command.done.set()
             logger.info("tenant stopped: %s", self.tenant_id, extra={"tenant": self.tenant_id})
 
     async def command(self, kind: str) -> None:
-        """Ask the tenant to ``restart`` or ``stop``; return once it is done."""
-        command = _Command(kind)
-        try:
-            await self._mailbox_send.send(command)
-        except trio.ClosedResourceError:
-            return  # the tenant has already stopped
-        await command.done.wait()
+        """Ask the tenant to ``restart`` or ``stop``; return once it is done.
 
-    async def _serve_mailbox(self) -> None:
-        async for command in self._mailbox:
-            self._command = command
-            reason = DisconnectReason(
-                ReasonCode.CONNECTION_CLOSED, f"{command.kind} requested", remote=False
-            )
-            logger.info(
-                "intentional close: tenant %s, %s",
-                self.tenant_id,
-                reason.message,
-                extra={"tenant": self.tenant_id, "command": command.kind},
-            )
-            if self._socket is not None:
-                self._socket.close(reason)  # ordered: subscribers drain first
-            else:
-                self._attempt.cancel()
-            await command.done.wait()  # one at a time
+        Carried out in the caller's task: a tenant needs no task of its own
+        waiting for commands that seldom come.
+        """
+        async with self._commanding:
+            while self._command is not None and not self._stopped:
+                await self._command.done.wait()  # one whose caller stopped waiting
+            if self._stopped:
+                return
+            self._command = command = _Command(kind)
+            self._close_for(command)
+            await command.done.wait()
+
+    def _close_for(self, command: _Command) -> None:
+        reason = DisconnectReason(
+            ReasonCode.CONNECTION_CLOSED, f"{command.kind} requested", remote=False
+        )
+        logger.info(
+            "intentional close: tenant %s, %s",
+            self.tenant_id,
+            reason.message,
+            extra={"tenant": self.tenant_id, "command": command.kind},
+        )
+        if self._socket is not None:
+            self._socket.close(reason)  # ordered: subscribers drain first
+        else:
+            self._attempt.cancel()
 
     # -- the supervisor loop ---------------------------------------------------
 
     async def _supervise(self) -> None:
         while True:
             with trio.CancelScope() as self._attempt:
+                if self._command is not None:  # it came before this attempt began
+                    self._attempt.cancel()
                 step = await self._connect_and_serve()
                 if self._command is None:
                     await self._pause(step)
