@@ -166,6 +166,7 @@ class EventBuffer:
         "_history",
         "_history_cache",
         "_history_duplicates",
+        "_history_max_keys",
         "_holding",
         "_interval",
         "_max_items",
@@ -200,9 +201,9 @@ class EventBuffer:
         self._max_items = config.max_items
         self._always = config.always_buffer
         self._tenant_id = tenant_id
-        self._history_cache: BoundedCache[tuple[str, Any], bool] = BoundedCache(
-            "event_history", config.history_max_keys, clock=self._clock
-        )
+        # Built by the first history event: most sockets never see one.
+        self._history_cache: BoundedCache[tuple[str, Any], bool] | None = None
+        self._history_max_keys = config.history_max_keys
         # The plans hold this buffer's pending events, and a socket that never
         # buffers never needs them: they are compiled when holding first begins.
         self._rules = rules
@@ -402,7 +403,7 @@ class EventBuffer:
             merged=self._merged,
             pending=self._pending,
             flushes=MappingProxyType(dict(self._flushes)),
-            history_cache_size=len(self._history_cache),
+            history_cache_size=0 if self._history_cache is None else len(self._history_cache),
             history_duplicates=self._history_duplicates,
         )
 
@@ -504,7 +505,10 @@ class EventBuffer:
         fields, keyed = _history_entities(parts, event_type, data)
         if self._history is None:
             self._history = _History(parts)
-        history, cache = self._history, self._history_cache
+        cache = self._history_cache
+        if cache is None:
+            cache = self._build_history_cache()
+        history = self._history
         history.fields.update(fields)
         for part, items in keyed:
             held = history.parts[part]
@@ -514,6 +518,12 @@ class EventBuffer:
                     continue
                 cache.set(key, value=True)
                 held[key] = item
+
+    def _build_history_cache(self) -> BoundedCache[tuple[str, Any], bool]:
+        self._history_cache = BoundedCache(
+            "event_history", self._history_max_keys, clock=self._clock
+        )
+        return self._history_cache
 
     def _take_history(self) -> tuple[Any, ...]:
         if self._history is None:
