@@ -223,7 +223,7 @@ class EventBuffer:
         self._ready: list[Batch] = []
         self._seq = 0
         self._received = self._delivered = self._merged = self._history_duplicates = 0
-        self._flushes = dict.fromkeys(FlushReason, 0)
+        self._flushes: dict[FlushReason, int] = {}  # by reason, from its first batch
         self._wakeup: Callable[[float], object] | None = None
 
     # -- feeding ---------------------------------------------------------
@@ -402,7 +402,7 @@ class EventBuffer:
             delivered=self._delivered,
             merged=self._merged,
             pending=self._pending,
-            flushes=MappingProxyType(dict(self._flushes)),
+            flushes=MappingProxyType({r: self._flushes.get(r, 0) for r in FlushReason}),
             history_cache_size=0 if self._history_cache is None else len(self._history_cache),
             history_duplicates=self._history_duplicates,
         )
@@ -536,7 +536,7 @@ class EventBuffer:
     ) -> None:
         self._seq += 1
         self._delivered += count
-        self._flushes[reason] += 1
+        self._flushes[reason] = self._flushes.get(reason, 0) + 1
         self._ready.append(Batch(groups, count, reason, self._seq, self._tenant_id))
 
     def _wake(self, delay: float) -> None:

@@ -162,7 +162,9 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
         self._scope = scope
         self._specs = {name: spec for name, spec in specs.items() if spec.scope is scope}
         self._prefix = "" if label is None else f"{label}/"
-        self._clock = resolve_clock(clock)  # the clock of where the set is made, as when eager
+        # The clock of where the set is made, as when caches were built eagerly;
+        # Trio's is looked up again when a cache is built, to keep no bound method per set.
+        self._clock = clock if clock is not None or _in_trio_run() else resolve_clock(None)
         self._caches: dict[str, BoundedCache[Any, Any]] = {}
         self._on_build: Callable[[BoundedCache[Any, Any]], object] | None = None
 
@@ -234,11 +236,19 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
         return f"<CacheSet {self._scope.value} {list(self._specs)}>"
 
     def _build(self, name: str) -> BoundedCache[Any, Any]:
-        cache = self._specs[name].build(self._prefix + name, clock=self._clock)
+        cache = self._specs[name].build(self._prefix + name, clock=resolve_clock(self._clock))
         self._caches[name] = cache
         if self._on_build is not None:
             self._on_build(cache)
         return cache
+
+
+def _in_trio_run() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _empty_stats(name: str, max_keys: int) -> CacheStats:
