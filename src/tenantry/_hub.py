@@ -4,7 +4,8 @@
 global caches (and their janitor), the hub's command task, and one task per
 tenant (``_tenant.py``). Adding a tenant is a message to the hub's command
 task, which starts the tenant in the hub's nursery: callers never touch it.
-Restarting or removing a tenant is a message to that tenant's own mailbox.
+Restarting or removing a tenant is a command the tenant carries out in the
+caller's task, one at a time (`Tenant.command`).
 Leaving the ``async with`` stops every tenant the way `Hub.remove` does --
 each socket's ordered shutdown, subscribers drained -- then the rest.
 """
