@@ -236,14 +236,14 @@ class EventBuffer:
                 counted or kept).
             trio.ClosedResourceError: the buffer is closed.
         """
+        if not self._holding:
+            return self._emit_straight(event_type, data)
         plan = self._plans.get(event_type)
         if plan is None:
             return self._emit_unknown(event_type, data)
         code = plan[0]
         if code == _IMMEDIATE:
             return self._emit_now(event_type, data)
-        if not self._holding:
-            return self._emit_checked(self._rules[event_type], event_type, data)
         if code >= _APPEND:
             return self._emit_unkeyed(plan, event_type, data)
         spec, store = plan[1], plan[2]
@@ -454,9 +454,13 @@ class EventBuffer:
         self._make_batch(((event_type, (data,)),), 1, FlushReason.IMMEDIATE)
         return True
 
-    def _emit_checked(self, rule: Rule, event_type: str, data: Any) -> bool:
+    def _emit_straight(self, event_type: str, data: Any) -> bool:
         """Pass an event straight on, after the checks its rule would make if held."""
-        if rule.key is not None:
+        rule = self._rules.get(event_type)
+        if rule is None:
+            if not isinstance(event_type, str):
+                raise InvalidEvent(f"event type must be a string, got {event_type!r}")
+        elif rule.key is not None:
             if not isinstance(data, Mapping):
                 raise InvalidEvent(
                     f"{event_type} data must be a mapping, got {type(data).__name__}"
@@ -472,11 +476,6 @@ class EventBuffer:
     def _emit_unknown(self, event_type: str, data: Any) -> bool:
         if not isinstance(event_type, str):
             raise InvalidEvent(f"event type must be a string, got {event_type!r}")
-        if not self._holding:
-            rule = self._rules.get(event_type)  # known, but its plan is not compiled yet
-            if rule is not None:
-                return self._emit_checked(rule, event_type, data)
-            return self._emit_now(event_type, data)
         self._received += 1
         items = self._unknown.get(event_type)
         if items is None:

@@ -23,7 +23,6 @@ import trio
 
 from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
 from ._gauges import Gauges
-from ._janitor import run_janitor
 from ._metrics import Metrics, Sample
 from ._tenant import CACHE_COUNTERS, Tenant, TenantSpec, TenantState, TenantStatus
 
@@ -239,10 +238,10 @@ async def open_hub(
     try:
         async with trio.open_nursery() as nursery:
             hub = Hub(nursery, caches, seed)
-            nursery.start_soon(run_janitor, caches.values())
             nursery.start_soon(hub._serve_adds)  # noqa: SLF001 - the scope that owns the hub
             try:
-                yield hub
+                with caches.janitor(nursery):
+                    yield hub
             finally:
                 await hub._stop_all()  # noqa: SLF001
                 nursery.cancel_scope.cancel()
