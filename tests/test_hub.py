@@ -143,6 +143,19 @@ async def test_stop_codes_stop_until_restarted(
         assert state(hub) is TenantState.CONNECTED
 
 
+async def test_a_close_code_reaches_the_status_as_a_plain_int(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream))
+        await (await upstream.wait_connections(1)).close(1011)  # wsproto's CloseReason member
+        await trio.testing.wait_all_tasks_blocked()
+        [status] = hub.status()
+        assert status.last_disconnect is not None
+        assert status.last_disconnect.code == 1011
+        assert type(status.last_disconnect.code) is int
+
+
 async def test_restart_required_reconnects_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
