@@ -200,6 +200,21 @@ async def test_the_breaker_opens_after_five_failed_handshakes(
         assert connection.path == "/a"
 
 
+async def test_metrics_see_the_breaker_close_once_the_trial_connection_is_stable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as (upstream, hub):
+        for _ in range(2):
+            upstream.reject_next(500)
+        await hub.add(spec(upstream, policy=ReconnectPolicy(fail_max=2)))
+        await upstream.wait_connections(1)  # the half-open trial, after the breaker's 60 s
+        assert hub.metrics().value("tenantry_breaker_state", tenant="a") == 2  # half-open
+        await trio.sleep(3600)  # an hour-old healthy connection; nobody asked for a status
+        assert hub.metrics().value("tenantry_breaker_state", tenant="a") == 0  # closed
+        [status] = hub.status()
+        assert (status.breaker, status.failures) == ("closed", 0)
+
+
 async def test_restart_closes_and_reconnects_without_counting_a_failure(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

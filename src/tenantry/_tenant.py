@@ -399,7 +399,6 @@ class Tenant:
 
     def status(self) -> TenantStatus:
         """A snapshot; see `TenantStatus`."""
-        self._reconnector.settle()
         sock = self._socket
         caches = dict(self.cache_sets())
         return TenantStatus(
