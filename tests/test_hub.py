@@ -277,6 +277,55 @@ class Hanging:
         return hang()
 
 
+class StatesAgainstGauges(trio.abc.Instrument):
+    """After every task step: tenants connected or closing == sockets alive == buffers alive."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.mismatches: list[tuple[float, float, float, float]] = []
+        self.seen: set[str] = set()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        m = self.hub.metrics()
+        self.seen.update(s.value for s in TenantState if m.value("tenantry_tenants", state=s.value))
+        live = sum(m.value("tenantry_tenants", state=s) for s in ("connected", "closing"))
+        sockets, buffers = m.value("tenantry_sockets_alive"), m.value("tenantry_buffers_alive")
+        if not live == sockets == buffers:
+            self.mismatches.append((trio.current_time(), live, sockets, buffers))
+
+
+async def test_state_and_gauges_agree_at_every_instant_of_every_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(sock: Socket) -> None:  # the ordered shutdown waits for it to drain
+        async with sock.events.subscribe() as batches:
+            async for _ in batches:
+                await trio.sleep(1)
+
+    async def returns(sock: Socket) -> None:
+        await trio.sleep(2)
+
+    config = BufferConfig(always_buffer=True)
+    handlers = {"remote": slow, "restart": slow, "remove": slow, "returns": returns, "exit": slow}
+    async with open_fake_upstream() as upstream:
+        async with open_hub(seed=1) as hub:
+            check = StatesAgainstGauges(hub)
+            trio.lowlevel.add_instrument(check)
+            for tenant, handler in handlers.items():
+                await hub.add(spec(upstream, tenant, handler=handler, buffer=config))
+            for tenant in handlers:
+                await (await upstream.wait_connections(1, path=f"/{tenant}")).stream(3)
+            await (await upstream.wait_connections(1, path="/remote")).close(4503)
+            await hub.restart("restart")
+            await hub.remove("remove")
+            await upstream.wait_connections(2, path="/returns")
+            await upstream.wait_connections(2, path="/remote")
+            await (await upstream.wait_connections(1, path="/exit")).stream(3)
+        trio.lowlevel.remove_instrument(check)
+    assert check.mismatches == []
+    assert {"connecting", "connected", "closing", "backing_off"} <= check.seen
+
+
 @pytest.mark.parametrize("when", ["connected", "connecting", "backing off", "stopped"])
 async def test_remove_leaves_nothing_and_nothing_follows(
     autojump_clock: trio.testing.MockClock, when: str

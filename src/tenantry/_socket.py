@@ -503,7 +503,8 @@ async def open_socket(
         max_bad_frames, bad_frame_window: More than this many rejected frames
             within this many seconds close the socket (reason 400).
         max_pending_sends: Frames `Socket.send` may queue before it waits.
-        gauges: Counts this socket and its buffer while they are alive.
+        gauges: Counts this socket and its buffer from the handshake until the
+            WebSocket is closed, as the block exits.
 
     Raises:
         ConnectFailed: the connection could not be made (its ``reason``
@@ -535,39 +536,38 @@ async def open_socket(
             connected = True
             gauges.sockets_alive += 1
             gauges.buffers_alive += 1
-            try:
-                sock = Socket(
-                    ws,
-                    tenant_id=tenant_id,
-                    protocol=protocol,
-                    caches=socket_caches,
-                    buffer=event_buffer,
-                    keepalive=keepalive,
-                    grace=grace,
-                    max_bad_frames=max_bad_frames,
-                    bad_frame_window=bad_frame_window,
-                    max_pending_sends=max_pending_sends,
-                    tenant_caches=tenant_caches,
-                    global_caches=global_caches,
-                )
-                async with trio.open_nursery() as nursery:
-                    sock._start(nursery)  # noqa: SLF001 - the scope that owns the socket starts it
-                    try:
-                        with socket_caches.janitor(nursery), sock._body:  # noqa: SLF001
-                            yield sock
-                    except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
-                        body_error = exc
-                    finally:
-                        await sock._finish()  # noqa: SLF001
-                        nursery.cancel_scope.cancel()
-            finally:
-                gauges.sockets_alive -= 1
-                gauges.buffers_alive -= 1
+            sock = Socket(
+                ws,
+                tenant_id=tenant_id,
+                protocol=protocol,
+                caches=socket_caches,
+                buffer=event_buffer,
+                keepalive=keepalive,
+                grace=grace,
+                max_bad_frames=max_bad_frames,
+                bad_frame_window=bad_frame_window,
+                max_pending_sends=max_pending_sends,
+                tenant_caches=tenant_caches,
+                global_caches=global_caches,
+            )
+            async with trio.open_nursery() as nursery:
+                sock._start(nursery)  # noqa: SLF001 - the scope that owns the socket starts it
+                try:
+                    with socket_caches.janitor(nursery), sock._body:  # noqa: SLF001
+                        yield sock
+                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
+                    body_error = exc
+                finally:
+                    await sock._finish()  # noqa: SLF001
+                    nursery.cancel_scope.cancel()
     except (trio_websocket.HandshakeError, OSError) as error:  # ConnectionRejected included
         if connected:
             raise
         raise _connect_failed(error) from None
     finally:
+        if connected:  # counted until the WebSocket is closed: the scope's whole life
+            gauges.sockets_alive -= 1
+            gauges.buffers_alive -= 1
         socket_caches.clear()  # the last step: after the WebSocket is closed
     if body_error is not None:
         raise body_error

@@ -110,11 +110,14 @@ class TenantState(enum.Enum):
 
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    CLOSING = "closing"
+    """The socket's ordered shutdown is running; it is still counted as alive."""
     BACKING_OFF = "backing_off"
     CIRCUIT_OPEN = "circuit_open"
     """Waiting for the circuit breaker's timeout."""
     STOPPED = "stopped"
-    """The last reason's decision was STOP; only a restart (or removal) follows."""
+    """The last reason's decision was STOP (only a restart or removal follows), or the
+    tenant is being removed."""
 
 
 @final
@@ -327,7 +330,8 @@ class Tenant:
         else:
             reason = sock.close_reason or DisconnectReason(ReasonCode.CONNECTION_CLOSED)
         finally:
-            self._socket = None
+            self._socket = None  # the socket scope has exited: the gauges no longer count it
+            self._state = TenantState.STOPPED  # what follows sets the next state at once
             if sock is not None:
                 self._ended.add_socket(sock)
         return self._disconnected(reason, failed=failed)
@@ -403,7 +407,7 @@ class Tenant:
         caches = dict(self.cache_sets())
         return TenantStatus(
             tenant_id=self.tenant_id,
-            state=self._state,
+            state=self.state,
             breaker=self._reconnector.breaker.state.value,
             failures=self._reconnector.failures,
             breaker_trips=self._reconnector.breaker.trips,
@@ -433,7 +437,14 @@ class Tenant:
 
     @property
     def state(self) -> TenantState:
-        """Where the supervisor loop is now."""
+        """Where the supervisor loop is now.
+
+        CONNECTED and CLOSING last exactly as long as the socket's scope, as
+        the hub's gauges count it: the live socket says when it is closing.
+        """
+        sock = self._socket
+        if sock is not None and sock.closing:
+            return TenantState.CLOSING
         return self._state
 
     @property
