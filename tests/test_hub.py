@@ -19,13 +19,16 @@ from tenantry import (
     Backoff,
     Batch,
     BufferConfig,
+    CacheSpec,
     Hub,
+    JsonProtocol,
     ReconnectPolicy,
     Socket,
     TenantSpec,
     TenantState,
     open_hub,
 )
+from tenantry._tenant import Tenant
 from tenantry.testing import FakeUpstream, open_fake_upstream
 
 Handler = Callable[[Socket], Awaitable[None]]
@@ -411,6 +414,100 @@ async def test_tenant_caches_survive_reconnects_and_die_with_the_tenant(
         assert len(tenant_caches["signal_store"]) == 0
         assert len(hub.global_caches["lid_global"]) == 2
     assert len(hub.global_caches["lid_global"]) == 0
+
+
+def plain(sock: Socket) -> None:
+    pass
+
+
+class AsyncCallable:
+    async def __call__(self, sock: Socket) -> None:
+        await trio.sleep_forever()
+
+    async def method(self, sock: Socket) -> None:
+        await trio.sleep_forever()
+
+
+async def with_option(sock: Socket, option: int) -> None:
+    await trio.sleep_forever()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("caches", {"x": {"max_keys": 10}}, TypeError),
+        ("caches", "nope", TypeError),
+        ("caches", {"": CacheSpec(10)}, ValueError),
+        ("rules", "nope", TypeError),
+        ("protocol", object(), TypeError),
+        ("protocol", JsonProtocol, TypeError),  # the class, not an instance
+        ("handler", plain, TypeError),
+        ("handler", lambda sock: None, TypeError),
+        ("handler", AsyncCallable, TypeError),  # the class: calling it makes an instance
+        ("handler", functools.partial(plain), TypeError),
+        ("buffer", {"flush_interval": 1.0}, TypeError),
+        ("policy", "nope", TypeError),
+    ],
+    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
+)
+def test_tenant_spec_refuses_what_would_fail_every_attempt(
+    field: str, value: Any, error: type[Exception]
+) -> None:
+    kwargs = {"handler": idle, field: value}
+    with pytest.raises(error, match=f"^{field}"):
+        TenantSpec("a", "ws://x", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        idle,
+        AsyncCallable(),
+        AsyncCallable().method,
+        functools.partial(with_option, option=1),
+        functools.partial(functools.partial(AsyncCallable())),
+    ],
+    ids=["async def", "async __call__", "async method", "partial", "partial of partial"],
+)
+def test_tenant_spec_takes_every_kind_of_async_handler(handler: Handler) -> None:
+    assert TenantSpec("a", "ws://x", handler=handler).handler is handler
+
+
+async def test_bad_adds_reach_their_caller_and_touch_no_other_tenant(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = Tenant.run
+
+    async def run(self: Tenant, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if self.tenant_id == "unstartable":
+            raise RuntimeError("cannot start")
+        await start(self, task_status=task_status)
+
+    monkeypatch.setattr(Tenant, "run", run)
+    async with running() as (upstream, hub):
+        for tenant in ("good1", "good2"):
+            await hub.add(spec(upstream, tenant))
+            await upstream.wait_connections(1, path=f"/{tenant}")
+        bad_caches, bad_policy = spec(upstream, "bad"), spec(upstream, "bad")
+        object.__setattr__(bad_caches, "caches", {"x": {"max_keys": 10}})  # past the checks
+        object.__setattr__(bad_policy, "policy", "nope")
+        bad_adds = [
+            (bad_caches, TypeError, "must be a CacheSpec"),
+            (bad_policy, AttributeError, "reconnector"),
+            (spec(upstream, "unstartable"), RuntimeError, "cannot start"),
+            ({"tenant_id": "bad"}, TypeError, "spec must be a TenantSpec, got dict"),
+            (spec(upstream, "good1"), ValueError, "already on the hub"),
+        ]
+        for bad, error, message in bad_adds:
+            with pytest.raises(error, match=message):
+                await hub.add(bad)  # type: ignore[arg-type]
+        await trio.sleep(3600)
+        assert hub.tenant_ids == ["good1", "good2"]
+        assert [(s.state, s.connections) for s in hub.status()] == [(TenantState.CONNECTED, 1)] * 2
+        assert len(upstream.connections) == 2
+        assert hub.metrics().value("tenantry_reconnects_total") == 0
+        await hub.add(spec(upstream, "bad"))  # the id was never taken
+        await upstream.wait_connections(1, path="/bad")
 
 
 def test_tenant_spec_validation_and_redaction() -> None:

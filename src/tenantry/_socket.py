@@ -44,7 +44,7 @@ import trio
 import trio_websocket
 
 from ._buffer import BufferConfig, EventBuffer, InvalidEvent
-from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
+from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope, check_cache_specs
 from ._connect import Connector, as_connector
 from ._gauges import Gauges
 from ._protocol import (
@@ -59,7 +59,7 @@ from ._protocol import (
 from ._reasons import DisconnectReason, ReasonCode
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._stream import EventStream
-from ._validate import check_count, check_name, check_seconds
+from ._validate import check_count, check_instance, check_name, check_protocol, check_seconds
 
 __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
 
@@ -521,6 +521,7 @@ async def open_socket(
     check_count(max_message_size, "max_message_size", minimum=1)
     check_count(max_bad_frames, "max_bad_frames", minimum=0)
     check_count(max_pending_sends, "max_pending_sends", minimum=1)
+    _check_parts(protocol, caches, buffer, rules)
     connector = as_connector(connect)
     protocol = JsonProtocol(max_message_size=max_message_size) if protocol is None else protocol
     socket_caches = CacheSet(caches, Scope.SOCKET, label=tenant_id)
@@ -573,6 +574,15 @@ async def open_socket(
         raise body_error
     if sock._error is not None:  # noqa: SLF001
         raise sock._error  # noqa: SLF001
+
+
+def _check_parts(protocol: object, caches: object, buffer: object, rules: object) -> None:
+    """The checks `TenantSpec` makes of the same fields: refused before anything is built."""
+    check_protocol(protocol, "protocol")
+    check_cache_specs(caches, "caches")
+    if buffer is not None:
+        check_instance(buffer, "buffer", BufferConfig)
+    check_instance(rules, "rules", EventRules)
 
 
 def _connect_failed(error: Exception) -> ConnectFailed:

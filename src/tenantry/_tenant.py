@@ -41,7 +41,7 @@ import trio
 from ._backoff import SplitMix64
 from ._breaker import BreakerState
 from ._buffer import BufferConfig, BufferStats
-from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
+from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope, cache_specs
 from ._connect import Connector, as_connector
 from ._events import FlushReason
 from ._gauges import Gauges
@@ -50,7 +50,15 @@ from ._reasons import Decision, DisconnectReason, ReasonCode
 from ._reconnect import NextStep, ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._socket import ConnectFailed, Socket, open_socket
-from ._validate import nonempty_name, nonnegative_count, positive_count, seconds
+from ._validate import (
+    async_function,
+    instance_of,
+    nonempty_name,
+    nonnegative_count,
+    optional_protocol,
+    positive_count,
+    seconds,
+)
 
 __all__ = ["TenantSpec", "TenantState", "TenantStatus"]
 
@@ -72,31 +80,42 @@ class TenantSpec:
         tenant_id: Unique within the hub; stamped on logs, batches, metrics.
         connect: A ``ws://``/``wss://`` URL or a connector (see `open_socket`);
             a URL is kept as a `UrlConnector`, redacted in the repr.
-        handler: ``async def handler(sock)``, run inside each connection's
-            socket scope. When it returns, that connection closes (and the
+        handler: ``async def handler(sock)`` (or an object whose ``__call__``
+            is async, or a `functools.partial` of either), run inside each
+            connection's socket scope. When it returns, that connection closes (and the
             policy decides what follows); when it raises, the error is logged
             with its traceback and counted as a failure -- it never leaves
             the hub.
         policy: Backoff, breaker and decisions (`ReconnectPolicy`).
-        caches: Cache specs: `Scope.TENANT` ones live as long as the tenant
-            (across reconnects), `Scope.SOCKET` ones as long as a connection.
+        caches: `CacheSpec` by cache name: `Scope.TENANT` ones live as long as
+            the tenant (across reconnects), `Scope.SOCKET` ones as long as a
+            connection.
         headers: Sent with every handshake; redacted in the repr, never logged.
 
     The other fields are passed to `open_socket` for each connection.
+
+    Raises:
+        TypeError, ValueError: a field that could never work (a handler that
+            is not async, a cache spec that is not a `CacheSpec`, rules that
+            are not `EventRules`, ...), naming the field.
     """
 
     tenant_id: str = attrs.field(validator=nonempty_name)
     connect: Connector = attrs.field(converter=as_connector)
-    handler: Handler = attrs.field(validator=attrs.validators.is_callable())
+    handler: Handler = attrs.field(validator=async_function)
     policy: ReconnectPolicy = attrs.field(
-        factory=ReconnectPolicy, validator=attrs.validators.instance_of(ReconnectPolicy)
+        factory=ReconnectPolicy, validator=instance_of(ReconnectPolicy)
     )
-    caches: Mapping[str, CacheSpec] = attrs.field(default=SEED_CACHE_SPECS, repr=False)
-    buffer: BufferConfig = attrs.field(
-        factory=BufferConfig, validator=attrs.validators.instance_of(BufferConfig)
+    caches: Mapping[str, CacheSpec] = attrs.field(
+        default=SEED_CACHE_SPECS, validator=cache_specs, repr=False
     )
-    rules: EventRules = attrs.field(default=DEFAULT_EVENT_RULES, repr=False)
-    protocol: WireProtocol | None = attrs.field(default=None, repr=False)
+    buffer: BufferConfig = attrs.field(factory=BufferConfig, validator=instance_of(BufferConfig))
+    rules: EventRules = attrs.field(
+        default=DEFAULT_EVENT_RULES, validator=instance_of(EventRules), repr=False
+    )
+    protocol: WireProtocol | None = attrs.field(
+        default=None, validator=optional_protocol, repr=False
+    )
     keepalive: float = attrs.field(default=30.0, validator=seconds)
     headers: Mapping[str, str] | None = attrs.field(default=None, repr=_redacted_headers)
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
