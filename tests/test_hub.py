@@ -20,6 +20,8 @@ from tenantry import (
     Batch,
     BufferConfig,
     CacheSpec,
+    Decision,
+    DisconnectReason,
     Hub,
     JsonProtocol,
     ReconnectPolicy,
@@ -266,6 +268,27 @@ async def test_a_raising_handler_is_contained_and_retried(
     assert "ZeroDivisionError: handler bug" in caplog.text  # the traceback was logged
 
 
+async def test_a_raising_decide_is_logged_and_the_default_decision_applies(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def decide(reason: DisconnectReason) -> Decision:
+        if reason.code == 503:
+            raise ZeroDivisionError("policy bug")
+        return None  # type: ignore[return-value]
+
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream, "good"))
+        await hub.add(spec(upstream, "bad", policy=ReconnectPolicy(decide=decide)))
+        with caplog.at_level(logging.ERROR, logger="tenantry"):
+            await (await upstream.wait_connections(1, path="/bad")).close(4503)
+            await (await upstream.wait_connections(2, path="/bad")).close(4500)
+            await upstream.wait_connections(3, path="/bad")  # the default decisions: reconnect
+        assert "ZeroDivisionError: policy bug" in caplog.text
+        assert "TypeError: decide returned NoneType, not a Decision" in caplog.text
+        await trio.sleep(3600)
+        assert [s.connections for s in hub.status()] == [1, 3]
+
+
 class Hanging:
     """A connector whose handshake never completes."""
 
@@ -493,7 +516,7 @@ async def test_bad_adds_reach_their_caller_and_touch_no_other_tenant(
         object.__setattr__(bad_policy, "policy", "nope")
         bad_adds = [
             (bad_caches, TypeError, "must be a CacheSpec"),
-            (bad_policy, AttributeError, "reconnector"),
+            (bad_policy, AttributeError, "'str' object has no attribute"),
             (spec(upstream, "unstartable"), RuntimeError, "cannot start"),
             ({"tenant_id": "bad"}, TypeError, "spec must be a TenantSpec, got dict"),
             (spec(upstream, "good1"), ValueError, "already on the hub"),

@@ -68,7 +68,9 @@ class ReconnectPolicy:
         stable_after: Seconds a connection must stay up to count as a
             success; earlier closes are failures.
         decide: Reason -> `Decision`; `default_decide` (stop on 401, 403 and
-            440, at once on 515) unless given.
+            440, at once on 515) unless given. In a hub, a ``decide`` that
+            raises (or returns something else) is logged with its traceback
+            and the default decision applies.
     """
 
     backoff: Backoff = attrs.field(factory=Backoff, validator=attrs.validators.instance_of(Backoff))

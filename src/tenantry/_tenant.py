@@ -46,7 +46,7 @@ from ._connect import Connector, as_connector
 from ._events import FlushReason
 from ._gauges import Gauges
 from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, RejectReason, WireProtocol
-from ._reasons import Decision, DisconnectReason, ReasonCode
+from ._reasons import Decision, DisconnectReason, ReasonCode, default_decide
 from ._reconnect import NextStep, ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._socket import ConnectFailed, Socket, open_socket
@@ -228,7 +228,10 @@ class Tenant:
         self._global_caches = global_caches
         self._gauges = gauges
         rng = SplitMix64(None if seed is None else f"{seed}:{spec.tenant_id}")
-        self._reconnector = spec.policy.reconnector(random=rng)
+        policy = spec.policy
+        if policy.decide is not default_decide:  # user code: contained like a handler
+            policy = attrs.evolve(policy, decide=self._decide)
+        self._reconnector = policy.reconnector(random=rng)
         self._caches = CacheSet(spec.caches, Scope.TENANT, label=spec.tenant_id)
         self._commanding = trio.Lock()  # the hub's commands, one at a time, in order
         self._attempt = trio.CancelScope()
@@ -354,6 +357,24 @@ class Tenant:
             if sock is not None:
                 self._ended.add_socket(sock)
         return self._disconnected(reason, failed=failed)
+
+    def _decide(self, reason: DisconnectReason) -> Decision:
+        """The policy's ``decide``; if it fails, the error is logged and the default applies."""
+        try:
+            decision = self.spec.policy.decide(reason)
+            if not isinstance(decision, Decision):
+                raise TypeError(  # noqa: TRY301 - one way out for both kinds of policy bug
+                    f"decide returned {type(decision).__name__}, not a Decision"
+                )
+        except Exception:
+            logger.exception(
+                "reconnect policy failed: tenant %s, %s; the default decision applies",
+                self.tenant_id,
+                reason,
+                extra={"tenant": self.tenant_id, "code": reason.code},
+            )
+            return default_decide(reason)
+        return decision
 
     def _connected(self, sock: Socket) -> None:
         self._socket = sock
