@@ -82,10 +82,10 @@ class TenantSpec:
             a URL is kept as a `UrlConnector`, redacted in the repr.
         handler: ``async def handler(sock)`` (or an object whose ``__call__``
             is async, or a `functools.partial` of either), run inside each
-            connection's socket scope. When it returns, that connection closes (and the
-            policy decides what follows); when it raises, the error is logged
-            with its traceback and counted as a failure -- it never leaves
-            the hub.
+            connection's socket scope. When it returns, that connection
+            closes (and the policy decides what follows); when it raises, the
+            error is logged with its traceback and counted as a failure -- it
+            never leaves the hub.
         policy: Backoff, breaker and decisions (`ReconnectPolicy`).
         caches: `CacheSpec` by cache name: `Scope.TENANT` ones live as long as
             the tenant (across reconnects), `Scope.SOCKET` ones as long as a
@@ -353,7 +353,7 @@ class Tenant:
             reason = sock.close_reason or DisconnectReason(ReasonCode.CONNECTION_CLOSED)
         finally:
             self._socket = None  # the socket scope has exited: the gauges no longer count it
-            self._state = TenantState.STOPPED  # what follows sets the next state at once
+            self._state = TenantState.STOPPED  # replaced at once below, unless it is stopping
             if sock is not None:
                 self._ended.add_socket(sock)
         return self._disconnected(reason, failed=failed)
