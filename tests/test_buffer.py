@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -117,6 +118,23 @@ def test_without_buffering_every_event_is_its_own_batch() -> None:
     assert list(second.events) == [Event("whatever", [1, 2])]
     assert second.seq == 2
     assert buffer.take_ready() is None
+
+
+def test_iterating_a_batch_gives_its_events_in_order() -> None:
+    buffer = buffered()
+    buffer.emit("messages.upsert", msg(1))
+    buffer.emit("whatever", [1, 2])
+    buffer.emit("chats.delete", {"id": "c1"})
+    batch = flushed(buffer)
+    expected = [
+        Event("chats.delete", {"id": "c1"}),
+        Event("messages.upsert", msg(1)),
+        Event("whatever", [1, 2]),
+    ]
+    assert list(itertools.islice(iter(batch), len(expected) + 1)) == expected  # it ends
+    assert list(batch.events) == expected
+    assert list(batch) == expected
+    assert Event("whatever", [1, 2]) in batch
 
 
 def test_immediate_types_skip_the_buffer_even_while_buffering() -> None:

@@ -371,6 +371,36 @@ def test_stats_snapshot(clock: FakeClock) -> None:
     )
 
 
+@pytest.mark.parametrize("default_ttl", [10.0, None])
+@pytest.mark.parametrize(
+    ("operation", "error"),
+    [
+        pytest.param(lambda c: c.set(["k"], 1), TypeError, id="set-unhashable"),
+        pytest.param(lambda c: c.set(["k"], 1, ttl=5.0), TypeError, id="set-unhashable-ttl"),
+        pytest.param(lambda c: c.set("new", 1, ttl=0), ValueError, id="set-zero-ttl"),
+        pytest.param(lambda c: c.set("a", 1, ttl="5"), TypeError, id="set-string-ttl"),
+        pytest.param(lambda c: c.get(["k"]), TypeError, id="get-unhashable"),
+        pytest.param(lambda c: c.take(["k"]), TypeError, id="take-unhashable"),
+        pytest.param(lambda c: c.delete(["k"]), TypeError, id="delete-unhashable"),
+        pytest.param(lambda c: c.touch(["k"]), TypeError, id="touch-unhashable"),
+        pytest.param(lambda c: c.touch("a", ttl=-1.0), ValueError, id="touch-negative-ttl"),
+        pytest.param(lambda c: ["k"] in c, TypeError, id="in-unhashable"),
+    ],
+)
+def test_a_refused_operation_counts_nothing_and_changes_nothing(
+    clock: FakeClock, default_ttl: float | None, operation: Any, error: type[Exception]
+) -> None:
+    cache, removed = recording_cache(clock, max_keys=2, ttl=default_ttl)
+    cache.set("a", 1)
+    cache.set("b", 2)  # full: a new key would evict
+    before = cache.stats
+    with pytest.raises(error):
+        operation(cache)
+    assert cache.stats == before
+    assert cache.keys() == ["a", "b"]
+    assert removed == []
+
+
 def test_utilization(clock: FakeClock) -> None:
     cache, _ = recording_cache(clock, max_keys=4)
     cache.set("a", 1)

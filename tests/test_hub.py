@@ -19,13 +19,18 @@ from tenantry import (
     Backoff,
     Batch,
     BufferConfig,
+    CacheSpec,
+    Decision,
+    DisconnectReason,
     Hub,
+    JsonProtocol,
     ReconnectPolicy,
     Socket,
     TenantSpec,
     TenantState,
     open_hub,
 )
+from tenantry._tenant import Tenant
 from tenantry.testing import FakeUpstream, open_fake_upstream
 
 Handler = Callable[[Socket], Awaitable[None]]
@@ -143,6 +148,19 @@ async def test_stop_codes_stop_until_restarted(
         assert state(hub) is TenantState.CONNECTED
 
 
+async def test_a_close_code_reaches_the_status_as_a_plain_int(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream))
+        await (await upstream.wait_connections(1)).close(1011)  # wsproto's CloseReason member
+        await trio.testing.wait_all_tasks_blocked()
+        [status] = hub.status()
+        assert status.last_disconnect is not None
+        assert status.last_disconnect.code == 1011
+        assert type(status.last_disconnect.code) is int
+
+
 async def test_restart_required_reconnects_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -185,6 +203,21 @@ async def test_the_breaker_opens_after_five_failed_handshakes(
         connection = await upstream.wait_connections(1)
         assert trio.current_time() - start > 120
         assert connection.path == "/a"
+
+
+async def test_metrics_see_the_breaker_close_once_the_trial_connection_is_stable(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running() as (upstream, hub):
+        for _ in range(2):
+            upstream.reject_next(500)
+        await hub.add(spec(upstream, policy=ReconnectPolicy(fail_max=2)))
+        await upstream.wait_connections(1)  # the half-open trial, after the breaker's 60 s
+        assert hub.metrics().value("tenantry_breaker_state", tenant="a") == 2  # half-open
+        await trio.sleep(3600)  # an hour-old healthy connection; nobody asked for a status
+        assert hub.metrics().value("tenantry_breaker_state", tenant="a") == 0  # closed
+        [status] = hub.status()
+        assert (status.breaker, status.failures) == ("closed", 0)
 
 
 async def test_restart_closes_and_reconnects_without_counting_a_failure(
@@ -235,6 +268,27 @@ async def test_a_raising_handler_is_contained_and_retried(
     assert "ZeroDivisionError: handler bug" in caplog.text  # the traceback was logged
 
 
+async def test_a_raising_decide_is_logged_and_the_default_decision_applies(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    def decide(reason: DisconnectReason) -> Decision:
+        if reason.code == 503:
+            raise ZeroDivisionError("policy bug")
+        return None  # type: ignore[return-value]
+
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream, "good"))
+        await hub.add(spec(upstream, "bad", policy=ReconnectPolicy(decide=decide)))
+        with caplog.at_level(logging.ERROR, logger="tenantry"):
+            await (await upstream.wait_connections(1, path="/bad")).close(4503)
+            await (await upstream.wait_connections(2, path="/bad")).close(4500)
+            await upstream.wait_connections(3, path="/bad")  # the default decisions: reconnect
+        assert "ZeroDivisionError: policy bug" in caplog.text
+        assert "TypeError: decide returned NoneType, not a Decision" in caplog.text
+        await trio.sleep(3600)
+        assert [s.connections for s in hub.status()] == [1, 3]
+
+
 class Hanging:
     """A connector whose handshake never completes."""
 
@@ -247,6 +301,55 @@ class Hanging:
             yield  # type: ignore[misc]  # pragma: no cover
 
         return hang()
+
+
+class StatesAgainstGauges(trio.abc.Instrument):
+    """After every task step: tenants connected or closing == sockets alive == buffers alive."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.mismatches: list[tuple[float, float, float, float]] = []
+        self.seen: set[str] = set()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        m = self.hub.metrics()
+        self.seen.update(s.value for s in TenantState if m.value("tenantry_tenants", state=s.value))
+        live = sum(m.value("tenantry_tenants", state=s) for s in ("connected", "closing"))
+        sockets, buffers = m.value("tenantry_sockets_alive"), m.value("tenantry_buffers_alive")
+        if not live == sockets == buffers:
+            self.mismatches.append((trio.current_time(), live, sockets, buffers))
+
+
+async def test_state_and_gauges_agree_at_every_instant_of_every_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def slow(sock: Socket) -> None:  # the ordered shutdown waits for it to drain
+        async with sock.events.subscribe() as batches:
+            async for _ in batches:
+                await trio.sleep(1)
+
+    async def returns(sock: Socket) -> None:
+        await trio.sleep(2)
+
+    config = BufferConfig(always_buffer=True)
+    handlers = {"remote": slow, "restart": slow, "remove": slow, "returns": returns, "exit": slow}
+    async with open_fake_upstream() as upstream:
+        async with open_hub(seed=1) as hub:
+            check = StatesAgainstGauges(hub)
+            trio.lowlevel.add_instrument(check)
+            for tenant, handler in handlers.items():
+                await hub.add(spec(upstream, tenant, handler=handler, buffer=config))
+            for tenant in handlers:
+                await (await upstream.wait_connections(1, path=f"/{tenant}")).stream(3)
+            await (await upstream.wait_connections(1, path="/remote")).close(4503)
+            await hub.restart("restart")
+            await hub.remove("remove")
+            await upstream.wait_connections(2, path="/returns")
+            await upstream.wait_connections(2, path="/remote")
+            await (await upstream.wait_connections(1, path="/exit")).stream(3)
+        trio.lowlevel.remove_instrument(check)
+    assert check.mismatches == []
+    assert {"connecting", "connected", "closing", "backing_off"} <= check.seen
 
 
 @pytest.mark.parametrize("when", ["connected", "connecting", "backing off", "stopped"])
@@ -334,6 +437,100 @@ async def test_tenant_caches_survive_reconnects_and_die_with_the_tenant(
         assert len(tenant_caches["signal_store"]) == 0
         assert len(hub.global_caches["lid_global"]) == 2
     assert len(hub.global_caches["lid_global"]) == 0
+
+
+def plain(sock: Socket) -> None:
+    pass
+
+
+class AsyncCallable:
+    async def __call__(self, sock: Socket) -> None:
+        await trio.sleep_forever()
+
+    async def method(self, sock: Socket) -> None:
+        await trio.sleep_forever()
+
+
+async def with_option(sock: Socket, option: int) -> None:
+    await trio.sleep_forever()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("caches", {"x": {"max_keys": 10}}, TypeError),
+        ("caches", "nope", TypeError),
+        ("caches", {"": CacheSpec(10)}, ValueError),
+        ("rules", "nope", TypeError),
+        ("protocol", object(), TypeError),
+        ("protocol", JsonProtocol, TypeError),  # the class, not an instance
+        ("handler", plain, TypeError),
+        ("handler", lambda sock: None, TypeError),
+        ("handler", AsyncCallable, TypeError),  # the class: calling it makes an instance
+        ("handler", functools.partial(plain), TypeError),
+        ("buffer", {"flush_interval": 1.0}, TypeError),
+        ("policy", "nope", TypeError),
+    ],
+    ids=lambda v: v if isinstance(v, str) else type(v).__name__,
+)
+def test_tenant_spec_refuses_what_would_fail_every_attempt(
+    field: str, value: Any, error: type[Exception]
+) -> None:
+    kwargs = {"handler": idle, field: value}
+    with pytest.raises(error, match=f"^{field}"):
+        TenantSpec("a", "ws://x", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        idle,
+        AsyncCallable(),
+        AsyncCallable().method,
+        functools.partial(with_option, option=1),
+        functools.partial(functools.partial(AsyncCallable())),
+    ],
+    ids=["async def", "async __call__", "async method", "partial", "partial of partial"],
+)
+def test_tenant_spec_takes_every_kind_of_async_handler(handler: Handler) -> None:
+    assert TenantSpec("a", "ws://x", handler=handler).handler is handler
+
+
+async def test_bad_adds_reach_their_caller_and_touch_no_other_tenant(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    start = Tenant.run
+
+    async def run(self: Tenant, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if self.tenant_id == "unstartable":
+            raise RuntimeError("cannot start")
+        await start(self, task_status=task_status)
+
+    monkeypatch.setattr(Tenant, "run", run)
+    async with running() as (upstream, hub):
+        for tenant in ("good1", "good2"):
+            await hub.add(spec(upstream, tenant))
+            await upstream.wait_connections(1, path=f"/{tenant}")
+        bad_caches, bad_policy = spec(upstream, "bad"), spec(upstream, "bad")
+        object.__setattr__(bad_caches, "caches", {"x": {"max_keys": 10}})  # past the checks
+        object.__setattr__(bad_policy, "policy", "nope")
+        bad_adds = [
+            (bad_caches, TypeError, "must be a CacheSpec"),
+            (bad_policy, AttributeError, "'str' object has no attribute"),
+            (spec(upstream, "unstartable"), RuntimeError, "cannot start"),
+            ({"tenant_id": "bad"}, TypeError, "spec must be a TenantSpec, got dict"),
+            (spec(upstream, "good1"), ValueError, "already on the hub"),
+        ]
+        for bad, error, message in bad_adds:
+            with pytest.raises(error, match=message):
+                await hub.add(bad)  # type: ignore[arg-type]
+        await trio.sleep(3600)
+        assert hub.tenant_ids == ["good1", "good2"]
+        assert [(s.state, s.connections) for s in hub.status()] == [(TenantState.CONNECTED, 1)] * 2
+        assert len(upstream.connections) == 2
+        assert hub.metrics().value("tenantry_reconnects_total") == 0
+        await hub.add(spec(upstream, "bad"))  # the id was never taken
+        await upstream.wait_connections(1, path="/bad")
 
 
 def test_tenant_spec_validation_and_redaction() -> None:

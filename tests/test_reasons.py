@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from wsproto.frame_protocol import CloseReason
 
 from tenantry import Decision, DisconnectReason, ReasonCode, default_decide
 
@@ -71,3 +72,24 @@ def test_default_decisions(code: int, decision: Decision) -> None:
 
 def test_every_documented_code_has_a_name() -> None:
     assert {code.value for code in ReasonCode} == {400, 401, 403, 408, 411, 428, 440, 500, 503, 515}
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        DisconnectReason.from_close_code(CloseReason.INTERNAL_ERROR),  # trio-websocket's 1011
+        DisconnectReason.from_close_code(CloseReason.NORMAL_CLOSURE),
+        DisconnectReason.from_close_code(4401),
+        DisconnectReason(ReasonCode.LOGGED_OUT),
+        DisconnectReason.from_handshake_status(403),
+    ],
+    ids=str,
+)
+def test_codes_are_plain_ints(reason: DisconnectReason) -> None:
+    assert type(reason.code) is int
+
+
+@pytest.mark.parametrize("code", [True, 4.5, "401", None])
+def test_a_code_that_is_not_an_int_is_refused(code: object) -> None:
+    with pytest.raises(TypeError, match="code"):
+        DisconnectReason(code)  # type: ignore[arg-type]

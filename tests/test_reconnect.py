@@ -289,6 +289,22 @@ def test_a_stable_connection_resets_the_backoff_and_the_breaker() -> None:
     assert step.failures == 0
 
 
+def test_every_reading_sees_a_stable_connection_settled() -> None:
+    clock, policy = make(ReconnectPolicy(backoff=Backoff(jitter=0), fail_max=2))
+    machine = policy.reconnector(clock=clock, random=Fixed(0.5))
+    for _ in range(2):
+        machine.disconnected(CLOSED_503)  # handshakes that failed: the breaker opens
+    clock.now += 60
+    assert machine.breaker.state is BreakerState.HALF_OPEN
+    machine.connected()  # the trial connects...
+    assert machine.stable_at == clock.now + 30
+    clock.now += 3600  # ...and stays up; nobody calls settle()
+    assert machine.stable_at is None
+    assert machine.failures == 0
+    assert machine.breaker.state is BreakerState.CLOSED
+    assert machine.breaker.failures == 0
+
+
 def test_rejected_handshakes_after_a_stable_connection_are_failures() -> None:
     # Found by `tenantry soak`: the stale "stable" mark of the last connection made every
     # rejected handshake after it look like a success, so an outage was retried forever.

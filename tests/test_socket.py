@@ -354,6 +354,26 @@ async def test_validation() -> None:
             pass
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("caches", {"x": {"max_keys": 10}}),
+        ("rules", "nope"),
+        ("protocol", object()),
+        ("buffer", {"flush_interval": 1.0}),
+    ],
+)
+async def test_arguments_are_checked_before_connecting(field: str, value: Any) -> None:
+    def unreachable(request: trio_websocket.WebSocketRequest) -> Awaitable[None]:
+        raise AssertionError("connected")
+
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, unreachable)
+        with pytest.raises(TypeError, match=f"^{field}"):
+            async with open_socket(connector, tenant_id="a", **{field: value}):
+                pass
+
+
 def tasks_named(suffix: str) -> int:
     """How many living tasks have a name ending in *suffix*."""
 

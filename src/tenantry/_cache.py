@@ -304,15 +304,15 @@ class BoundedCache(Generic[K, V]):
         recently used entry.
         """
         now = self._clock()
-        self._sets += 1
         if ttl is not None or self._ttl is None:
-            self._set_with_ttl(key, value, ttl, now)
+            self._set_with_ttl(key, value, ttl, now, count=True)
             return
         # The default TTL, i.e. most writes: `_set_with_ttl` specialised and
         # inlined, because a Python-level call costs as much as its work.
         expires = now + self._ttl
         data = self._data
-        old = data.get(key)
+        old = data.get(key)  # hashes the key: a refused key is not counted
+        self._sets += 1
         data[key] = (value, expires)
         if old is not None:
             data.move_to_end(key)
@@ -338,7 +338,7 @@ class BoundedCache(Generic[K, V]):
             return False
         if ttl is None and len(entry) == 3:
             ttl = entry[2]
-        self._set_with_ttl(key, entry[0], ttl, now)
+        self._set_with_ttl(key, entry[0], ttl, now, count=False)
         return True
 
     def delete(self, key: K) -> bool:
@@ -480,14 +480,20 @@ class BoundedCache(Generic[K, V]):
 
     # -- internals -------------------------------------------------------
 
-    def _set_with_ttl(self, key: K, value: V, ttl: float | None, now: float) -> None:
-        """The general `set`: any TTL, including the default and none."""
+    def _set_with_ttl(
+        self, key: K, value: V, ttl: float | None, now: float, *, count: bool
+    ) -> None:
+        """The general `set`: any TTL, including the default and none.
+
+        *count*: a `set` (not a `touch`), counted once the key and TTL are accepted.
+        """
         default = _INF if self._ttl is None else self._ttl
         ttl = default if ttl is None else check_seconds(ttl, "ttl")
         expires = now + ttl
         entry = (value, expires) if ttl == default else (value, expires, ttl)
         data = self._data
-        old = data.get(key)
+        old = data.get(key)  # hashes the key: a refused key is not counted
+        self._sets += count
         data[key] = entry
         if old is not None:
             data.move_to_end(key)

@@ -21,7 +21,7 @@ import trio
 from ._cache import BoundedCache, CacheStats, RemovalCause
 from ._clock import Clock, resolve_clock
 from ._janitor import CacheJanitor
-from ._validate import check_count, optional_seconds, positive_count
+from ._validate import check_count, check_name, optional_seconds, positive_count
 
 __all__ = ["SEED_CACHE_SPECS", "CacheSet", "CacheSpec", "CapacityPlan", "Scope", "capacity_plan"]
 
@@ -56,6 +56,23 @@ class CacheSpec:
     ) -> BoundedCache[Any, Any]:
         """A new, empty `BoundedCache` with this spec's limits."""
         return BoundedCache(name, self.max_keys, self.ttl, clock=clock, on_remove=on_remove)
+
+
+def check_cache_specs(value: object, field: str) -> None:
+    """*value* is a mapping from cache name to `CacheSpec`, else raise naming the entry."""
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{field} must be a mapping of cache name to CacheSpec, got {type(value).__name__}"
+        )
+    for name, spec in value.items():
+        check_name(name, f"{field} key")
+        if not isinstance(spec, CacheSpec):
+            raise TypeError(f"{field}[{name!r}] must be a CacheSpec, got {type(spec).__name__}")
+
+
+def cache_specs(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """attrs validator: `check_cache_specs`."""
+    check_cache_specs(value, attribute.name)
 
 
 SEED_CACHE_SPECS: Mapping[str, CacheSpec] = MappingProxyType(
@@ -156,9 +173,7 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
     ) -> None:
         if not isinstance(scope, Scope):
             raise TypeError(f"scope must be a Scope, got {scope!r}")
-        for name, spec in specs.items():
-            if not isinstance(spec, CacheSpec):
-                raise TypeError(f"spec for {name!r} must be a CacheSpec, got {spec!r}")
+        check_cache_specs(specs, "specs")
         self._scope = scope
         self._specs = {name: spec for name, spec in specs.items() if spec.scope is scope}
         self._prefix = "" if label is None else f"{label}/"

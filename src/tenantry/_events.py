@@ -43,6 +43,10 @@ class FlushReason(enum.Enum):
 class Batch:
     """The events of one flush, grouped by type in a canonical order.
 
+    Iterating over a batch gives its events (`Event`), in that order;
+    ``batch[event_type]`` gives one type's data items, and ``len(batch)``
+    counts the events.
+
     Within a type, events keep the order in which their keys first became
     pending. Types come in the order of the rule table (for each entity: its
     deletes, then its upserts, then its updates), then types without a rule
@@ -61,10 +65,8 @@ class Batch:
 
     @property
     def events(self) -> Iterator[Event]:
-        """Every event of the batch, in canonical order."""
-        for event_type, items in self.groups:
-            for data in items:
-                yield Event(event_type, data)
+        """Every event of the batch, in canonical order (as iterating over the batch gives)."""
+        return iter(self)
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -77,6 +79,16 @@ class Batch:
             if name == event_type:
                 return items
         return ()
+
+    def __iter__(self) -> Iterator[Event]:
+        """Every event of the batch, in canonical order.
+
+        Defined so that ``for event in batch`` ends: without it Python would
+        iterate through `__getitem__` with 0, 1, 2, ... and never stop.
+        """
+        for event_type, items in self.groups:
+            for data in items:
+                yield Event(event_type, data)
 
     def __len__(self) -> int:
         return self.count

@@ -2,8 +2,10 @@
 
 `open_hub` is an async context manager around one nursery that owns the
 global caches (and their janitor), the hub's command task, and one task per
-tenant (``_tenant.py``). Adding a tenant is a message to the hub's command
-task, which starts the tenant in the hub's nursery: callers never touch it.
+tenant (``_tenant.py``). Adding a tenant builds it in the caller's task (so
+whatever can fail, fails there) and then sends it to the hub's command task,
+which starts it in the hub's nursery: callers never touch the nursery, and
+nothing a caller adds can end the command task.
 Restarting or removing a tenant is a command the tenant carries out in the
 caller's task, one at a time (`Tenant.command`).
 Leaving the ``async with`` stops every tenant the way `Hub.remove` does --
@@ -33,7 +35,7 @@ logger = logging.getLogger("tenantry.hub")
 
 @attrs.define
 class _Add:
-    spec: TenantSpec
+    tenant: Tenant
     done: trio.Event = attrs.field(factory=trio.Event)
     error: Exception | None = None
 
@@ -73,10 +75,15 @@ class Hub:
         Raises:
             ValueError: a tenant with this id is on the hub (or being removed).
             trio.ClosedResourceError: the hub is closing.
+            Exception: whatever else keeps the tenant from starting; the hub
+                and its other tenants carry on.
         """
         if not isinstance(spec, TenantSpec):
-            raise TypeError(f"spec must be a TenantSpec, got {spec!r}")
-        request = _Add(spec)
+            raise TypeError(f"spec must be a TenantSpec, got {type(spec).__name__}")
+        tenant = Tenant(
+            spec, global_caches=self._global_caches, gauges=self._gauges, seed=self._seed
+        )
+        request = _Add(tenant)
         try:
             await self._adds_send.send(request)
         except trio.ClosedResourceError:
@@ -124,28 +131,29 @@ class Hub:
 
     async def _serve_adds(self) -> None:
         async for request in self._adds:
-            tenant_id = request.spec.tenant_id
+            tenant_id = request.tenant.tenant_id
             if tenant_id in self._tenants:
                 removing = " (being removed)" if tenant_id in self._removing else ""
                 request.error = ValueError(f"tenant {tenant_id!r} is already on the hub{removing}")
             else:
-                await self._nursery.start(self._run_tenant, request.spec)
+                try:
+                    await self._nursery.start(self._run_tenant, request.tenant)
+                except Exception as exc:  # noqa: BLE001 - the caller's to handle, not the hub's
+                    request.error = exc
             request.done.set()
 
     async def _run_tenant(
-        self, spec: TenantSpec, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, tenant: Tenant, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        tenant = Tenant(
-            spec, global_caches=self._global_caches, gauges=self._gauges, seed=self._seed
-        )
-        self._tenants[spec.tenant_id] = tenant
-        self._finished[spec.tenant_id] = finished = trio.Event()
-        logger.info("tenant added: %s", spec.tenant_id, extra={"tenant": spec.tenant_id})
+        tenant_id = tenant.tenant_id
+        self._tenants[tenant_id] = tenant
+        self._finished[tenant_id] = finished = trio.Event()
+        logger.info("tenant added: %s", tenant_id, extra={"tenant": tenant_id})
         try:
             await tenant.run(task_status=task_status)
         finally:
-            del self._tenants[spec.tenant_id], self._finished[spec.tenant_id]
-            self._removing.discard(spec.tenant_id)
+            del self._tenants[tenant_id], self._finished[tenant_id]
+            self._removing.discard(tenant_id)
             finished.set()
 
     async def _stop_all(self) -> None:

@@ -107,19 +107,27 @@ _WS_ABNORMAL = 1006
 _WS_APPLICATION = range(4000, 5000)
 
 
+def _plain_int(code: int) -> int:
+    """*code* as a plain int: trio-websocket hands over wsproto's enum for known close codes."""
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(f"code must be an int, got {code!r}")
+    return int(code)
+
+
 @final
 @attrs.frozen
 class DisconnectReason:
     """Why a socket ended.
 
     Args:
-        code: A `ReasonCode`, or any other int (unknown codes are kept as is).
+        code: A `ReasonCode`, or any other int (unknown codes are kept as is);
+            stored as a plain `int`, whatever int subclass it came as.
         message: Detail for humans and logs.
         remote: True if the peer or the network ended the connection, False
             if this side closed it.
     """
 
-    code: int
+    code: int = attrs.field(converter=_plain_int)
     message: str = ""
     remote: bool = True
 

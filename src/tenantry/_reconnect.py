@@ -10,8 +10,10 @@ only three kinds of input and never does I/O:
 * `Reconnector.connected` -- a handshake succeeded;
 * `Reconnector.settle` -- time passes; a connection that has stayed up for
   ``stable_after`` seconds is *stable*: the failure count and the circuit
-  breaker are reset (the supervisor calls this when that moment comes, and
-  every other method calls it first);
+  breaker are reset. Nobody has to call it at that moment: every reading
+  (`~Reconnector.failures`, `~Reconnector.breaker`, `~Reconnector.stable_at`)
+  and every other method settles first, so a status or a metrics scrape
+  sees the reset as soon as it is due, with no timer to keep;
 * `Reconnector.disconnected` -- an attempt ended, with a `DisconnectReason`:
   a rejected handshake, a close, or a handler error (``failed=True``).
 
@@ -66,7 +68,9 @@ class ReconnectPolicy:
         stable_after: Seconds a connection must stay up to count as a
             success; earlier closes are failures.
         decide: Reason -> `Decision`; `default_decide` (stop on 401, 403 and
-            440, at once on 515) unless given.
+            440, at once on 515) unless given. In a hub, a ``decide`` that
+            raises (or returns something else) is logged with its traceback
+            and the default decision applies.
     """
 
     backoff: Backoff = attrs.field(factory=Backoff, validator=attrs.validators.instance_of(Backoff))
@@ -118,7 +122,7 @@ class Reconnector:
         self.policy = policy
         self._clock = resolve_clock(clock)
         self._random = _random.Random() if random is None else random  # noqa: S311 - jitter
-        self.breaker = CircuitBreaker(policy.fail_max, policy.reset_timeout, clock=self._clock)
+        self._breaker = CircuitBreaker(policy.fail_max, policy.reset_timeout, clock=self._clock)
         self._failures = 0
         self._connections = 0
         self._connected_at: float | None = None
@@ -127,7 +131,14 @@ class Reconnector:
     @property
     def failures(self) -> int:
         """Consecutive failed attempts since the last stable connection."""
+        self.settle()
         return self._failures
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The tenant's circuit breaker (closed again once a connection is stable)."""
+        self.settle()
+        return self._breaker
 
     @property
     def connections(self) -> int:
@@ -137,9 +148,8 @@ class Reconnector:
     @property
     def stable_at(self) -> float | None:
         """When the live connection becomes stable; None if none is live or it is stable."""
-        if self._connected_at is None or self._stable:
-            return None
-        return self._connected_at + self.policy.stable_after
+        self.settle()
+        return self._stable_at()
 
     def connected(self) -> None:
         """A handshake succeeded: a connection is live from now."""
@@ -149,13 +159,18 @@ class Reconnector:
 
     def settle(self) -> bool:
         """Mark the live connection stable if it has lasted; True if it just became so."""
-        stable_at = self.stable_at
+        stable_at = self._stable_at()
         if stable_at is None or self._clock() < stable_at:
             return False
         self._stable = True
         self._failures = 0
-        self.breaker.record_success()
+        self._breaker.record_success()
         return True
+
+    def _stable_at(self) -> float | None:
+        if self._connected_at is None or self._stable:
+            return None
+        return self._connected_at + self.policy.stable_after
 
     def disconnected(self, reason: DisconnectReason, *, failed: bool = False) -> NextStep:
         """An attempt ended with *reason*; *failed* forces a failure (a handler error)."""
@@ -165,19 +180,19 @@ class Reconnector:
         decision = self.policy.decide(reason)
         if decision is Decision.STOP:
             return NextStep(
-                decision, math.inf, self._failures, failure=False, breaker=self.breaker.state
+                decision, math.inf, self._failures, failure=False, breaker=self._breaker.state
             )
         failure = failed or not was_stable
         if failure:
             self._failures += 1
-            self.breaker.record_failure()
+            self._breaker.record_failure()
         if decision is Decision.RECONNECT_NOW:
             delay = 0.0
         else:
             delay = self.policy.backoff.delay(self._failures, self._random)
-        state = self.breaker.state
+        state = self._breaker.state
         if state is BreakerState.OPEN:
-            delay = max(delay, self.breaker.wait())
+            delay = max(delay, self._breaker.wait())
         return NextStep(decision, delay, self._failures, failure=failure, breaker=state)
 
     def restarted(self) -> NextStep:
@@ -185,5 +200,5 @@ class Reconnector:
         self.settle()
         self._stable, self._connected_at = False, None
         return NextStep(
-            Decision.RECONNECT_NOW, 0.0, self._failures, failure=False, breaker=self.breaker.state
+            Decision.RECONNECT_NOW, 0.0, self._failures, failure=False, breaker=self._breaker.state
         )

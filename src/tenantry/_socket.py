@@ -44,7 +44,7 @@ import trio
 import trio_websocket
 
 from ._buffer import BufferConfig, EventBuffer, InvalidEvent
-from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
+from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope, check_cache_specs
 from ._connect import Connector, as_connector
 from ._gauges import Gauges
 from ._protocol import (
@@ -59,7 +59,7 @@ from ._protocol import (
 from ._reasons import DisconnectReason, ReasonCode
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._stream import EventStream
-from ._validate import check_count, check_name, check_seconds
+from ._validate import check_count, check_instance, check_name, check_protocol, check_seconds
 
 __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
 
@@ -503,7 +503,8 @@ async def open_socket(
         max_bad_frames, bad_frame_window: More than this many rejected frames
             within this many seconds close the socket (reason 400).
         max_pending_sends: Frames `Socket.send` may queue before it waits.
-        gauges: Counts this socket and its buffer while they are alive.
+        gauges: Counts this socket and its buffer from the handshake until the
+            WebSocket is closed, as the block exits.
 
     Raises:
         ConnectFailed: the connection could not be made (its ``reason``
@@ -520,6 +521,7 @@ async def open_socket(
     check_count(max_message_size, "max_message_size", minimum=1)
     check_count(max_bad_frames, "max_bad_frames", minimum=0)
     check_count(max_pending_sends, "max_pending_sends", minimum=1)
+    _check_parts(protocol, caches, buffer, rules)
     connector = as_connector(connect)
     protocol = JsonProtocol(max_message_size=max_message_size) if protocol is None else protocol
     socket_caches = CacheSet(caches, Scope.SOCKET, label=tenant_id)
@@ -535,44 +537,52 @@ async def open_socket(
             connected = True
             gauges.sockets_alive += 1
             gauges.buffers_alive += 1
-            try:
-                sock = Socket(
-                    ws,
-                    tenant_id=tenant_id,
-                    protocol=protocol,
-                    caches=socket_caches,
-                    buffer=event_buffer,
-                    keepalive=keepalive,
-                    grace=grace,
-                    max_bad_frames=max_bad_frames,
-                    bad_frame_window=bad_frame_window,
-                    max_pending_sends=max_pending_sends,
-                    tenant_caches=tenant_caches,
-                    global_caches=global_caches,
-                )
-                async with trio.open_nursery() as nursery:
-                    sock._start(nursery)  # noqa: SLF001 - the scope that owns the socket starts it
-                    try:
-                        with socket_caches.janitor(nursery), sock._body:  # noqa: SLF001
-                            yield sock
-                    except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
-                        body_error = exc
-                    finally:
-                        await sock._finish()  # noqa: SLF001
-                        nursery.cancel_scope.cancel()
-            finally:
-                gauges.sockets_alive -= 1
-                gauges.buffers_alive -= 1
+            sock = Socket(
+                ws,
+                tenant_id=tenant_id,
+                protocol=protocol,
+                caches=socket_caches,
+                buffer=event_buffer,
+                keepalive=keepalive,
+                grace=grace,
+                max_bad_frames=max_bad_frames,
+                bad_frame_window=bad_frame_window,
+                max_pending_sends=max_pending_sends,
+                tenant_caches=tenant_caches,
+                global_caches=global_caches,
+            )
+            async with trio.open_nursery() as nursery:
+                sock._start(nursery)  # noqa: SLF001 - the scope that owns the socket starts it
+                try:
+                    with socket_caches.janitor(nursery), sock._body:  # noqa: SLF001
+                        yield sock
+                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
+                    body_error = exc
+                finally:
+                    await sock._finish()  # noqa: SLF001
+                    nursery.cancel_scope.cancel()
     except (trio_websocket.HandshakeError, OSError) as error:  # ConnectionRejected included
         if connected:
             raise
         raise _connect_failed(error) from None
     finally:
+        if connected:  # counted until the WebSocket is closed: the scope's whole life
+            gauges.sockets_alive -= 1
+            gauges.buffers_alive -= 1
         socket_caches.clear()  # the last step: after the WebSocket is closed
     if body_error is not None:
         raise body_error
     if sock._error is not None:  # noqa: SLF001
         raise sock._error  # noqa: SLF001
+
+
+def _check_parts(protocol: object, caches: object, buffer: object, rules: object) -> None:
+    """The checks `TenantSpec` makes of the same fields: refused before anything is built."""
+    check_protocol(protocol, "protocol")
+    check_cache_specs(caches, "caches")
+    if buffer is not None:
+        check_instance(buffer, "buffer", BufferConfig)
+    check_instance(rules, "rules", EventRules)
 
 
 def _connect_failed(error: Exception) -> ConnectFailed:

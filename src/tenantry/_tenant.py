@@ -41,16 +41,24 @@ import trio
 from ._backoff import SplitMix64
 from ._breaker import BreakerState
 from ._buffer import BufferConfig, BufferStats
-from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
+from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope, cache_specs
 from ._connect import Connector, as_connector
 from ._events import FlushReason
 from ._gauges import Gauges
 from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, RejectReason, WireProtocol
-from ._reasons import Decision, DisconnectReason, ReasonCode
+from ._reasons import Decision, DisconnectReason, ReasonCode, default_decide
 from ._reconnect import NextStep, ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._socket import ConnectFailed, Socket, open_socket
-from ._validate import nonempty_name, nonnegative_count, positive_count, seconds
+from ._validate import (
+    async_function,
+    instance_of,
+    nonempty_name,
+    nonnegative_count,
+    optional_protocol,
+    positive_count,
+    seconds,
+)
 
 __all__ = ["TenantSpec", "TenantState", "TenantStatus"]
 
@@ -72,31 +80,42 @@ class TenantSpec:
         tenant_id: Unique within the hub; stamped on logs, batches, metrics.
         connect: A ``ws://``/``wss://`` URL or a connector (see `open_socket`);
             a URL is kept as a `UrlConnector`, redacted in the repr.
-        handler: ``async def handler(sock)``, run inside each connection's
-            socket scope. When it returns, that connection closes (and the
-            policy decides what follows); when it raises, the error is logged
-            with its traceback and counted as a failure -- it never leaves
-            the hub.
+        handler: ``async def handler(sock)`` (or an object whose ``__call__``
+            is async, or a `functools.partial` of either), run inside each
+            connection's socket scope. When it returns, that connection
+            closes (and the policy decides what follows); when it raises, the
+            error is logged with its traceback and counted as a failure -- it
+            never leaves the hub.
         policy: Backoff, breaker and decisions (`ReconnectPolicy`).
-        caches: Cache specs: `Scope.TENANT` ones live as long as the tenant
-            (across reconnects), `Scope.SOCKET` ones as long as a connection.
+        caches: `CacheSpec` by cache name: `Scope.TENANT` ones live as long as
+            the tenant (across reconnects), `Scope.SOCKET` ones as long as a
+            connection.
         headers: Sent with every handshake; redacted in the repr, never logged.
 
     The other fields are passed to `open_socket` for each connection.
+
+    Raises:
+        TypeError, ValueError: a field that could never work (a handler that
+            is not async, a cache spec that is not a `CacheSpec`, rules that
+            are not `EventRules`, ...), naming the field.
     """
 
     tenant_id: str = attrs.field(validator=nonempty_name)
     connect: Connector = attrs.field(converter=as_connector)
-    handler: Handler = attrs.field(validator=attrs.validators.is_callable())
+    handler: Handler = attrs.field(validator=async_function)
     policy: ReconnectPolicy = attrs.field(
-        factory=ReconnectPolicy, validator=attrs.validators.instance_of(ReconnectPolicy)
+        factory=ReconnectPolicy, validator=instance_of(ReconnectPolicy)
     )
-    caches: Mapping[str, CacheSpec] = attrs.field(default=SEED_CACHE_SPECS, repr=False)
-    buffer: BufferConfig = attrs.field(
-        factory=BufferConfig, validator=attrs.validators.instance_of(BufferConfig)
+    caches: Mapping[str, CacheSpec] = attrs.field(
+        default=SEED_CACHE_SPECS, validator=cache_specs, repr=False
     )
-    rules: EventRules = attrs.field(default=DEFAULT_EVENT_RULES, repr=False)
-    protocol: WireProtocol | None = attrs.field(default=None, repr=False)
+    buffer: BufferConfig = attrs.field(factory=BufferConfig, validator=instance_of(BufferConfig))
+    rules: EventRules = attrs.field(
+        default=DEFAULT_EVENT_RULES, validator=instance_of(EventRules), repr=False
+    )
+    protocol: WireProtocol | None = attrs.field(
+        default=None, validator=optional_protocol, repr=False
+    )
     keepalive: float = attrs.field(default=30.0, validator=seconds)
     headers: Mapping[str, str] | None = attrs.field(default=None, repr=_redacted_headers)
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
@@ -110,11 +129,14 @@ class TenantState(enum.Enum):
 
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    CLOSING = "closing"
+    """The socket's ordered shutdown is running; it is still counted as alive."""
     BACKING_OFF = "backing_off"
     CIRCUIT_OPEN = "circuit_open"
     """Waiting for the circuit breaker's timeout."""
     STOPPED = "stopped"
-    """The last reason's decision was STOP; only a restart (or removal) follows."""
+    """The last reason's decision was STOP (only a restart or removal follows), or the
+    tenant is being removed."""
 
 
 @final
@@ -206,7 +228,10 @@ class Tenant:
         self._global_caches = global_caches
         self._gauges = gauges
         rng = SplitMix64(None if seed is None else f"{seed}:{spec.tenant_id}")
-        self._reconnector = spec.policy.reconnector(random=rng)
+        policy = spec.policy
+        if policy.decide is not default_decide:  # user code: contained like a handler
+            policy = attrs.evolve(policy, decide=self._decide)
+        self._reconnector = policy.reconnector(random=rng)
         self._caches = CacheSet(spec.caches, Scope.TENANT, label=spec.tenant_id)
         self._commanding = trio.Lock()  # the hub's commands, one at a time, in order
         self._attempt = trio.CancelScope()
@@ -327,10 +352,29 @@ class Tenant:
         else:
             reason = sock.close_reason or DisconnectReason(ReasonCode.CONNECTION_CLOSED)
         finally:
-            self._socket = None
+            self._socket = None  # the socket scope has exited: the gauges no longer count it
+            self._state = TenantState.STOPPED  # replaced at once below, unless it is stopping
             if sock is not None:
                 self._ended.add_socket(sock)
         return self._disconnected(reason, failed=failed)
+
+    def _decide(self, reason: DisconnectReason) -> Decision:
+        """The policy's ``decide``; if it fails, the error is logged and the default applies."""
+        try:
+            decision = self.spec.policy.decide(reason)
+            if not isinstance(decision, Decision):
+                raise TypeError(  # noqa: TRY301 - one way out for both kinds of policy bug
+                    f"decide returned {type(decision).__name__}, not a Decision"
+                )
+        except Exception:
+            logger.exception(
+                "reconnect policy failed: tenant %s, %s; the default decision applies",
+                self.tenant_id,
+                reason,
+                extra={"tenant": self.tenant_id, "code": reason.code},
+            )
+            return default_decide(reason)
+        return decision
 
     def _connected(self, sock: Socket) -> None:
         self._socket = sock
@@ -399,12 +443,11 @@ class Tenant:
 
     def status(self) -> TenantStatus:
         """A snapshot; see `TenantStatus`."""
-        self._reconnector.settle()
         sock = self._socket
         caches = dict(self.cache_sets())
         return TenantStatus(
             tenant_id=self.tenant_id,
-            state=self._state,
+            state=self.state,
             breaker=self._reconnector.breaker.state.value,
             failures=self._reconnector.failures,
             breaker_trips=self._reconnector.breaker.trips,
@@ -434,7 +477,14 @@ class Tenant:
 
     @property
     def state(self) -> TenantState:
-        """Where the supervisor loop is now."""
+        """Where the supervisor loop is now.
+
+        CONNECTED and CLOSING last exactly as long as the socket's scope, as
+        the hub's gauges count it: the live socket says when it is closing.
+        """
+        sock = self._socket
+        if sock is not None and sock.closing:
+            return TenantState.CLOSING
         return self._state
 
     @property

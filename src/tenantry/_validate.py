@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -65,3 +68,63 @@ def check_between(value: object, field: str, low: float, high: float) -> float:
     if not low <= value <= high:  # also rejects NaN
         raise ValueError(f"{field} must be between {low:g} and {high:g}, got {value!r}")
     return float(value)
+
+
+def check_instance(value: object, field: str, kind: type) -> None:
+    """*value* is a *kind*, else raise (naming its type, never echoing it)."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{field} must be a {kind.__name__}, got {type(value).__name__}")
+
+
+def instance_of(kind: type) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    """attrs validator: `check_instance`."""
+
+    def validate(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        check_instance(value, attribute.name, kind)
+
+    return validate
+
+
+def check_async_function(value: object, field: str) -> None:
+    """*value* is called as ``await value(...)``, else raise.
+
+    Accepted: an ``async def`` function or method, an object whose
+    ``__call__`` is one, and a `functools.partial` of either. A plain
+    function returning a coroutine cannot be told from one returning None
+    until it is called, so it is refused (`inspect.markcoroutinefunction`
+    marks one as async).
+    """
+    target = value
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.iscoroutinefunction(target):
+        return
+    if not isinstance(target, type) and inspect.iscoroutinefunction(type(target).__call__):
+        return
+    name = getattr(value, "__qualname__", None)
+    shown = type(value).__name__ + ("" if name is None else f" {name!r}")
+    raise TypeError(f"{field} must be an async function (async def), got {shown}")
+
+
+def async_function(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """attrs validator: `check_async_function`."""
+    check_async_function(value, attribute.name)
+
+
+def check_protocol(value: object, field: str) -> None:
+    """*value* is None or an object with ``decode`` and ``encode`` methods, else raise."""
+    if value is None:
+        return
+    if isinstance(value, type):
+        raise TypeError(f"{field} must be a protocol object, got the class {value.__name__}")
+    missing = [name for name in ("decode", "encode") if not callable(getattr(value, name, None))]
+    if missing:
+        raise TypeError(
+            f"{field} must have decode() and encode() methods; "
+            f"{type(value).__name__} has no {' or '.join(missing)}()"
+        )
+
+
+def optional_protocol(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """attrs validator: `check_protocol`."""
+    check_protocol(value, attribute.name)
