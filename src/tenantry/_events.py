@@ -44,8 +44,8 @@ class Batch:
     """The events of one flush, grouped by type in a canonical order.
 
     Iterating over a batch gives its events (`Event`), in that order;
-    ``batch[event_type]`` gives one type's data items, and ``len(batch)``
-    counts the events.
+    ``batch[event_type]`` gives one type's data items, ``event_type in batch``
+    tells whether it has any, and ``len(batch)`` counts the events.
 
     Within a type, events keep the order in which their keys first became
     pending. Types come in the order of the rule table (for each entity: its
@@ -89,6 +89,10 @@ class Batch:
         for event_type, items in self.groups:
             for data in items:
                 yield Event(event_type, data)
+
+    def __contains__(self, event_type: object) -> bool:
+        """Whether the batch holds events of *event_type* (a type name, as `types` lists)."""
+        return any(name == event_type for name, _ in self.groups)
 
     def __len__(self) -> int:
         return self.count
