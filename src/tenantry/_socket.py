@@ -35,6 +35,7 @@ cancelled from outside. `Socket.close_reason` says which end it was.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -45,7 +46,7 @@ import trio_websocket
 
 from ._buffer import BufferConfig, EventBuffer, InvalidEvent
 from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
-from ._connect import Connector, as_connector
+from ._connect import Connector, HandshakeFailed, as_connector, describe_transport_error
 from ._gauges import Gauges
 from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -81,7 +82,13 @@ class SocketClosed(Exception):
 
 
 class ConnectFailed(Exception):
-    """`open_socket` could not connect; ``reason`` says why (e.g. HTTP 403)."""
+    """`open_socket` could not connect; ``reason`` says why.
+
+    For example 403 for a handshake rejected with HTTP 403, 400 for an answer
+    that is not a valid upgrade, 408 for a server that could not be reached,
+    a TLS error, a connection closed during the handshake, or a handshake
+    that took longer than *connect_timeout*.
+    """
 
     def __init__(self, reason: DisconnectReason) -> None:
         super().__init__(str(reason))
@@ -479,6 +486,7 @@ async def open_socket(
     bad_frame_window: float = 60.0,
     max_pending_sends: int = 16,
     gauges: Gauges | None = None,
+    connect_timeout: float = 10.0,
 ) -> AsyncIterator[Socket]:
     """Connect, and own everything the connection needs until the block ends.
 
@@ -504,10 +512,13 @@ async def open_socket(
             within this many seconds close the socket (reason 400).
         max_pending_sends: Frames `Socket.send` may queue before it waits.
         gauges: Counts this socket and its buffer while they are alive.
+        connect_timeout: Bound, in seconds, on the whole attempt to connect:
+            TCP connect, TLS handshake and WebSocket upgrade.
 
     Raises:
-        ConnectFailed: the connection could not be made (its ``reason``
-            carries the HTTP status of a rejected handshake).
+        ConnectFailed: anything that failed before the connection was made;
+            its ``reason`` says what (the HTTP status of a rejected
+            handshake, a TLS error, "handshake timed out after 10 s", ...).
 
     A remote or local close cancels the body like a cancel scope and is not
     re-raised; `Socket.close_reason` says why. An exception from a listener
@@ -520,6 +531,7 @@ async def open_socket(
     check_count(max_message_size, "max_message_size", minimum=1)
     check_count(max_bad_frames, "max_bad_frames", minimum=0)
     check_count(max_pending_sends, "max_pending_sends", minimum=1)
+    connect_timeout = check_seconds(connect_timeout, "connect_timeout")
     connector = as_connector(connect)
     protocol = JsonProtocol(max_message_size=max_message_size) if protocol is None else protocol
     socket_caches = CacheSet(caches, Scope.SOCKET, label=tenant_id)
@@ -527,12 +539,13 @@ async def open_socket(
     gauges = Gauges() if gauges is None else gauges
 
     body_error: Exception | None = None
-    connected = False
     try:
-        async with connector.open(
-            headers=dict(headers or {}), max_message_size=4 * max_message_size
+        async with _connect(
+            connector,
+            headers=dict(headers or {}),
+            max_message_size=4 * max_message_size,
+            connect_timeout=connect_timeout,
         ) as ws:
-            connected = True
             gauges.sockets_alive += 1
             gauges.buffers_alive += 1
             try:
@@ -563,10 +576,6 @@ async def open_socket(
             finally:
                 gauges.sockets_alive -= 1
                 gauges.buffers_alive -= 1
-    except (trio_websocket.HandshakeError, OSError) as error:  # ConnectionRejected included
-        if connected:
-            raise
-        raise _connect_failed(error) from None
     finally:
         socket_caches.clear()  # the last step: after the WebSocket is closed
     if body_error is not None:
@@ -575,9 +584,48 @@ async def open_socket(
         raise sock._error  # noqa: SLF001
 
 
+@asynccontextmanager
+async def _connect(
+    connector: Connector,
+    *,
+    headers: Mapping[str, str],
+    max_message_size: int,
+    connect_timeout: float,
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """``connector.open()``, bounded by *connect_timeout*; failing to connect is `ConnectFailed`.
+
+    Whatever fails before the connection is yielded (an exception group
+    included) becomes a `ConnectFailed` whose reason says what. The bound is
+    a cancel scope around the whole block whose deadline is lifted once
+    connected: it bounds any connector, through every step it takes.
+    """
+    connected = False
+    with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as connecting:
+        try:
+            async with connector.open(headers=headers, max_message_size=max_message_size) as ws:
+                connecting.deadline = math.inf
+                if connecting.cancel_called:  # the deadline passed as the handshake ended
+                    await trio.sleep(0)  # noqa: ASYNC115 - lets the timeout's Cancelled out
+                connected = True
+                yield ws
+        except Exception as error:
+            if connected:
+                raise
+            raise _connect_failed(error) from None
+    if connecting.cancelled_caught:
+        reason = f"handshake timed out after {connect_timeout:g} s"
+        raise ConnectFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, reason))
+
+
 def _connect_failed(error: Exception) -> ConnectFailed:
     if isinstance(error, trio_websocket.ConnectionRejected):
         return ConnectFailed(DisconnectReason.from_handshake_status(error.status_code))
-    return ConnectFailed(
-        DisconnectReason(ReasonCode.CONNECTION_LOST, f"could not connect: {error!r}")
-    )
+    if isinstance(error, HandshakeFailed):
+        return ConnectFailed(error.reason)
+    if isinstance(error, trio.BrokenResourceError):
+        message = describe_transport_error(error, during="connect")
+    elif isinstance(error, (OSError, trio_websocket.HandshakeError)):
+        message = f"could not connect: {str(error) or type(error).__name__}"
+    else:  # a connector's own error
+        message = f"could not connect: {type(error).__name__}: {error}"
+    return ConnectFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, message))

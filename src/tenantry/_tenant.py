@@ -81,6 +81,9 @@ class TenantSpec:
         caches: Cache specs: `Scope.TENANT` ones live as long as the tenant
             (across reconnects), `Scope.SOCKET` ones as long as a connection.
         headers: Sent with every handshake; redacted in the repr, never logged.
+        connect_timeout: Bound, in seconds, on each attempt to connect (TCP,
+            TLS and WebSocket handshake); an attempt that takes longer fails
+            like a refused one: logged, counted, backed off.
 
     The other fields are passed to `open_socket` for each connection.
     """
@@ -103,6 +106,7 @@ class TenantSpec:
     grace: float = attrs.field(default=5.0, validator=seconds)
     max_bad_frames: int = attrs.field(default=20, validator=nonnegative_count)
     bad_frame_window: float = attrs.field(default=60.0, validator=seconds)
+    connect_timeout: float = attrs.field(default=10.0, validator=seconds)
 
 
 class TenantState(enum.Enum):
@@ -309,6 +313,7 @@ class Tenant:
                 max_bad_frames=spec.max_bad_frames,
                 bad_frame_window=spec.bad_frame_window,
                 gauges=self._gauges,
+                connect_timeout=spec.connect_timeout,
             ) as sock:
                 self._connected(sock)
                 await spec.handler(sock)
