@@ -37,6 +37,7 @@ A server that never answers is bounded by the caller (`open_socket`'s
 
 from __future__ import annotations
 
+import math
 import re
 import ssl
 import urllib.parse
@@ -110,9 +111,11 @@ async def open_connection(
     """A WebSocket over the stream ``open_stream()`` makes, for the block.
 
     The stream, the connection and trio-websocket's reader task all end with
-    the block, whatever happened: the connection is closed with a close
-    handshake (shielded and bounded by `CLOSE_TIMEOUT`), the reader task is
-    cancelled and the stream is closed. A failed handshake raises as itself
+    the block, whatever happened. The connection closes with a close
+    handshake (shielded and bounded by `CLOSE_TIMEOUT`) -- unless the block
+    was cancelled from outside: trio-websocket's reader task is then
+    cancelled too, no close reply can be read, and the connection is closed
+    at once instead of waiting for one. A failed handshake raises as itself
     (see the module docstring), not wrapped in the exception group of a
     nursery the caller never saw. Anything else (``Cancelled`` included)
     propagates untouched.
@@ -134,8 +137,7 @@ async def open_connection(
             try:
                 yield connection
             finally:
-                with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                    await connection.aclose()
+                await _close(connection)
                 nursery.cancel_scope.cancel()
     except* trio_websocket.HandshakeError as failed:  # ConnectionRejected, HandshakeFailed
         if handshaken:
@@ -172,6 +174,14 @@ async def _handshake(
         watched.handshake_done()
         return connection
     raise HandshakeFailed(watched.failure or DisconnectReason(ReasonCode.CONNECTION_LOST))
+
+
+async def _close(connection: Connection) -> None:
+    if trio.current_effective_deadline() == -math.inf:  # cancelled: so is the reader
+        await trio.aclose_forcefully(connection)
+        return
+    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+        await connection.aclose()
 
 
 def _invalid_response(crashed: BaseExceptionGroup[Exception]) -> DisconnectReason:

@@ -523,6 +523,11 @@ async def open_socket(
     A remote or local close cancels the body like a cancel scope and is not
     re-raised; `Socket.close_reason` says why. An exception from a listener
     is re-raised after the ordered shutdown: it is a bug in user code.
+
+    The WebSocket closes with a close handshake (bounded) after a normal
+    local or remote close. A peer declared dead (reason 408) is not asked
+    for one, and neither is any peer when the block is cancelled from
+    outside: no reply could be read.
     """
     check_name(tenant_id, "tenant_id")
     keepalive = check_seconds(keepalive, "keepalive")
@@ -573,6 +578,8 @@ async def open_socket(
                     finally:
                         await sock._finish()  # noqa: SLF001
                         nursery.cancel_scope.cancel()
+                if sock.close_reason and sock.close_reason.code == ReasonCode.CONNECTION_LOST:
+                    await trio.aclose_forcefully(ws)  # a peer declared dead answers no close
             finally:
                 gauges.sockets_alive -= 1
                 gauges.buffers_alive -= 1
