@@ -51,6 +51,7 @@ import trio_websocket
 import wsproto.utilities
 
 from ._reasons import DisconnectReason, ReasonCode
+from ._validate import check_headers
 
 __all__ = [
     "Connector",
@@ -285,28 +286,45 @@ class _WatchedStream(trio.abc.Stream):
 
 
 def encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    """Headers as trio-websocket wants them."""
+    """Headers as trio-websocket wants them; a header that cannot be sent raises `ValueError`."""
+    check_headers(headers, "headers")
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 
 
 def redact_url(url: str) -> str:
-    """*url* with its password and query values replaced by ``***``: safe to log."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = urllib.parse.urlencode(
-        [(name, "***") for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
-        safe="*",
+    """*url* with its user info and query values replaced by ``***``: safe to log.
+
+    The user info goes whole (a token often travels as the user name), and a
+    query item without ``=`` (a bare ``?<token>``) is redacted like a value;
+    query names stay, the fragment goes.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    _, at, host_port = parts.netloc.rpartition("@")
+    query = "&".join(
+        f"{name}=***" if equals else "***"
+        for name, equals, _ in (item.partition("=") for item in parts.query.split("&") if item)
     )
+    netloc = f"***@{host_port}" if at else host_port
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _ws_url(_: object, attribute: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str) or urllib.parse.urlsplit(value).scheme not in ("ws", "wss"):
-        raise ValueError(f"{attribute.name} must be a ws:// or wss:// URL, got {value!r}")
-    if urllib.parse.urlsplit(value).hostname is None:
-        raise ValueError(f"{attribute.name} has no host: {redact_url(value)!r}")
+    # The messages never show the URL: it may hold a password or a token.
+    name = attribute.name
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a ws:// or wss:// URL, got {type(value).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"{name} is not a valid URL (not shown: it may hold a secret)") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"{name} must be a ws:// or wss:// URL (not shown: it may hold a secret)")
+    if not parts.hostname:
+        raise ValueError(f"{name} has no host")
 
 
 @final
@@ -317,9 +335,9 @@ class UrlConnector:
     ``wss://`` verifies the server's certificate with the system's trust
     store unless *ssl_context* says otherwise; the TLS handshake runs before
     the WebSocket handshake, so that a TLS error (an unknown CA, an expired
-    certificate, a wrong host name) is reported as itself. The URL's
-    password and query values (tokens often travel there) are redacted in
-    the repr.
+    certificate, a wrong host name) is reported as itself. The URL's user
+    info and query values (tokens often travel there) are redacted in the
+    repr, and a URL that fails validation is never shown.
     """
 
     url: str = attrs.field(validator=_ws_url)
@@ -373,5 +391,7 @@ def as_connector(connect: str | Connector) -> Connector:
     if isinstance(connect, str):
         return UrlConnector(connect)
     if not callable(getattr(connect, "open", None)):
-        raise TypeError(f"connect must be a ws:// or wss:// URL or a connector, got {connect!r}")
+        raise TypeError(
+            f"connect must be a ws:// or wss:// URL or a connector, got {type(connect).__name__}"
+        )
     return connect

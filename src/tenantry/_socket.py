@@ -60,7 +60,7 @@ from ._protocol import (
 from ._reasons import DisconnectReason, ReasonCode
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._stream import EventStream
-from ._validate import check_count, check_name, check_seconds
+from ._validate import check_count, check_headers, check_name, check_seconds
 
 __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
 
@@ -504,7 +504,9 @@ async def open_socket(
             interval without any frame; no pong within 5 s closes the socket
             with reason 408. A silent peer is so detected after between
             ``keepalive + 5`` and ``2 * keepalive + 5`` seconds of silence.
-        headers: Sent with the handshake (e.g. an auth token). Never logged.
+        headers: Sent with the handshake (e.g. an auth token). Never logged;
+            a name or value that cannot be sent (a line break, say) raises
+            `ValueError` here, naming the header but never showing a value.
         max_message_size: Larger frames are rejected (and counted); the
             transport itself refuses frames over four times this size.
         grace: Bound, in seconds, on the final flush and drain at close.
@@ -537,6 +539,7 @@ async def open_socket(
     check_count(max_bad_frames, "max_bad_frames", minimum=0)
     check_count(max_pending_sends, "max_pending_sends", minimum=1)
     connect_timeout = check_seconds(connect_timeout, "connect_timeout")
+    headers = {} if headers is None else check_headers(headers, "headers")
     connector = as_connector(connect)
     protocol = JsonProtocol(max_message_size=max_message_size) if protocol is None else protocol
     socket_caches = CacheSet(caches, Scope.SOCKET, label=tenant_id)
@@ -547,7 +550,7 @@ async def open_socket(
     try:
         async with _connect(
             connector,
-            headers=dict(headers or {}),
+            headers=headers,
             max_message_size=4 * max_message_size,
             connect_timeout=connect_timeout,
         ) as ws:

@@ -50,7 +50,7 @@ from ._reasons import Decision, DisconnectReason, ReasonCode
 from ._reconnect import NextStep, ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._socket import ConnectFailed, Socket, open_socket
-from ._validate import nonempty_name, nonnegative_count, positive_count, seconds
+from ._validate import nonempty_name, nonnegative_count, optional_headers, positive_count, seconds
 
 __all__ = ["TenantSpec", "TenantState", "TenantStatus"]
 
@@ -81,6 +81,9 @@ class TenantSpec:
         caches: Cache specs: `Scope.TENANT` ones live as long as the tenant
             (across reconnects), `Scope.SOCKET` ones as long as a connection.
         headers: Sent with every handshake; redacted in the repr, never logged.
+            A name or value that cannot be sent (a token read from a file
+            with its newline, say) raises `ValueError` here, naming the
+            header but never showing the value.
         connect_timeout: Bound, in seconds, on each attempt to connect (TCP,
             TLS and WebSocket handshake); an attempt that takes longer fails
             like a refused one: logged, counted, backed off.
@@ -101,7 +104,9 @@ class TenantSpec:
     rules: EventRules = attrs.field(default=DEFAULT_EVENT_RULES, repr=False)
     protocol: WireProtocol | None = attrs.field(default=None, repr=False)
     keepalive: float = attrs.field(default=30.0, validator=seconds)
-    headers: Mapping[str, str] | None = attrs.field(default=None, repr=_redacted_headers)
+    headers: Mapping[str, str] | None = attrs.field(
+        default=None, repr=_redacted_headers, validator=optional_headers
+    )
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
     grace: float = attrs.field(default=5.0, validator=seconds)
     max_bad_frames: int = attrs.field(default=20, validator=nonnegative_count)
