@@ -13,7 +13,13 @@ nox.options.reuse_venv = "yes"
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
 PYTHON = "3.11"
-TEST_DEPS = ["pytest>=8.4", "pytest-trio>=0.8", "hypothesis>=6.100", "cachetools>=5.3"]
+TEST_DEPS = [
+    "pytest>=8.4",
+    "pytest-trio>=0.8",
+    "hypothesis>=6.100",
+    "cachetools>=5.3",
+    "trustme>=1.1",
+]
 RUFF = "ruff==0.17.6"
 MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100"]
 DOCS_DEPS = ["sphinx>=8,<10", "furo>=2024.8.6"]

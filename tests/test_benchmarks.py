@@ -78,3 +78,13 @@ def test_soak_benchmark_runs(
     out = capsys.readouterr().out
     assert "x real time" in out
     assert re.search(r"events lost +0\n", out)
+
+
+def test_close_benchmark_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench_close.py", "--tenants", "3", "--rounds", "1"])
+    runpy.run_path(str(BENCHMARKS / "bench_close.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert re.search(r"hub of 3 tenants cancelled +\d+\.\d{3} s\n", out)
+    assert re.search(r"socket of a dead peer \(408\) +\d+\.\d{3} s\n", out)

@@ -9,10 +9,36 @@ wrapped in the exception group of a nursery the caller never saw.
 a `UrlConnector`, or a connector such as `tenantry.testing.MemoryConnector`,
 which runs the same trio-websocket protocol code over in-memory streams so
 that whole reconnect scenarios run under `trio.testing.MockClock`.
+
+Every way an opening handshake can fail ends as an exception that says why,
+never as a wait without end: trio-websocket's ``wrap_client_stream`` waits
+for the server's answer and for nothing else, so `open_connection` watches
+the transport (`_WatchedStream`) and ends the wait when the transport ends
+first. Failures, and what the connectors here raise:
+
+=============================================  ==========================================
+what happened                                  raised (the reason's code and message)
+=============================================  ==========================================
+TCP connect failed, name not resolved          `OSError`, from Trio
+a TLS error (unknown CA, expired, wrong name)  `HandshakeFailed` (408, "certificate verify
+                                               failed: ..." or "TLS handshake failed: ...")
+the transport ended before the answer          `HandshakeFailed` (408, "connection closed
+                                               during handshake", or "connection lost
+                                               during handshake: ..." for a reset)
+an HTTP error, body complete                   `trio_websocket.ConnectionRejected`
+an HTTP error, body cut short by the close     `HandshakeFailed` (the HTTP status)
+not HTTP, or a wrong Sec-WebSocket-Accept      `HandshakeFailed` (400, "invalid handshake
+                                               response: ..." saying what was wrong)
+=============================================  ==========================================
+
+A server that never answers is bounded by the caller (`open_socket`'s
+*connect_timeout*), around the whole attempt, whatever the connector.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -22,9 +48,14 @@ from typing import Protocol, final
 import attrs
 import trio
 import trio_websocket
+import wsproto.utilities
+
+from ._reasons import DisconnectReason, ReasonCode
+from ._validate import check_headers
 
 __all__ = [
     "Connector",
+    "HandshakeFailed",
     "UrlConnector",
     "as_connector",
     "encode_headers",
@@ -36,6 +67,17 @@ Connection = trio_websocket.WebSocketConnection
 
 CLOSE_TIMEOUT = 5.0
 """Seconds a connection's close handshake may take when its block ends."""
+
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})[ \r]")
+"""The start of an HTTP response: its status code."""
+
+
+class HandshakeFailed(trio_websocket.HandshakeError):
+    """The opening handshake failed; ``reason`` says why, as a disconnect reason."""
+
+    def __init__(self, reason: DisconnectReason) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
 
 
 class Connector(Protocol):
@@ -49,7 +91,11 @@ class Connector(Protocol):
         Raises:
             trio_websocket.ConnectionRejected: the server refused the handshake
                 (its ``status_code`` says how).
-            trio_websocket.HandshakeError, OSError: the server could not be reached.
+            HandshakeFailed: the handshake failed (a TLS error included);
+                its ``reason`` says why.
+            trio_websocket.HandshakeError, OSError: the server could not be
+                reached. `open_socket` turns any exception raised before the
+                connection is yielded into a `ConnectFailed`.
         """
         ...
 
@@ -66,59 +112,219 @@ async def open_connection(
     """A WebSocket over the stream ``open_stream()`` makes, for the block.
 
     The stream, the connection and trio-websocket's reader task all end with
-    the block: the connection is closed with a close handshake (shielded and
-    bounded by `CLOSE_TIMEOUT`), the reader task is cancelled and the stream
-    is closed, whatever happened -- a rejected handshake included, which
-    trio-websocket reports from its reader task, i.e. through the nursery,
-    and which is re-raised here as itself. Anything else (``Cancelled``
-    included) propagates untouched.
+    the block, whatever happened. The connection closes with a close
+    handshake (shielded and bounded by `CLOSE_TIMEOUT`) -- unless the block
+    was cancelled from outside: trio-websocket's reader task is then
+    cancelled too, no close reply can be read, and the connection is closed
+    at once instead of waiting for one. A failed handshake raises as itself
+    (see the module docstring), not wrapped in the exception group of a
+    nursery the caller never saw. Anything else (``Cancelled`` included)
+    propagates untouched.
     """
+    extra_headers = encode_headers(headers)  # a header that cannot be sent fails before any I/O
     stream = await open_stream()
+    handshaken = False
     try:
         async with trio.open_nursery() as nursery:
-            connection = await trio_websocket.wrap_client_stream(
+            connection = await _handshake(
                 nursery,
-                stream,  # type: ignore[arg-type]  # any trio Stream works
-                host,
-                resource,
-                extra_headers=encode_headers(headers),
+                stream,
+                host=host,
+                resource=resource,
+                extra_headers=extra_headers,
                 max_message_size=max_message_size,
             )
+            handshaken = True
             try:
                 yield connection
             finally:
-                with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-                    await connection.aclose()
+                await _close(connection)
                 nursery.cancel_scope.cancel()
-    except* trio_websocket.ConnectionRejected as rejected:
-        raise rejected.exceptions[0] from None
+    except* trio_websocket.HandshakeError as failed:  # ConnectionRejected, HandshakeFailed
+        if handshaken:
+            raise
+        raise failed.exceptions[0] from None
+    except* Exception as crashed:  # trio-websocket's reader, on an invalid response
+        if handshaken:
+            raise
+        raise HandshakeFailed(_invalid_response(crashed)) from None
     finally:
         await trio.aclose_forcefully(stream)
 
 
+async def _handshake(
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    *,
+    host: str,
+    resource: str,
+    extra_headers: list[tuple[bytes, bytes]],
+    max_message_size: int,
+) -> Connection:
+    """trio-websocket's client handshake, ended early if the transport ends first."""
+    with trio.CancelScope() as waiting:
+        watched = _WatchedStream(stream, waiting)
+        connection = await trio_websocket.wrap_client_stream(
+            nursery,
+            watched,  # type: ignore[arg-type]  # any trio Stream works
+            host,
+            resource,
+            extra_headers=extra_headers,
+            max_message_size=max_message_size,
+        )
+        watched.handshake_done()
+        return connection
+    raise HandshakeFailed(watched.failure or DisconnectReason(ReasonCode.CONNECTION_LOST))
+
+
+async def _close(connection: Connection) -> None:
+    if trio.current_effective_deadline() == -math.inf:  # cancelled: so is the reader
+        await trio.aclose_forcefully(connection)
+        return
+    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+        await connection.aclose()
+
+
+def _invalid_response(crashed: BaseExceptionGroup[Exception]) -> DisconnectReason:
+    """Why trio-websocket's reader crashed during the handshake.
+
+    When the server's answer is not a valid upgrade, wsproto raises a
+    `RemoteProtocolError` saying what was wrong; trio-websocket then tries
+    to send a server's rejection from the client, which h11 refuses with a
+    `LocalProtocolError`: the one that escapes. The first one is in its
+    context. No byte of the answer is shown: a server that echoes the
+    request would show the token in its query.
+    """
+    leaf: BaseException = crashed
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    error: BaseException | None = leaf
+    while error is not None and not isinstance(error, wsproto.utilities.RemoteProtocolError):
+        error = error.__context__
+    if error is None:
+        return DisconnectReason(
+            ReasonCode.PROTOCOL_ERROR, f"handshake failed: {type(leaf).__name__}"
+        )
+    detail = str(error)
+    if error.__context__ is not None:  # h11's reason for wsproto's "Bad HTTP message"
+        detail += f" ({str(error.__context__).partition(':')[0]})"
+    return DisconnectReason(ReasonCode.PROTOCOL_ERROR, f"invalid handshake response: {detail}")
+
+
+def describe_transport_error(error: Exception, *, during: str) -> str:
+    """What ended a transport *during* a step, for a reason (a TLS error by its cause)."""
+    cause = error.__cause__ if isinstance(error, trio.BrokenResourceError) else error
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause.strerror or cause}"
+    if isinstance(cause, OSError):  # a reset, say
+        return f"connection lost during {during}: {cause}"
+    return f"connection closed during {during}"
+
+
+@final
+class _WatchedStream(trio.abc.Stream):
+    """A transport whose end, while the opening handshake runs, ends the wait for it.
+
+    trio-websocket's reader task sends the request and reads the answer. When
+    it meets the end of the transport first (end of file, a reset, a failed
+    send), it returns quietly, and ``wrap_client_stream`` would wait for the
+    answer forever. This stream sees that end, keeps why (`failure`), and
+    cancels the wait (*waiting*). It keeps the start of the response as well,
+    so that a rejection whose body runs until the connection closes keeps its
+    HTTP status. After `handshake_done` it only passes calls on.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, waiting: trio.CancelScope) -> None:
+        self._stream = stream
+        self._waiting: trio.CancelScope | None = waiting
+        self._head = b""
+        self.failure: DisconnectReason | None = None
+
+    def handshake_done(self) -> None:
+        self._waiting = None
+        self._head = b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            self._ended(error)
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            self._ended(error)
+            raise
+        if self._waiting is not None:
+            if not data:
+                self._ended(trio.BrokenResourceError("end of file"))
+            elif len(self._head) < 16:
+                self._head += data[:16]
+        return data
+
+    async def aclose(self) -> None:
+        self._ended(trio.ClosedResourceError("closed by trio-websocket"))
+        await self._stream.aclose()
+
+    def _ended(self, error: Exception) -> None:
+        if self._waiting is None or self.failure is not None:
+            return
+        status = _STATUS_LINE.match(self._head)
+        if status is not None and status[1] != b"101":
+            self.failure = DisconnectReason.from_handshake_status(int(status[1]))
+        else:
+            message = describe_transport_error(error, during="handshake")
+            self.failure = DisconnectReason(ReasonCode.CONNECTION_LOST, message)
+        self._waiting.cancel()
+
+
 def encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    """Headers as trio-websocket wants them."""
+    """Headers as trio-websocket wants them; a header that cannot be sent raises `ValueError`."""
+    check_headers(headers, "headers")
     return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
 
 
 def redact_url(url: str) -> str:
-    """*url* with its password and query values replaced by ``***``: safe to log."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-    query = urllib.parse.urlencode(
-        [(name, "***") for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)],
-        safe="*",
+    """*url* with its user info and query values replaced by ``***``: safe to log.
+
+    The user info goes whole (a token often travels as the user name), and a
+    query item without ``=`` (a bare ``?<token>``) is redacted like a value;
+    query names stay, the fragment goes.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<a URL that cannot be parsed>"
+    _, at, host_port = parts.netloc.rpartition("@")
+    query = "&".join(
+        f"{name}=***" if equals else "***"
+        for name, equals, _ in (item.partition("=") for item in parts.query.split("&") if item)
     )
+    netloc = f"***@{host_port}" if at else host_port
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 def _ws_url(_: object, attribute: attrs.Attribute[str], value: object) -> None:
-    if not isinstance(value, str) or urllib.parse.urlsplit(value).scheme not in ("ws", "wss"):
-        raise ValueError(f"{attribute.name} must be a ws:// or wss:// URL, got {value!r}")
-    if urllib.parse.urlsplit(value).hostname is None:
-        raise ValueError(f"{attribute.name} has no host: {redact_url(value)!r}")
+    # The messages never show the URL: it may hold a password or a token.
+    name = attribute.name
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a ws:// or wss:// URL, got {type(value).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        raise ValueError(f"{name} is not a valid URL (not shown: it may hold a secret)") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError(f"{name} must be a ws:// or wss:// URL (not shown: it may hold a secret)")
+    if not parts.hostname:
+        raise ValueError(f"{name} has no host")
 
 
 @final
@@ -127,8 +333,11 @@ class UrlConnector:
     """Connects to a ``ws://`` or ``wss://`` URL.
 
     ``wss://`` verifies the server's certificate with the system's trust
-    store unless *ssl_context* says otherwise. The URL's password and query
-    values (tokens often travel there) are redacted in the repr.
+    store unless *ssl_context* says otherwise; the TLS handshake runs before
+    the WebSocket handshake, so that a TLS error (an unknown CA, an expired
+    certificate, a wrong host name) is reported as itself. The URL's user
+    info and query values (tokens often travel there) are redacted in the
+    repr, and a URL that fails validation is never shown.
     """
 
     url: str = attrs.field(validator=_ws_url)
@@ -148,9 +357,22 @@ class UrlConnector:
             if not secure:
                 return await trio.open_tcp_stream(host, port)
             context = self.ssl_context or ssl.create_default_context()
-            return await trio.open_ssl_over_tcp_stream(
+            stream = await trio.open_ssl_over_tcp_stream(
                 host, port, ssl_context=context, https_compatible=True
             )
+            handshaken = False
+            try:
+                await stream.do_handshake()  # here, so that a TLS error arrives as itself
+                handshaken = True
+            except trio.BrokenResourceError as error:
+                message = describe_transport_error(error, during="TLS handshake")
+                raise HandshakeFailed(
+                    DisconnectReason(ReasonCode.CONNECTION_LOST, message)
+                ) from None
+            finally:
+                if not handshaken:
+                    await trio.aclose_forcefully(stream)
+            return stream
 
         return open_connection(
             open_stream,
@@ -169,5 +391,7 @@ def as_connector(connect: str | Connector) -> Connector:
     if isinstance(connect, str):
         return UrlConnector(connect)
     if not callable(getattr(connect, "open", None)):
-        raise TypeError(f"connect must be a ws:// or wss:// URL or a connector, got {connect!r}")
+        raise TypeError(
+            f"connect must be a ws:// or wss:// URL or a connector, got {type(connect).__name__}"
+        )
     return connect

@@ -35,6 +35,7 @@ cancelled from outside. `Socket.close_reason` says which end it was.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -45,7 +46,7 @@ import trio_websocket
 
 from ._buffer import BufferConfig, EventBuffer, InvalidEvent
 from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope, check_cache_specs
-from ._connect import Connector, as_connector
+from ._connect import Connector, HandshakeFailed, as_connector, describe_transport_error
 from ._gauges import Gauges
 from ._protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -59,7 +60,14 @@ from ._protocol import (
 from ._reasons import DisconnectReason, ReasonCode
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._stream import EventStream
-from ._validate import check_count, check_instance, check_name, check_protocol, check_seconds
+from ._validate import (
+    check_count,
+    check_headers,
+    check_instance,
+    check_name,
+    check_protocol,
+    check_seconds,
+)
 
 __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
 
@@ -81,7 +89,13 @@ class SocketClosed(Exception):
 
 
 class ConnectFailed(Exception):
-    """`open_socket` could not connect; ``reason`` says why (e.g. HTTP 403)."""
+    """`open_socket` could not connect; ``reason`` says why.
+
+    For example 403 for a handshake rejected with HTTP 403, 400 for an answer
+    that is not a valid upgrade, 408 for a server that could not be reached,
+    a TLS error, a connection closed during the handshake, or a handshake
+    that took longer than *connect_timeout*.
+    """
 
     def __init__(self, reason: DisconnectReason) -> None:
         super().__init__(str(reason))
@@ -479,6 +493,7 @@ async def open_socket(
     bad_frame_window: float = 60.0,
     max_pending_sends: int = 16,
     gauges: Gauges | None = None,
+    connect_timeout: float = 10.0,
 ) -> AsyncIterator[Socket]:
     """Connect, and own everything the connection needs until the block ends.
 
@@ -496,7 +511,9 @@ async def open_socket(
             interval without any frame; no pong within 5 s closes the socket
             with reason 408. A silent peer is so detected after between
             ``keepalive + 5`` and ``2 * keepalive + 5`` seconds of silence.
-        headers: Sent with the handshake (e.g. an auth token). Never logged.
+        headers: Sent with the handshake (e.g. an auth token). Never logged;
+            a name or value that cannot be sent (a line break, say) raises
+            `ValueError` here, naming the header but never showing a value.
         max_message_size: Larger frames are rejected (and counted); the
             transport itself refuses frames over four times this size.
         grace: Bound, in seconds, on the final flush and drain at close.
@@ -505,14 +522,22 @@ async def open_socket(
         max_pending_sends: Frames `Socket.send` may queue before it waits.
         gauges: Counts this socket and its buffer from the handshake until the
             WebSocket is closed, as the block exits.
+        connect_timeout: Bound, in seconds, on the whole attempt to connect:
+            TCP connect, TLS handshake and WebSocket upgrade.
 
     Raises:
-        ConnectFailed: the connection could not be made (its ``reason``
-            carries the HTTP status of a rejected handshake).
+        ConnectFailed: anything that failed before the connection was made;
+            its ``reason`` says what (the HTTP status of a rejected
+            handshake, a TLS error, "handshake timed out after 10 s", ...).
 
     A remote or local close cancels the body like a cancel scope and is not
     re-raised; `Socket.close_reason` says why. An exception from a listener
     is re-raised after the ordered shutdown: it is a bug in user code.
+
+    The WebSocket closes with a close handshake (bounded) after a normal
+    local or remote close. A peer declared dead (reason 408) is not asked
+    for one, and neither is any peer when the block is cancelled from
+    outside: no reply could be read.
     """
     check_name(tenant_id, "tenant_id")
     keepalive = check_seconds(keepalive, "keepalive")
@@ -521,6 +546,8 @@ async def open_socket(
     check_count(max_message_size, "max_message_size", minimum=1)
     check_count(max_bad_frames, "max_bad_frames", minimum=0)
     check_count(max_pending_sends, "max_pending_sends", minimum=1)
+    connect_timeout = check_seconds(connect_timeout, "connect_timeout")
+    headers = {} if headers is None else check_headers(headers, "headers")
     _check_parts(protocol, caches, buffer, rules)
     connector = as_connector(connect)
     protocol = JsonProtocol(max_message_size=max_message_size) if protocol is None else protocol
@@ -529,14 +556,17 @@ async def open_socket(
     gauges = Gauges() if gauges is None else gauges
 
     body_error: Exception | None = None
-    connected = False
+    counted = False
     try:
-        async with connector.open(
-            headers=dict(headers or {}), max_message_size=4 * max_message_size
+        async with _connect(
+            connector,
+            headers=headers,
+            max_message_size=4 * max_message_size,
+            connect_timeout=connect_timeout,
         ) as ws:
-            connected = True
             gauges.sockets_alive += 1
             gauges.buffers_alive += 1
+            counted = True
             sock = Socket(
                 ws,
                 tenant_id=tenant_id,
@@ -561,12 +591,10 @@ async def open_socket(
                 finally:
                     await sock._finish()  # noqa: SLF001
                     nursery.cancel_scope.cancel()
-    except (trio_websocket.HandshakeError, OSError) as error:  # ConnectionRejected included
-        if connected:
-            raise
-        raise _connect_failed(error) from None
+            if sock.close_reason and sock.close_reason.code == ReasonCode.CONNECTION_LOST:
+                await trio.aclose_forcefully(ws)  # a peer declared dead answers no close
     finally:
-        if connected:  # counted until the WebSocket is closed: the scope's whole life
+        if counted:  # counted until the WebSocket is closed: the scope's whole life
             gauges.sockets_alive -= 1
             gauges.buffers_alive -= 1
         socket_caches.clear()  # the last step: after the WebSocket is closed
@@ -585,9 +613,48 @@ def _check_parts(protocol: object, caches: object, buffer: object, rules: object
     check_instance(rules, "rules", EventRules)
 
 
+@asynccontextmanager
+async def _connect(
+    connector: Connector,
+    *,
+    headers: Mapping[str, str],
+    max_message_size: int,
+    connect_timeout: float,
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """``connector.open()``, bounded by *connect_timeout*; failing to connect is `ConnectFailed`.
+
+    Whatever fails before the connection is yielded (an exception group
+    included) becomes a `ConnectFailed` whose reason says what. The bound is
+    a cancel scope around the whole block whose deadline is lifted once
+    connected: it bounds any connector, through every step it takes.
+    """
+    connected = False
+    with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as connecting:
+        try:
+            async with connector.open(headers=headers, max_message_size=max_message_size) as ws:
+                connecting.deadline = math.inf
+                if connecting.cancel_called:  # the deadline passed as the handshake ended
+                    await trio.sleep(0)  # noqa: ASYNC115 - lets the timeout's Cancelled out
+                connected = True
+                yield ws
+        except Exception as error:
+            if connected:
+                raise
+            raise _connect_failed(error) from None
+    if connecting.cancelled_caught:
+        reason = f"handshake timed out after {connect_timeout:g} s"
+        raise ConnectFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, reason))
+
+
 def _connect_failed(error: Exception) -> ConnectFailed:
     if isinstance(error, trio_websocket.ConnectionRejected):
         return ConnectFailed(DisconnectReason.from_handshake_status(error.status_code))
-    return ConnectFailed(
-        DisconnectReason(ReasonCode.CONNECTION_LOST, f"could not connect: {error!r}")
-    )
+    if isinstance(error, HandshakeFailed):
+        return ConnectFailed(error.reason)
+    if isinstance(error, trio.BrokenResourceError):
+        message = describe_transport_error(error, during="connect")
+    elif isinstance(error, (OSError, trio_websocket.HandshakeError)):
+        message = f"could not connect: {str(error) or type(error).__name__}"
+    else:  # a connector's own error
+        message = f"could not connect: {type(error).__name__}: {error}"
+    return ConnectFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, message))

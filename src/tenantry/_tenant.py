@@ -55,6 +55,7 @@ from ._validate import (
     instance_of,
     nonempty_name,
     nonnegative_count,
+    optional_headers,
     optional_protocol,
     positive_count,
     seconds,
@@ -91,6 +92,12 @@ class TenantSpec:
             the tenant (across reconnects), `Scope.SOCKET` ones as long as a
             connection.
         headers: Sent with every handshake; redacted in the repr, never logged.
+            A name or value that cannot be sent (a token read from a file
+            with its newline, say) raises `ValueError` here, naming the
+            header but never showing the value.
+        connect_timeout: Bound, in seconds, on each attempt to connect (TCP,
+            TLS and WebSocket handshake); an attempt that takes longer fails
+            like a refused one: logged, counted, backed off.
 
     The other fields are passed to `open_socket` for each connection.
 
@@ -117,11 +124,14 @@ class TenantSpec:
         default=None, validator=optional_protocol, repr=False
     )
     keepalive: float = attrs.field(default=30.0, validator=seconds)
-    headers: Mapping[str, str] | None = attrs.field(default=None, repr=_redacted_headers)
+    headers: Mapping[str, str] | None = attrs.field(
+        default=None, repr=_redacted_headers, validator=optional_headers
+    )
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
     grace: float = attrs.field(default=5.0, validator=seconds)
     max_bad_frames: int = attrs.field(default=20, validator=nonnegative_count)
     bad_frame_window: float = attrs.field(default=60.0, validator=seconds)
+    connect_timeout: float = attrs.field(default=10.0, validator=seconds)
 
 
 class TenantState(enum.Enum):
@@ -334,6 +344,7 @@ class Tenant:
                 max_bad_frames=spec.max_bad_frames,
                 bad_frame_window=spec.bad_frame_window,
                 gauges=self._gauges,
+                connect_timeout=spec.connect_timeout,
             ) as sock:
                 self._connected(sock)
                 await spec.handler(sock)

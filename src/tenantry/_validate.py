@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP token (RFC 9110): what a header name may be."""
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters other than tab: never allowed in a header value."""
 
 
 def check_name(value: object, field: str) -> str:
@@ -128,3 +134,44 @@ def check_protocol(value: object, field: str) -> None:
 def optional_protocol(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
     """attrs validator: `check_protocol`."""
     check_protocol(value, attribute.name)
+
+
+def check_headers(value: object, field: str) -> Mapping[str, str]:
+    """*value* as HTTP headers that can be sent, else raise naming the header.
+
+    Header values are often secrets (``Authorization: Bearer ...``), so a
+    message never shows one; nor a name that is not valid, which may be a
+    value given in its place.
+    """
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{field} must be a mapping of names to values, got {type(value).__name__}")
+    for index, (name, text) in enumerate(value.items()):
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise ValueError(
+                f"{field}: header {index + 1} of {len(value)} has a name that is not an HTTP"
+                " token (letters, digits and !#$%&'*+-.^_`|~); not shown: it may be a secret"
+            )
+        problem = _header_value_problem(text)
+        if problem is not None:
+            raise ValueError(f"{field}[{name!r}] cannot be sent: {problem} (value not shown)")
+    return value
+
+
+def _header_value_problem(text: object) -> str | None:
+    if not isinstance(text, str):
+        return f"it must be a str, not {type(text).__name__}"
+    if "\r" in text or "\n" in text:
+        return "it has a line break (a token read from a file keeps its newline: strip it)"
+    if _CONTROL.search(text):
+        return "it has a control character"
+    if text != text.strip(" \t"):
+        return "it starts or ends with white space"
+    if not text.isascii() and any(ord(char) > 0xFF for char in text):
+        return "it has a character outside latin-1"
+    return None
+
+
+def optional_headers(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """attrs validator: `check_headers`, or None."""
+    if value is not None:
+        check_headers(value, attribute.name)
