@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -419,3 +420,79 @@ async def test_a_listener_error_in_an_interval_flush_fails_the_socket(
     [sock] = sockets
     assert sock.close_reason is not None
     assert "ZeroDivisionError" in sock.close_reason.message
+
+
+# -- a slow application --------------------------------------------------------------------
+
+STEADY_EVENTS = 200
+
+
+async def steady_peer(ws: trio_websocket.WebSocketConnection) -> None:
+    """A healthy peer: one event a second, answering pings, then a 4503 close."""
+    try:
+        for i in range(STEADY_EVENTS):
+            await ws.send_message(frame("chats.update", {"id": i}))
+            await trio.sleep(1)
+        await ws.aclose(code=4503, reason="scripted")
+    except trio_websocket.ConnectionClosed:
+        pass  # the client left first
+
+
+async def stall_once(
+    sock: Any, seen: list[int], frames_during_stall: list[int], stall: float = 120.0
+) -> None:
+    """A subscriber that pauses once, for *stall* seconds, after its tenth event."""
+    async with sock.events.subscribe() as batches:
+        async for batch in batches:
+            seen.extend(data["id"] for data in batch["chats.update"])
+            if len(seen) == 10:
+                await trio.sleep(30)
+                frames_during_stall.append(sock.frames_received)
+                await trio.sleep(stall - 30)
+                frames_during_stall.append(sock.frames_received)
+
+
+async def test_a_slow_subscriber_slows_the_peer_and_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        await steady_peer(await request.accept())
+
+    seen: list[int] = []
+    frames: list[int] = []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, handler)
+        async with open_socket(connector, tenant_id="acme") as sock:
+            await stall_once(sock, seen, frames)
+        server.cancel_scope.cancel()
+    reason = sock.close_reason
+    assert reason is not None
+    assert (len(seen), reason.code, reason.message) == (
+        STEADY_EVENTS,
+        ReasonCode.UNAVAILABLE_SERVICE,
+        "scripted",
+    )
+    assert seen == list(range(STEADY_EVENTS))
+    assert frames[0] == frames[1]  # while the application stalls, nothing more is read
+
+
+async def test_a_slow_subscriber_over_tcp_slows_the_peer_and_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        await steady_peer(await request.accept())
+
+    seen: list[int] = []
+    frames: list[int] = []
+    async with trio.open_nursery() as server:
+        listener = await server.start(
+            functools.partial(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+        )
+        url = f"ws://127.0.0.1:{listener.port}/"
+        async with open_socket(url, tenant_id="acme") as sock:
+            await stall_once(sock, seen, frames)
+        server.cancel_scope.cancel()
+    reason = sock.close_reason
+    assert reason is not None
+    assert (len(seen), reason.code) == (STEADY_EVENTS, ReasonCode.UNAVAILABLE_SERVICE)
+    assert frames[0] == frames[1]

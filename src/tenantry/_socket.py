@@ -30,6 +30,14 @@ Steps 1-5 run in a task of their own when the end comes from inside (a
 remote close, ``stream:error``, a keepalive timeout, too many bad frames, a
 listener error, `Socket.close`), and inline when the body itself ends or is
 cancelled from outside. `Socket.close_reason` says which end it was.
+
+Invariant 7 (a slow application slows its peer and loses nothing): the
+reader publishes each batch before reading the next frame, so a subscriber
+that does not keep up stops the reader; trio-websocket's own reader then
+stops at its one-message queue, TCP's window fills and the peer waits.
+Memory stays bounded and nothing is dropped. While the reader is held up
+like this, no pong could be read either: the keepalive counts silence
+against the peer only while the reader is waiting for frames.
 """
 
 from __future__ import annotations
@@ -125,6 +133,7 @@ class Socket:
         "_recent_rejections",
         "_rejected",
         "_shut_down",
+        "_stalled",
         "_tenant_caches",
         "_tenant_id",
         "_ws",
@@ -163,6 +172,7 @@ class Socket:
         self._outbox_send: trio.MemorySendChannel[_Outgoing] | None = None
         self._outbox: trio.MemoryReceiveChannel[_Outgoing] | None = None
         self._reading = trio.CancelScope()
+        self._stalled = False  # whether the reader waits for the application, not the peer
         self._flushing: trio.CancelScope | None = None  # the auto-flush task's, while it runs
         self._body = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
@@ -289,8 +299,10 @@ class Socket:
                     except InvalidEvent as invalid:
                         self._reject(RejectReason.INVALID_EVENT, f"{preview(frame)} ({invalid})")
                         continue
-                    if ready:
+                    if ready:  # published before reading on: a slow application slows the peer
+                        self._stalled = True
                         await events.publish_ready()
+                        self._stalled = False
             except trio_websocket.ConnectionClosed as closed:
                 code = None if closed.reason is None else closed.reason.code
                 message = None if closed.reason is None else closed.reason.reason
@@ -323,11 +335,12 @@ class Socket:
 
     async def _keep_alive(self) -> None:
         # Frames count as signs of life, so the reader never reads the clock:
-        # only an interval without any frame costs a ping.
+        # only an interval without any frame costs a ping. An interval the
+        # reader spent waiting for the application is no silence of the peer's.
         while True:
             heard = self._frames
             await trio.sleep(self._keepalive)
-            if self._frames != heard:
+            if self._frames != heard or self._stalled:
                 continue
             with trio.move_on_after(KEEPALIVE_GRACE):
                 try:
