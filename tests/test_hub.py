@@ -494,3 +494,25 @@ async def test_caches_nobody_reads_are_never_built_yet_reported(
         m = hub.metrics()
         assert m.value("tenantry_cache_misses_total", cache="lid", scope="socket") == 1
         assert m.value("tenantry_cache_max_keys", cache="lid", scope="socket") == 2_000
+
+
+async def test_events_a_subscriber_never_took_are_counted_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def hoarder(sock: Socket) -> None:
+        async with sock.events.subscribe(max_pending=4):
+            await trio.sleep_forever()  # takes nothing
+
+    config = BufferConfig(always_buffer=True, max_items=6)
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream, handler=hoarder, buffer=config, grace=1.0))
+        connection = await upstream.wait_connections(1)
+        await connection.stream(17, keys=17)  # batches of 6, 6 and, at close, 5
+        await trio.sleep(1)
+        await connection.close(4503)
+        await upstream.wait_connections(2)
+        metrics = hub.metrics()
+    figures = [
+        metrics.value(f"tenantry_events_{name}_total") for name in ("received", "delivered", "lost")
+    ]
+    assert figures == [17, 0, 17]

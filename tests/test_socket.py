@@ -496,3 +496,77 @@ async def test_a_slow_subscriber_over_tcp_slows_the_peer_and_loses_nothing(
     assert reason is not None
     assert (len(seen), reason.code) == (STEADY_EVENTS, ReasonCode.UNAVAILABLE_SERVICE)
     assert frames[0] == frames[1]
+
+
+# -- events before the first subscriber -------------------------------------------------------
+
+
+async def test_events_before_the_first_subscriber_are_held_for_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    batches: list[Batch] = []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(frame("x", 1), then="close 4503", pause=1))
+        async with open_socket(connector, tenant_id="acme") as sock:
+            await trio.sleep(0.05)  # the first event arrives meanwhile
+            assert sock.buffer.stats.delivered == 0  # held: nobody has received it yet
+            async with sock.events.subscribe() as channel:
+                await collect(channel, batches)
+        server.cancel_scope.cancel()
+    stats = sock.buffer.stats
+    assert [list(batch.events) for batch in batches] == [[("x", 1)]]
+    assert (stats.received, stats.delivered, stats.lost) == (1, 1, 0)
+
+
+async def test_a_socket_nobody_subscribes_to_counts_its_events_lost(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    frames = [frame("x", i) for i in range(3)]
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(*frames, then="close 4503", pause=1))
+        with caplog.at_level(logging.WARNING, logger="tenantry.events"):
+            async with open_socket(connector, tenant_id="acme") as sock:
+                await trio.sleep_forever()
+        server.cancel_scope.cancel()
+    stats = sock.buffer.stats
+    assert (stats.received, stats.delivered, stats.lost, stats.in_flight) == (3, 0, 3, 0)
+    assert sock.events.lost == 3
+    assert "3 events lost: no subscriber" in caplog.text
+
+
+async def test_held_events_stop_the_reader_at_the_buffers_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    frames = [frame("x", i) for i in range(50)]
+    batches: list[Batch] = []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(*frames, then="close 4503", pause=1))
+        config = BufferConfig(max_items=10)
+        async with open_socket(connector, tenant_id="acme", buffer=config) as sock:
+            await trio.sleep(60)
+            assert sock.buffer.stats.in_flight == 10  # held, then backpressure
+            assert sock.frames_received <= 12  # and the peer waits: nothing piles up
+            async with sock.events.subscribe() as channel:
+                await collect(channel, batches)
+        server.cancel_scope.cancel()
+    assert [data for batch in batches for data in batch["x"]] == list(range(50))
+    stats = sock.buffer.stats
+    assert (stats.received, stats.delivered, stats.lost) == (50, 50, 0)
+
+
+async def test_listeners_alone_receive_their_types_and_the_rest_is_lost(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Any] = []
+    frames = [frame("x", 1), frame("y", 2), frame("x", 3)]
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(*frames, then="close 4503", pause=1))
+        with caplog.at_level(logging.WARNING, logger="tenantry.events"):
+            async with open_socket(connector, tenant_id="acme") as sock:
+                sock.events.on("x", seen.append)
+                await trio.sleep_forever()
+        server.cancel_scope.cancel()
+    stats = sock.buffer.stats
+    assert seen == [1, 3]
+    assert (stats.received, stats.delivered, stats.lost) == (3, 2, 1)
+    assert caplog.text.count("no subscriber and no listener") == 1

@@ -390,7 +390,7 @@ class Socket:
         """Steps 2-5 of the ordered shutdown (see the module docstring)."""
         if self._flushing is not None:
             self._flushing.cancel()
-        delivered_before = self._buffer.stats.delivered
+        final_flush = self._buffer.pending
         try:
             await self._events.aclose(self._grace)
         except Exception as exc:  # noqa: BLE001 - the final batch met a broken listener again
@@ -400,18 +400,18 @@ class Socket:
             "event buffer destroyed: tenant %s, final flush of %d events"
             " (%d received, %d delivered, %d merged, %d lost)",
             self._tenant_id,
-            stats.delivered - delivered_before,
+            final_flush,
             stats.received,
             stats.delivered,
             stats.merged,
-            self._events.lost,
+            stats.lost,
             extra={
                 "tenant": self._tenant_id,
-                "final_flush": stats.delivered - delivered_before,
+                "final_flush": final_flush,
                 "received": stats.received,
                 "delivered": stats.delivered,
                 "merged": stats.merged,
-                "lost": self._events.lost,
+                "lost": stats.lost,
             },
         )
         self._fail_pending_sends()
