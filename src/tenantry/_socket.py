@@ -41,7 +41,7 @@ ends the body (bare, or in an exception group with nothing else), the
 ``async with`` does not re-raise it: it is the close, like step 5's
 cancellation.
 
-Invariant 7 (a slow application slows its peer and loses nothing): the
+A slow application slows its peer and loses nothing: the
 reader publishes each batch before reading the next frame, so a subscriber
 that does not keep up stops the reader; trio-websocket's own reader then
 stops at its one-message queue, TCP's window fills and the peer waits.
