@@ -363,8 +363,8 @@ class EventBuffer:
     def settle(self, count: int, *, lost: bool = False) -> None:
         """Record what became of *count* in-flight events: received, or *lost*.
 
-        The owner that takes the batches calls this once per event: when a
-        consumer has received it, or when it knows that none ever will.
+        Whoever takes the batches settles each of their events once: when a
+        consumer has received it, or when it is known that none ever will.
 
         Raises:
             ValueError: more events than are in flight.
