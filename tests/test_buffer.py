@@ -39,16 +39,20 @@ def buffered(**config: Any) -> EventBuffer:
 
 
 def flushed(buffer: EventBuffer, reason: FlushReason = FlushReason.EXPLICIT) -> Batch:
+    """Flush, take the one batch and settle it as received (the test is its consumer)."""
     assert buffer.flush(reason)
     batch = buffer.take_ready()
     assert batch is not None
     assert buffer.take_ready() is None
+    buffer.settle(batch.count)
     return batch
 
 
 def assert_balanced(buffer: EventBuffer) -> None:
     stats = buffer.stats
-    assert stats.received == stats.delivered + stats.merged + stats.pending
+    assert stats.received == (
+        stats.delivered + stats.merged + stats.lost + stats.pending + stats.in_flight
+    )
 
 
 # -- configuration -------------------------------------------------------------
@@ -507,3 +511,23 @@ def test_rules_table_is_an_ordered_read_only_mapping() -> None:
     assert "x.y" not in DEFAULT_EVENT_RULES
     with pytest.raises(TypeError, match="must be a Rule"):
         EventRules({"a": "upsert"})  # type: ignore[dict-item]
+
+
+def test_batches_are_in_flight_until_their_taker_settles_them() -> None:
+    buffer = buffered()
+    for i in range(4):
+        buffer.emit("chats.update", {"id": i})
+    buffer.flush()
+    stats = buffer.stats
+    assert (stats.delivered, stats.in_flight) == (0, 4)  # made, not yet received by anyone
+    batch = buffer.take_ready()
+    assert batch is not None
+    assert buffer.in_flight == 4
+    buffer.settle(3)
+    buffer.settle(1, lost=True)
+    stats = buffer.stats
+    assert (stats.delivered, stats.lost, stats.in_flight) == (3, 1, 0)
+    assert_balanced(buffer)
+    with pytest.raises(ValueError, match="1 events: 0 are in flight"):
+        buffer.settle(1)
+    assert buffer.max_items == 1000

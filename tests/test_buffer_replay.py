@@ -137,6 +137,7 @@ def test_batches_replay_to_the_same_store_as_raw_events(
             assert all(items for _, items in batch.groups)
             for event in batch.events:
                 apply(consolidated, event.type, event.data)
+            buffer.settle(batch.count)
 
     with ExitStack() as blocks:
         for step in script:
@@ -153,6 +154,7 @@ def test_batches_replay_to_the_same_store_as_raw_events(
             deliver()
             stats = buffer.stats
             assert stats.received == stats.delivered + stats.merged + stats.pending
+            assert (stats.lost, stats.in_flight) == (0, 0)
             assert stats.pending <= max_items
     buffer.close()
     deliver()

@@ -691,3 +691,53 @@ async def test_caches_nobody_reads_are_never_built_yet_reported(
         m = hub.metrics()
         assert m.value("tenantry_cache_misses_total", cache="lid", scope="socket") == 1
         assert m.value("tenantry_cache_max_keys", cache="lid", scope="socket") == 2_000
+
+
+async def test_a_send_meeting_the_peers_close_is_the_close_not_a_handler_failure(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def sender(sock: Socket) -> None:
+        # The subscriber never reads: the reader falls behind, the writer sees the close first.
+        async with sock.events.subscribe(max_pending=1):
+            while True:
+                await sock.send("presence.update", {"id": "me"})
+                await trio.sleep(0.05)
+
+    with caplog.at_level(logging.INFO, logger="tenantry"):
+        async with running() as (upstream, hub):
+            await hub.add(spec(upstream, handler=sender))
+            connection = await upstream.wait_connections(1)
+            for i in range(3):
+                await connection.send_event("chats.update", {"id": i})
+            await trio.sleep(1)
+            await connection.close(4401, "logged out")
+            await trio.sleep(60)
+            [status] = hub.status()
+    assert status.state is TenantState.STOPPED
+    assert status.last_disconnect is not None
+    assert (status.last_disconnect.code, status.last_disconnect.remote) == (401, True)
+    assert status.connections == 1
+    assert "handler failed" not in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+async def test_events_a_subscriber_never_took_are_counted_lost(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def hoarder(sock: Socket) -> None:
+        async with sock.events.subscribe(max_pending=4):
+            await trio.sleep_forever()  # takes nothing
+
+    config = BufferConfig(always_buffer=True, max_items=6)
+    async with running() as (upstream, hub):
+        await hub.add(spec(upstream, handler=hoarder, buffer=config, grace=1.0))
+        connection = await upstream.wait_connections(1)
+        await connection.stream(17, keys=17)  # batches of 6, 6 and, at close, 5
+        await trio.sleep(1)
+        await connection.close(4503)
+        await upstream.wait_connections(2)
+        metrics = hub.metrics()
+    figures = [
+        metrics.value(f"tenantry_events_{name}_total") for name in ("received", "delivered", "lost")
+    ]
+    assert figures == [17, 0, 17]

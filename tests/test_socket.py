@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,7 +25,9 @@ from tenantry import (
     SocketClosed,
     open_socket,
 )
+from tenantry._connect import open_connection
 from tenantry.testing import MemoryConnector
+from tenantry.testing._pipe import pipe_pair
 
 Handler = Callable[[trio_websocket.WebSocketRequest], Awaitable[None]]
 
@@ -439,3 +442,344 @@ async def test_a_listener_error_in_an_interval_flush_fails_the_socket(
     [sock] = sockets
     assert sock.close_reason is not None
     assert "ZeroDivisionError" in sock.close_reason.message
+
+
+# -- sends racing a remote close -------------------------------------------------------
+
+
+def closing_after(events: int, code: int, closed: trio.Event) -> Handler:
+    """A server that sends *events* events, closes with *code*, then sets *closed*."""
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        for i in range(events):
+            await ws.send_message(frame("chats.update", {"id": i}))
+        await trio.sleep(1)
+        await ws.aclose(code=code, reason="logged out")
+        closed.set()
+
+    return handler
+
+
+async def test_a_send_racing_a_remote_close_carries_the_peers_reason(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A subscriber that never reads holds the reader back, so the close frame reaches
+    # the transport (and so the writer) before the reader can read it.
+    closed = trio.Event()
+    failures: list[SocketClosed] = []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, closing_after(3, 4401, closed))
+        async with (
+            open_socket(connector, tenant_id="acme") as sock,
+            sock.events.subscribe(max_pending=1),
+        ):
+            await closed.wait()
+            try:
+                await sock.send("presence.update", {"id": "me"})
+            except SocketClosed as failure:
+                failures.append(failure)
+                raise  # the socket's own close: open_socket does not re-raise it
+        server.cancel_scope.cancel()
+    [failure] = failures
+    assert failure.reason is sock.close_reason
+    assert sock.close_reason is not None
+    assert (sock.close_reason.code, sock.close_reason.remote) == (ReasonCode.LOGGED_OUT, True)
+
+
+async def test_a_close_begun_by_a_send_still_reads_what_the_peer_sent_before_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Event 0 is with the subscriber, 1 in its channel, 2 with the reader, 3 in
+    # trio-websocket's one-message queue when the close frame arrives.
+    closed, sent = trio.Event(), trio.Event()
+    got: list[Any] = []
+    failures: list[SocketClosed] = []
+
+    async def slow(sock: Any) -> None:
+        async with sock.events.subscribe(max_pending=1) as batches:
+            async for batch in batches:
+                got.extend(data["id"] for data in batch["chats.update"])
+                await sent.wait()
+
+    async def sender(sock: Any) -> None:
+        await closed.wait()
+        try:
+            await sock.send("presence.update", {"id": "me"})
+        except SocketClosed as failure:
+            failures.append(failure)
+        sent.set()
+
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, closing_after(4, 4401, closed))
+        async with open_socket(connector, tenant_id="acme") as sock, trio.open_nursery() as body:
+            body.start_soon(slow, sock)
+            body.start_soon(sender, sock)
+        server.cancel_scope.cancel()
+    [failure] = failures
+    assert failure.reason is sock.close_reason
+    assert sock.close_reason is not None
+    assert sock.close_reason.code == ReasonCode.LOGGED_OUT
+    assert got == [0, 1, 2, 3]
+    stats = sock.buffer.stats
+    assert (stats.received, stats.delivered, stats.lost) == (4, 4, 0)
+
+
+async def test_a_local_close_after_the_peers_close_keeps_the_peers_reason(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    closed = trio.Event()
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, closing_after(3, 4401, closed))
+        async with (
+            open_socket(connector, tenant_id="acme") as sock,
+            sock.events.subscribe(max_pending=1),
+        ):
+            await closed.wait()  # the reader has not read the close frame yet
+        server.cancel_scope.cancel()
+    assert sock.close_reason is not None
+    assert (sock.close_reason.code, sock.close_reason.remote) == (ReasonCode.LOGGED_OUT, True)
+
+
+async def test_a_body_ending_with_its_sockets_close_in_a_group_ends_cleanly(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def sender(sock: Any) -> None:
+        while True:
+            await sock.send("presence.update", {"id": "me"})
+            await trio.sleep(0.05)
+
+    closed = trio.Event()
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, closing_after(3, 4401, closed))
+        async with (
+            open_socket(connector, tenant_id="acme") as sock,
+            sock.events.subscribe(max_pending=1),
+            trio.open_nursery() as body,
+        ):
+            body.start_soon(sender, sock)
+            body.start_soon(sender, sock)
+        server.cancel_scope.cancel()
+    assert sock.close_reason is not None
+    assert sock.close_reason.code == ReasonCode.LOGGED_OUT
+
+
+class Choked(trio.abc.Stream):
+    """A client transport whose writes block while *choked* (a peer that stopped reading)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.choked = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.choked:
+            await trio.sleep_forever()
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_send_cut_short_by_an_outer_cancel_still_carries_a_reason(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    failures: list[SocketClosed] = []
+
+    async def send_from_outside(sock: Any) -> None:
+        try:
+            await sock.send("presence.update", {"id": "me"})
+        except SocketClosed as failure:
+            failures.append(failure)
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        async with trio.open_nursery() as nursery:
+            await upstream(then="idle")(await trio_websocket.wrap_server_stream(nursery, stream))
+
+    async with trio.open_nursery() as server:
+        transports: list[Choked] = []
+
+        async def open_stream() -> trio.abc.Stream:
+            client, far_end = pipe_pair()
+            server.start_soon(serve, far_end)
+            transports.append(Choked(client))
+            return transports[0]
+
+        class ChokedConnector:
+            def open(self, *, headers: Any, max_message_size: int) -> Any:
+                return open_connection(
+                    open_stream, host="h", resource="/", headers={}, max_message_size=1 << 20
+                )
+
+        async with trio.open_nursery() as outside:
+            with trio.CancelScope() as scope:
+                async with open_socket(ChokedConnector(), tenant_id="acme") as sock:
+                    transports[0].choked = True
+                    outside.start_soon(send_from_outside, sock)
+                    await trio.testing.wait_all_tasks_blocked()  # the writer is stuck in the write
+                    scope.cancel()
+                    try:
+                        await trio.sleep_forever()
+                    finally:  # the body's own clean-up delays the close that its exit begins
+                        with trio.CancelScope(shield=True):
+                            await trio.sleep(1)
+        server.cancel_scope.cancel()
+    [failure] = failures
+    assert failure.reason is sock.close_reason
+    assert sock.close_reason is not None
+    assert sock.close_reason.message == "closed by owner"
+
+
+# -- a slow application --------------------------------------------------------------------
+
+STEADY_EVENTS = 200
+
+
+async def steady_peer(ws: trio_websocket.WebSocketConnection) -> None:
+    """A healthy peer: one event a second, answering pings, then a 4503 close."""
+    try:
+        for i in range(STEADY_EVENTS):
+            await ws.send_message(frame("chats.update", {"id": i}))
+            await trio.sleep(1)
+        await ws.aclose(code=4503, reason="scripted")
+    except trio_websocket.ConnectionClosed:
+        pass  # the client left first
+
+
+async def stall_once(
+    sock: Any, seen: list[int], frames_during_stall: list[int], stall: float = 120.0
+) -> None:
+    """A subscriber that pauses once, for *stall* seconds, after its tenth event."""
+    async with sock.events.subscribe() as batches:
+        async for batch in batches:
+            seen.extend(data["id"] for data in batch["chats.update"])
+            if len(seen) == 10:
+                await trio.sleep(30)
+                frames_during_stall.append(sock.frames_received)
+                await trio.sleep(stall - 30)
+                frames_during_stall.append(sock.frames_received)
+
+
+async def test_a_slow_subscriber_slows_the_peer_and_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        await steady_peer(await request.accept())
+
+    seen: list[int] = []
+    frames: list[int] = []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, handler)
+        async with open_socket(connector, tenant_id="acme") as sock:
+            await stall_once(sock, seen, frames)
+        server.cancel_scope.cancel()
+    reason = sock.close_reason
+    assert reason is not None
+    assert (len(seen), reason.code, reason.message) == (
+        STEADY_EVENTS,
+        ReasonCode.UNAVAILABLE_SERVICE,
+        "scripted",
+    )
+    assert seen == list(range(STEADY_EVENTS))
+    assert frames[0] == frames[1]  # while the application stalls, nothing more is read
+
+
+async def test_a_slow_subscriber_over_tcp_slows_the_peer_and_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        await steady_peer(await request.accept())
+
+    seen: list[int] = []
+    frames: list[int] = []
+    async with trio.open_nursery() as server:
+        listener = await server.start(
+            functools.partial(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+        )
+        url = f"ws://127.0.0.1:{listener.port}/"
+        async with open_socket(url, tenant_id="acme") as sock:
+            await stall_once(sock, seen, frames)
+        server.cancel_scope.cancel()
+    reason = sock.close_reason
+    assert reason is not None
+    assert (len(seen), reason.code) == (STEADY_EVENTS, ReasonCode.UNAVAILABLE_SERVICE)
+    assert frames[0] == frames[1]
+
+
+# -- events before the first subscriber -------------------------------------------------------
+
+
+async def test_events_before_the_first_subscriber_are_held_for_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    batches: list[Batch] = []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(frame("x", 1), then="close 4503", pause=1))
+        async with open_socket(connector, tenant_id="acme") as sock:
+            await trio.sleep(0.05)  # the first event arrives meanwhile
+            assert sock.buffer.stats.delivered == 0  # held: nobody has received it yet
+            async with sock.events.subscribe() as channel:
+                await collect(channel, batches)
+        server.cancel_scope.cancel()
+    stats = sock.buffer.stats
+    assert [list(batch.events) for batch in batches] == [[("x", 1)]]
+    assert (stats.received, stats.delivered, stats.lost) == (1, 1, 0)
+
+
+async def test_a_socket_nobody_subscribes_to_counts_its_events_lost(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    frames = [frame("x", i) for i in range(3)]
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(*frames, then="close 4503", pause=1))
+        with caplog.at_level(logging.WARNING, logger="tenantry.events"):
+            async with open_socket(connector, tenant_id="acme") as sock:
+                await trio.sleep_forever()
+        server.cancel_scope.cancel()
+    stats = sock.buffer.stats
+    assert (stats.received, stats.delivered, stats.lost, stats.in_flight) == (3, 0, 3, 0)
+    assert sock.events.lost == 3
+    assert "3 events lost: no subscriber" in caplog.text
+
+
+async def test_held_events_stop_the_reader_at_the_buffers_limit(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    frames = [frame("x", i) for i in range(50)]
+    batches: list[Batch] = []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(*frames, then="close 4503", pause=1))
+        config = BufferConfig(max_items=10)
+        async with open_socket(connector, tenant_id="acme", buffer=config) as sock:
+            await trio.sleep(60)
+            assert sock.buffer.stats.in_flight == 10  # held, then backpressure
+            assert sock.frames_received <= 12  # and the peer waits: nothing piles up
+            async with sock.events.subscribe() as channel:
+                await collect(channel, batches)
+        server.cancel_scope.cancel()
+    assert [data for batch in batches for data in batch["x"]] == list(range(50))
+    stats = sock.buffer.stats
+    assert (stats.received, stats.delivered, stats.lost) == (50, 50, 0)
+
+
+async def test_listeners_alone_receive_their_types_and_the_rest_is_lost(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Any] = []
+    frames = [frame("x", 1), frame("y", 2), frame("x", 3)]
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(*frames, then="close 4503", pause=1))
+        with caplog.at_level(logging.WARNING, logger="tenantry.events"):
+            async with open_socket(connector, tenant_id="acme") as sock:
+                sock.events.on("x", seen.append)
+                await trio.sleep_forever()
+        server.cancel_scope.cancel()
+    stats = sock.buffer.stats
+    assert seen == [1, 3]
+    assert (stats.received, stats.delivered, stats.lost) == (3, 2, 1)
+    assert caplog.text.count("no subscriber and no listener") == 1

@@ -234,8 +234,8 @@ async def test_close_is_bounded_by_grace_and_counts_what_it_lost(
         with caplog.at_level(logging.WARNING, logger="tenantry.events"):
             await events.aclose(grace=2)
         assert trio.current_time() == 2.0
-    assert events.lost == 2  # one batch fits in the channel; two could not be published
-    assert "2 events not published" in caplog.text
+    assert events.lost == 3  # one batch sat in the channel, two could not be published
+    assert "3 events lost, 1 subscribers had not drained" in caplog.text
 
 
 async def test_close_runs_even_when_the_owner_is_cancelled(
@@ -322,3 +322,67 @@ async def test_on_demand_auto_flush_runs_only_while_events_are_pending(
     assert (flushes[FlushReason.INTERVAL], flushes[FlushReason.EXPLICIT]) == (12, 1)
     assert [when for when, _ in got][:2] == pytest.approx([105.0, 110.0], abs=0.2)
     assert got[-1][1].reason is FlushReason.EXPLICIT
+
+
+def accounted(events: EventStream) -> int:
+    """Every event the buffer received, by where it is now: it must equal ``received``."""
+    stats = events.buffer.stats
+    return stats.delivered + stats.merged + stats.lost + stats.pending + stats.in_flight
+
+
+async def test_batches_a_subscriber_never_took_are_lost_at_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = stream(always_buffer=True)
+    async with events.subscribe(max_pending=4) as channel:
+        for size in (5, 6, 6):  # 17 events in three batches: they fit in the channel
+            for i in range(size):
+                events.buffer.emit("x", i)
+            events.buffer.flush()
+            await events.publish_ready()
+        assert events.buffer.stats.delivered == 0  # in the channel, not yet received
+        assert events.buffer.stats.in_flight == 17
+        first = await channel.receive()
+        assert events.buffer.stats.delivered == first.count == 5
+        await events.aclose(grace=2)  # the subscriber never takes the other two
+        assert trio.current_time() == 2.0
+    stats = events.buffer.stats
+    assert (stats.delivered, stats.lost, stats.in_flight) == (5, 12, 0)
+    assert events.lost == 12
+    assert accounted(events) == stats.received == 17
+
+
+async def test_with_several_subscribers_an_event_is_delivered_once_all_have_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = stream()
+    async with events.subscribe() as fast, events.subscribe() as slow:
+        for i in range(3):
+            await events.emit("x", i)
+        for _ in range(3):
+            await fast.receive()
+        assert (events.buffer.stats.delivered, events.buffer.stats.in_flight) == (0, 3)
+        await slow.receive()
+        assert (events.buffer.stats.delivered, events.buffer.stats.in_flight) == (1, 2)
+        assert accounted(events) == 3
+    # the slow subscriber left with two batches unread: they are lost, once each
+    stats = events.buffer.stats
+    assert (stats.delivered, stats.lost, stats.in_flight) == (1, 2, 0)
+    assert accounted(events) == stats.received == 3
+
+
+async def test_a_close_without_grace_waits_for_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = stream(always_buffer=True)
+    async with events.subscribe() as channel:
+        await events.emit("x", 1)
+        await events.aclose(grace=0)
+        assert trio.current_time() == 0.0
+        with pytest.raises(trio.EndOfChannel):
+            await channel.receive()
+    assert (events.buffer.stats.lost, events.buffer.stats.delivered) == (1, 0)
+    with pytest.raises(ValueError, match="grace"):
+        await stream().aclose(grace=-1)
+    with pytest.raises(TypeError, match="grace"):
+        await stream().aclose(grace=False)

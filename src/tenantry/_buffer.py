@@ -28,10 +28,13 @@ everything pending. Its fork's forced final flush was a no-op when the
 nesting counter was already zero: here `EventBuffer.flush` flushes whatever
 the depth, and the depth is a context manager that cannot leak.
 
-Counting: ``received == delivered + merged + pending`` holds after every
-call, where *delivered* counts events in batches made, *merged* counts events
-folded into (or cancelled by) another pending event, and *pending* counts the
-items now held.
+Counting: ``received == delivered + merged + lost + pending + in_flight``
+holds after every call. *merged* counts events folded into (or cancelled by)
+another pending event, *pending* the items now held, and *in_flight* the
+events in batches made but not yet settled. Whoever takes the batches settles
+them (`EventBuffer.settle`) as *delivered* once a consumer has received them,
+or as *lost* when none ever will: the buffer alone cannot know which, and a
+batch made is not yet a batch received.
 """
 
 from __future__ import annotations
@@ -82,15 +85,20 @@ class BufferConfig:
 class BufferStats:
     """A snapshot of an `EventBuffer`'s counters.
 
-    ``received == delivered + merged + pending`` always holds.
+    ``received == delivered + merged + lost + pending + in_flight`` always holds.
     """
 
     received: int
     delivered: int
-    """Events in batches the buffer made (handed to its owner to publish)."""
+    """Events a consumer received (settled as delivered by the buffer's owner)."""
     merged: int
     """Events folded into, or cancelled by, another pending event."""
+    lost: int
+    """Events no consumer received, and none ever will (settled as lost)."""
     pending: int
+    in_flight: int
+    """Events in batches made but not yet settled: waiting to be published, or
+    published and not yet received."""
     flushes: Mapping[FlushReason, int]
     """Batches made, by reason. An empty buffer never flushes."""
     history_cache_size: int
@@ -168,7 +176,9 @@ class EventBuffer:
         "_history_duplicates",
         "_history_max_keys",
         "_holding",
+        "_in_flight",
         "_interval",
+        "_lost",
         "_max_items",
         "_merged",
         "_order",
@@ -223,6 +233,7 @@ class EventBuffer:
         self._ready: list[Batch] = []
         self._seq = 0
         self._received = self._delivered = self._merged = self._history_duplicates = 0
+        self._lost = self._in_flight = 0
         self._flushes: dict[FlushReason, int] = {}  # by reason, from its first batch
         self._wakeup: Callable[[float], object] | None = None
 
@@ -343,8 +354,28 @@ class EventBuffer:
         return True
 
     def take_ready(self) -> Batch | None:
-        """The oldest batch ready to publish, or None."""
+        """The oldest batch ready to publish, or None.
+
+        Its events stay *in flight* until the taker settles them (`settle`).
+        """
         return self._ready.pop(0) if self._ready else None
+
+    def settle(self, count: int, *, lost: bool = False) -> None:
+        """Record what became of *count* in-flight events: received, or *lost*.
+
+        Whoever takes the batches settles each of their events once: when a
+        consumer has received it, or when it is known that none ever will.
+
+        Raises:
+            ValueError: more events than are in flight.
+        """
+        if not 0 <= count <= self._in_flight:
+            raise ValueError(f"cannot settle {count} events: {self._in_flight} are in flight")
+        self._in_flight -= count
+        if lost:
+            self._lost += count
+        else:
+            self._delivered += count
 
     def close(self) -> bool:
         """Final flush (reason CLOSE) and refuse further events.
@@ -380,6 +411,16 @@ class EventBuffer:
         return len(self._ready)
 
     @property
+    def in_flight(self) -> int:
+        """Events in batches made but not yet settled (`settle`)."""
+        return self._in_flight
+
+    @property
+    def max_items(self) -> int:
+        """Pending items that force a flush (`BufferConfig.max_items`)."""
+        return self._max_items
+
+    @property
     def next_flush_at(self) -> float | None:
         """When (on this buffer's clock) the oldest pending event is due, or None."""
         return self._first_pending_at + self._interval if self._pending else None
@@ -401,7 +442,9 @@ class EventBuffer:
             received=self._received,
             delivered=self._delivered,
             merged=self._merged,
+            lost=self._lost,
             pending=self._pending,
+            in_flight=self._in_flight,
             flushes=MappingProxyType({r: self._flushes.get(r, 0) for r in FlushReason}),
             history_cache_size=0 if self._history_cache is None else len(self._history_cache),
             history_duplicates=self._history_duplicates,
@@ -534,7 +577,7 @@ class EventBuffer:
         self, groups: tuple[tuple[str, tuple[Any, ...]], ...], count: int, reason: FlushReason
     ) -> None:
         self._seq += 1
-        self._delivered += count
+        self._in_flight += count
         self._flushes[reason] = self._flushes.get(reason, 0) + 1
         self._ready.append(Batch(groups, count, reason, self._seq, self._tenant_id))
 

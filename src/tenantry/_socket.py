@@ -17,19 +17,37 @@ must remember (the seed's orphaned flush timers had nowhere else to live).
 
 Every way a socket can end runs the same *ordered shutdown*:
 
-1. stop reading (the reader's cancel scope);
+1. stop reading (the reader's cancel scope) -- or, when the peer's close
+   frame (or a drop) reached the transport first, read on to the end of
+   what the peer sent before it;
 2. cancel the auto-flush;
 3. final flush into the subscribers, close their channels, and wait until
-   each has drained (`EventStream.aclose`, bounded by *grace*);
+   each has drained (`EventStream.aclose`);
 4. fail pending sends with `SocketClosed`;
 5. cancel the body of the ``async with`` (like a cancel scope: not re-raised);
 6. cancel the remaining tasks; close the WebSocket (shielded, bounded);
 7. drop the socket caches.
 
-Steps 1-5 run in a task of their own when the end comes from inside (a
-remote close, ``stream:error``, a keepalive timeout, too many bad frames, a
-listener error, `Socket.close`), and inline when the body itself ends or is
-cancelled from outside. `Socket.close_reason` says which end it was.
+Steps 1-3 share one *grace* period. Steps 1-5 run in a task of their own
+when the end comes from inside (a remote close, ``stream:error``, a
+keepalive timeout, too many bad frames, a listener error, `Socket.close`),
+and inline when the body itself ends or is cancelled from outside.
+`Socket.close_reason` says which end it was; once the transport has ended,
+its reason is the socket's whichever task noticed first, so a send or a
+local close racing the peer's close frame cannot replace the peer's reason.
+
+A send that the close prevents raises `SocketClosed` with that reason. If it
+ends the body (bare, or in an exception group with nothing else), the
+``async with`` does not re-raise it: it is the close, like step 5's
+cancellation.
+
+A slow application slows its peer and loses nothing: the
+reader publishes each batch before reading the next frame, so a subscriber
+that does not keep up stops the reader; trio-websocket's own reader then
+stops at its one-message queue, TCP's window fills and the peer waits.
+Memory stays bounded and nothing is dropped. While the reader is held up
+like this, no pong could be read either: the keepalive counts silence
+against the peer only while the reader is waiting for frames.
 """
 
 from __future__ import annotations
@@ -81,9 +99,9 @@ _REFUSED_BY_TRANSPORT = {1007: RejectReason.INVALID_UTF8, 1009: RejectReason.TOO
 
 
 class SocketClosed(Exception):
-    """The socket closed before a `Socket.send` could be written."""
+    """The socket closed before a `Socket.send` could be written; ``reason`` says why."""
 
-    def __init__(self, reason: DisconnectReason | None) -> None:
+    def __init__(self, reason: DisconnectReason) -> None:
         super().__init__(f"socket closed: {reason}")
         self.reason = reason
 
@@ -121,7 +139,6 @@ class Socket:
         "_buffer",
         "_caches",
         "_close_reason",
-        "_closing",
         "_error",
         "_events",
         "_flushing",
@@ -135,10 +152,12 @@ class Socket:
         "_outbox",
         "_outbox_send",
         "_protocol",
+        "_read_done",
         "_reading",
         "_recent_rejections",
         "_rejected",
         "_shut_down",
+        "_stalled",
         "_tenant_caches",
         "_tenant_id",
         "_ws",
@@ -177,10 +196,11 @@ class Socket:
         self._outbox_send: trio.MemorySendChannel[_Outgoing] | None = None
         self._outbox: trio.MemoryReceiveChannel[_Outgoing] | None = None
         self._reading = trio.CancelScope()
+        self._read_done: trio.Event | None = None  # while a close waits for the last frames
+        self._stalled = False  # whether the reader waits for the application, not the peer
         self._flushing: trio.CancelScope | None = None  # the auto-flush task's, while it runs
         self._body = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self._closing = False
         self._shut_down = trio.Event()
         self._close_reason: DisconnectReason | None = None
         self._error: Exception | None = None
@@ -228,7 +248,7 @@ class Socket:
     @property
     def closing(self) -> bool:
         """Whether the ordered shutdown has begun."""
-        return self._closing
+        return self._close_reason is not None
 
     @property
     def rejected(self) -> Mapping[RejectReason, int]:
@@ -247,32 +267,33 @@ class Socket:
 
         Raises:
             SocketClosed: the socket closed (or was closing) before the frame
-                was written.
+                was written; its ``reason`` is `close_reason`. Raised in the
+                ``async with`` body and not caught, it ends the body as the
+                close would, and is not re-raised by `open_socket`.
             TypeError, ValueError: the protocol cannot encode the event.
         """
-        if self._closing:
+        if self._close_reason is not None:
             raise SocketClosed(self._close_reason)
         outgoing = _Outgoing(self._protocol.encode(event_type, data))
         outbox = self._outbox_send or self._open_outbox()
         try:
             await outbox.send(outgoing)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise SocketClosed(self._close_reason) from None
+            raise self._closed_error() from None
         await outgoing.done.wait()
         if not outgoing.written:
-            raise SocketClosed(self._close_reason)
+            raise self._closed_error()
 
     def close(self, reason: DisconnectReason | str | None = None) -> None:
         """Begin the ordered shutdown; the ``async with`` body is then cancelled.
 
         *reason* is a `DisconnectReason` (its ``remote`` is kept as given) or
         a message for a local 428 (connection closed). Idempotent: the first
-        reason wins.
+        reason wins, and if the peer's close frame (or a drop) has already
+        reached the transport, the peer's reason does.
         """
         if not isinstance(reason, DisconnectReason):
-            reason = DisconnectReason(
-                ReasonCode.CONNECTION_CLOSED, reason or "closed locally", remote=False
-            )
+            reason = _local_close(reason or "closed locally")
         self._begin_close(reason)
 
     def __repr__(self) -> str:
@@ -303,18 +324,23 @@ class Socket:
                     except InvalidEvent as invalid:
                         self._reject(RejectReason.INVALID_EVENT, f"{preview(frame)} ({invalid})")
                         continue
-                    if ready:
+                    if ready:  # published before reading on: a slow application slows the peer
+                        self._stalled = True
                         await events.publish_ready()
+                        self._stalled = False
             except trio_websocket.ConnectionClosed as closed:
                 code = None if closed.reason is None else closed.reason.code
                 message = None if closed.reason is None else closed.reason.reason
-                self._begin_close(DisconnectReason.from_close_code(code, message))
+                self._begin_close(_transport_reason(closed.reason))
                 if code in _REFUSED_BY_TRANSPORT:  # a bad frame too: count it as one
                     self._reject(_REFUSED_BY_TRANSPORT[code], message or "")
             except CloseRequested as request:
                 self._begin_close(request.reason)
             except Exception as exc:  # noqa: BLE001 - a listener's (or a custom protocol's) bug
                 self._fail(exc)
+            finally:
+                if self._read_done is not None:  # a close is waiting for the peer's last frames
+                    self._read_done.set()
 
     def _open_outbox(self) -> trio.MemorySendChannel[_Outgoing]:
         if self._nursery is None:  # pragma: no cover - the socket starts before anyone can send
@@ -330,24 +356,28 @@ class Socket:
             try:
                 await self._ws.send_message(outgoing.frame)
                 outgoing.written = True
-            except trio_websocket.ConnectionClosed:
-                pass  # the reader reports why
+            except trio_websocket.ConnectionClosed as closed:
+                # Often before the reader reaches the close frame: the close begins here,
+                # with the peer's reason, so that the failed send can carry it.
+                self._begin_close(_transport_reason(closed.reason))
             finally:
                 outgoing.done.set()
 
     async def _keep_alive(self) -> None:
         # Frames count as signs of life, so the reader never reads the clock:
-        # only an interval without any frame costs a ping.
+        # only an interval without any frame costs a ping. An interval the
+        # reader spent waiting for the application is no silence of the peer's.
         while True:
             heard = self._frames
             await trio.sleep(self._keepalive)
-            if self._frames != heard:
+            if self._frames != heard or self._stalled:
                 continue
             with trio.move_on_after(KEEPALIVE_GRACE):
                 try:
                     await self._ws.ping()
-                except trio_websocket.ConnectionClosed:
-                    return  # the reader reports why
+                except trio_websocket.ConnectionClosed as closed:
+                    self._begin_close(_transport_reason(closed.reason))
+                    return
                 continue
             if self._frames == heard:
                 silence = self._keepalive + KEEPALIVE_GRACE
@@ -370,12 +400,22 @@ class Socket:
 
     # -- shutdown ----------------------------------------------------------------
 
-    def _begin_close(self, reason: DisconnectReason) -> None:
-        if self._closing:
-            return
-        self._closing = True
+    def _begin_close(self, reason: DisconnectReason) -> DisconnectReason:
+        """Begin the ordered shutdown, once; returns the reason in effect.
+
+        If the transport has already ended (the peer's close frame, or a
+        drop), its reason wins over *reason*, and the reader reads on to the
+        end of what the peer sent before it (`_shutdown` waits for it).
+        """
+        if self._close_reason is not None:
+            return self._close_reason
+        ended = self._ws.closed
+        if ended is not None:
+            reason = _transport_reason(ended)
+            self._read_done = trio.Event()
+        else:
+            self._reading.cancel()
         self._close_reason = reason
-        self._reading.cancel()
         log = logger.info if reason.remote or self._error is None else logger.error
         log(
             "socket closing: tenant %s, %s",
@@ -386,38 +426,49 @@ class Socket:
         if self._nursery is None:  # pragma: no cover - the socket starts before anyone can close it
             raise RuntimeError("socket closed before it started")
         self._nursery.start_soon(self._shutdown)
+        return reason
 
     async def _shutdown(self) -> None:
-        """Steps 2-5 of the ordered shutdown (see the module docstring)."""
-        if self._flushing is not None:
-            self._flushing.cancel()
-        delivered_before = self._buffer.stats.delivered
+        """Steps 1-5 of the ordered shutdown (see the module docstring), after `_begin_close`."""
         try:
-            await self._events.aclose(self._grace)
-        except Exception as exc:  # noqa: BLE001 - the final batch met a broken listener again
-            self._error = self._error or exc
+            deadline = trio.current_time() + self._grace
+            if self._read_done is not None:  # the peer's last frames are still being read
+                with trio.move_on_at(deadline, shield=True):
+                    await self._read_done.wait()
+                self._reading.cancel()
+            if self._flushing is not None:
+                self._flushing.cancel()
+            final_flush = self._buffer.pending
+            try:
+                await self._events.aclose(max(deadline - trio.current_time(), 0.0))
+            except Exception as exc:  # noqa: BLE001 - the final batch met a broken listener again
+                self._error = self._error or exc
+            self._log_destroyed(final_flush)
+            self._fail_pending_sends()
+            self._body.cancel()
+        finally:
+            self._shut_down.set()
+
+    def _log_destroyed(self, final_flush: int) -> None:
         stats = self._buffer.stats
         logger.info(
             "event buffer destroyed: tenant %s, final flush of %d events"
             " (%d received, %d delivered, %d merged, %d lost)",
             self._tenant_id,
-            stats.delivered - delivered_before,
+            final_flush,
             stats.received,
             stats.delivered,
             stats.merged,
-            self._events.lost,
+            stats.lost,
             extra={
                 "tenant": self._tenant_id,
-                "final_flush": stats.delivered - delivered_before,
+                "final_flush": final_flush,
                 "received": stats.received,
                 "delivered": stats.delivered,
                 "merged": stats.merged,
-                "lost": self._events.lost,
+                "lost": stats.lost,
             },
         )
-        self._fail_pending_sends()
-        self._body.cancel()
-        self._shut_down.set()
 
     def _fail_pending_sends(self) -> None:
         if self._outbox_send is None or self._outbox is None:
@@ -435,16 +486,25 @@ class Socket:
         with trio.move_on_after(self._grace + KEEPALIVE_GRACE, shield=True):
             await self._shut_down.wait()
 
+    def _closed_error(self) -> SocketClosed:
+        """The error for a send that the close kept from being written."""
+        reason = self._close_reason
+        if reason is None:
+            # A cancellation from outside reached the writer before the body's exit
+            # closed the socket, which it is about to do, for this reason.
+            reason = self._begin_close(_local_close("closed by owner"))
+        return SocketClosed(reason)
+
+    def _is_own_close(self, error: BaseException) -> bool:
+        """Whether *error* is this socket's `SocketClosed`, bare or in a group of nothing else."""
+        if isinstance(error, BaseExceptionGroup):
+            return all(self._is_own_close(inner) for inner in error.exceptions)
+        return isinstance(error, SocketClosed) and error.reason is self._close_reason
+
     def _fail(self, exc: Exception) -> None:
         if self._error is None:
             self._error = exc
-        self._begin_close(
-            DisconnectReason(
-                ReasonCode.CONNECTION_CLOSED,
-                f"{type(exc).__name__} in user code: {exc}",
-                remote=False,
-            )
-        )
+        self._begin_close(_local_close(f"{type(exc).__name__} in user code: {exc}"))
 
     def _reject(self, reason: RejectReason, shown: str) -> None:
         if self._rejected is None:
@@ -531,8 +591,11 @@ async def open_socket(
             handshake, a TLS error, "handshake timed out after 10 s", ...).
 
     A remote or local close cancels the body like a cancel scope and is not
-    re-raised; `Socket.close_reason` says why. An exception from a listener
-    is re-raised after the ordered shutdown: it is a bug in user code.
+    re-raised; `Socket.close_reason` says why. Nor is a `SocketClosed` from
+    this socket's `Socket.send` that ends the body (bare, or in an exception
+    group of nothing else): it is the same close. An exception from a
+    listener is re-raised after the ordered shutdown: it is a bug in user
+    code.
 
     The WebSocket closes with a close handshake (bounded) after a normal
     local or remote close. A peer declared dead (reason 408) is not asked
@@ -587,7 +650,7 @@ async def open_socket(
                     with socket_caches.janitor(nursery), sock._body:  # noqa: SLF001
                         yield sock
                 except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
-                    body_error = exc
+                    body_error = None if sock._is_own_close(exc) else exc  # noqa: SLF001
                 finally:
                     await sock._finish()  # noqa: SLF001
                     nursery.cancel_scope.cancel()
@@ -644,6 +707,17 @@ async def _connect(
     if connecting.cancelled_caught:
         reason = f"handshake timed out after {connect_timeout:g} s"
         raise ConnectFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, reason))
+
+
+def _local_close(message: str) -> DisconnectReason:
+    return DisconnectReason(ReasonCode.CONNECTION_CLOSED, message, remote=False)
+
+
+def _transport_reason(ended: trio_websocket.CloseReason | None) -> DisconnectReason:
+    """Why the transport ended: the peer's close frame, or a drop (None, or 1006)."""
+    if ended is None:
+        return DisconnectReason.from_close_code(None)
+    return DisconnectReason.from_close_code(ended.code, ended.reason)
 
 
 def _connect_failed(error: Exception) -> ConnectFailed:

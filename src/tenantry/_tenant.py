@@ -203,7 +203,7 @@ class _Totals:
             received=stats.received,
             delivered=stats.delivered,
             merged=stats.merged,
-            lost=sock.events.lost,
+            lost=stats.lost,
         )
         self.flushes.update(stats.flushes)
         self.rejected.update(sock.rejected)
