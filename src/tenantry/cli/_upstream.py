@@ -62,14 +62,22 @@ async def serve_upstream(
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; reports the URL through *task_status* and events through *say*."""
-    async with open_fake_upstream() as upstream, trio.open_nursery() as nursery:
+    """Serve until cancelled; reports the URL through *task_status* and events through *say*.
+
+    It runs for days: the upstream remembers no connection once it has ended
+    (``history=0``), only what it counts.
+    """
+    async with open_fake_upstream(history=0) as upstream, trio.open_nursery() as nursery:
         url = await upstream.serve_tcp(config.port, host=config.host)
         task_status.started(url)
         served = 0
         while True:
-            connection = await upstream.wait_connections(served + 1)
             served += 1
+            try:
+                connection = await upstream.wait_connections(served)
+            except LookupError:  # it came and went before this loop got to it
+                say(f"connection {served - 1} ended before it was served")
+                continue
             say(f"connection {connection.index} on {connection.path}")
             nursery.start_soon(_serve_connection, upstream, connection, config, say)
 
