@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from tenantry import Batch, open_socket
 from tenantry.cli import Fault, SoakConfig, SoakReport, collecting_less, main, run_soak
 from tenantry.cli import _main as cli_main
 from tenantry.cli._report import SocketTally, TenantTally
+from tenantry.cli._soak import _Line, _Tenant
+from tenantry.cli._traffic import Traffic
 from tenantry.cli._upstream import UpstreamConfig, serve_upstream
 
 SHORT = ["--tenants", "6", "--duration", "10m", "--plain", "--quiet"]
@@ -56,8 +59,8 @@ def test_the_faults_happened_and_were_answered(report: SoakReport) -> None:
     assert report.rejected_frames["invalid_json"] == faults["malformed"]
     spared = [t for t in report.tenants if t.spared]
     assert len(spared) == 2
-    assert all(len(t.sockets) == 1 and not t.faults for t in spared)
-    assert sum(len(t.clean_lines) for t in report.tenants) > 0
+    assert all(t.sockets == 1 and not t.faults for t in spared)
+    assert sum(t.clean_closes for t in report.tenants) > 0
 
 
 def test_caches_fill_and_evict_instead_of_failing(report: SoakReport) -> None:
@@ -104,22 +107,19 @@ def broken(report: SoakReport) -> list[str]:
 
 
 def test_lost_short_and_disturbed_tenants_are_caught(report: SoakReport) -> None:
-    faulty = next(t for t in report.tenants if t.clean_lines)
-    n, sent = faulty.clean_lines[0]
-    sockets = list(faulty.sockets)
-    sockets[n] = attrs.evolve(sockets[n], received=sent - 1, delivered=sockets[n].delivered - 1)
-    short = attrs.evolve(faulty, sockets=tuple(sockets), handed=faulty.handed - 1)
+    faulty = next(t for t in report.tenants if t.clean_closes)
+    short = attrs.evolve(faulty, short=(0,))
     assert broken(with_tenant(report, short)) == ["a remote close loses nothing sent before it"]
     uneven = attrs.evolve(faulty, handed=faulty.handed + 1)
     assert broken(with_tenant(report, uneven)) == [
         "every event decoded is delivered or merged exactly once"
     ]
-    lost = attrs.evolve(faulty, sockets=(*faulty.sockets, SocketTally(1, 0, 0, 1)))
+    lost = attrs.evolve(faulty, events=faulty.events + SocketTally(1, 0, 0, 1))
     assert "every event decoded is delivered or merged exactly once" in broken(
         with_tenant(report, lost)
     )
     spared = next(t for t in report.tenants if t.spared)
-    disturbed = attrs.evolve(spared, sockets=(*spared.sockets, SocketTally(0, 0, 0, 0)))
+    disturbed = attrs.evolve(spared, sockets=2)
     assert broken(with_tenant(report, disturbed)) == ["faults of one tenant never touch another"]
     late = attrs.evolve(report.flushes, per_minute=(10_000, *report.flushes.per_minute[1:]))
     assert broken(attrs.evolve(report, flushes=late)) == [
@@ -127,11 +127,50 @@ def test_lost_short_and_disturbed_tenants_are_caught(report: SoakReport) -> None
     ]
 
 
+def test_memory_is_judged_in_runs_of_half_an_hour_or_more(report: SoakReport) -> None:
+    leaky = attrs.evolve(report, elapsed=1800.0, rss_quarters=(100, 110, 113, 116))
+    assert leaky.rss_growth_after_warmup == pytest.approx(0.0545, abs=1e-4)
+    assert broken(leaky) == ["memory stays flat once warmed up"]
+    flat = attrs.evolve(leaky, rss_quarters=(100, 110, 112, 115))  # warming up: +15 %
+    assert "memory stays flat once warmed up" in [i.name for i in flat.invariants]
+    assert broken(flat) == []
+    short = attrs.evolve(leaky, elapsed=1799.0)
+    assert "memory stays flat once warmed up" not in [i.name for i in short.invariants]
+    rows = dict(dict(short.sections())["Process"])
+    assert rows["RSS growth"] == (
+        "+5.5% from the second quarter to the last (not judged: runs of 30 min or more are); "
+        "+16.0% from the first"
+    )
+    assert dict(dict(leaky.sections())["Process"])["RSS growth"].startswith(
+        "+5.5% from the second quarter to the last (bound +5%)"
+    )
+    assert leaky.to_json()["rss_growth_after_warmup"] == leaky.rss_growth_after_warmup
+
+
+def test_each_clean_close_is_checked_against_its_socket_in_either_order() -> None:
+    tenant = _Tenant("t", spared=False, traffic=Traffic("1"), random=random.Random(1))
+    lines = [_Line(None, n, sent=10 + n) for n in range(1000)]  # type: ignore[arg-type]
+    for n, line in enumerate(lines):
+        received = line.sent - (n == 7)  # connection 7 comes up one event short
+        if n % 2:
+            tenant.closed_cleanly(line)
+            tenant.socket_closed(n, SocketTally(received, received, 0, 0))
+        else:
+            tenant.socket_closed(n, SocketTally(received, received, 0, 0))
+            if n % 3:  # every third even connection ends without a clean close
+                tenant.closed_cleanly(line)
+    assert tenant.short == [7]
+    assert tenant.clean_closes == 1000 - len(range(0, 1000, 6))
+    assert tenant.events.received == sum(line.sent for line in lines) - 1
+    assert len(tenant._decoded) + len(tenant._clean_sent) <= 2  # each held briefly
+
+
 def test_a_seed_reproduces_a_run() -> None:
     config = SoakConfig(tenants=4, duration=300, fault_every=30, seed=11)
     first, second = soak(config).to_json(), soak(config).to_json()
-    for varying in ("wall_seconds", "peak_rss_bytes", "rss_quarters_bytes", "rss_growth"):
-        del first[varying], second[varying]
+    varying = ("wall_seconds", "peak_rss_bytes", "rss_quarters_bytes", "rss_growth")
+    for key in (*varying, "rss_growth_after_warmup"):
+        del first[key], second[key]
     assert first == second
     other = soak(attrs.evolve(config, seed=12)).to_json()
     assert other["faults"] != first["faults"]
