@@ -158,6 +158,8 @@ class SoakReport:
     tasks_at_end: int
     rss_quarters: tuple[int, ...] | None = None
     """Mean resident set size of each quarter of the run, in bytes (None: unknown)."""
+    interrupted: bool = False
+    """The traffic was stopped early (Ctrl-C): the figures cover `elapsed` seconds of it."""
 
     @property
     def rss_growth(self) -> float | None:
@@ -311,6 +313,13 @@ class SoakReport:
             f"{growth:+.1%} from the first"
         )
 
+    def _traffic_text(self) -> str:
+        rate = f"{self.config.rate:g} events/s each"
+        if self.interrupted:
+            planned = duration_text(self.config.duration)
+            return f"{duration_text(self.elapsed)} of {planned} (interrupted), {rate}"
+        return f"{duration_text(self.elapsed)}, {rate}"
+
     def sections(self) -> list[tuple[str, Rows]]:
         """The report as titled rows of (label, value), for text and tables."""
         config, flushes, events = self.config, self.flushes, self.events()
@@ -323,7 +332,7 @@ class SoakReport:
                 [
                     ("mode", mode),
                     ("tenants", f"{config.tenants} ({config.spared_tenants} spared from faults)"),
-                    ("traffic", f"{duration_text(self.elapsed)}, {config.rate:g} events/s each"),
+                    ("traffic", self._traffic_text()),
                     ("wall time", f"{self.wall:,.1f} s{speed}"),
                     ("seed", str(config.seed)),
                 ],
@@ -401,6 +410,7 @@ class SoakReport:
         return {
             "config": config,
             "elapsed_seconds": self.elapsed,
+            "interrupted": self.interrupted,
             "wall_seconds": self.wall,
             "flushes": {
                 "expected_per_minute": self.flushes.expected_per_minute,
@@ -450,11 +460,11 @@ def _few(names: list[Any]) -> str:
 
 
 def duration_text(seconds: float) -> str:
-    """``259200`` as ``3 d``, ``3600`` as ``1 h``, ``90`` as ``1.5 min``."""
+    """``259200`` as ``3 d``, ``360000`` as ``4.17 d``, ``90`` as ``1.5 min``."""
     if seconds >= 86400:
-        return f"{seconds / 86400:g} d"
+        return f"{seconds / 86400:.3g} d"
     if seconds >= 3600:
-        return f"{seconds / 3600:g} h"
+        return f"{seconds / 3600:.3g} h"
     if seconds >= 60:
-        return f"{seconds / 60:g} min"
-    return f"{seconds:g} s"
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"

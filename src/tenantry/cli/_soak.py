@@ -61,6 +61,8 @@ from ._traffic import Traffic
 
 __all__ = ["SoakConfig", "SoakProgress", "run_soak", "soak_caches"]
 
+MAX_TENANTS = 100_000
+"""The most tenants a soak runs: they all live in one process, with their upstream."""
 _GAUGE_EVERY = 1.0
 _BURST = 2
 """Events per write: the upstream sends each tenant a pair every 2 / rate seconds."""
@@ -83,7 +85,7 @@ class SoakConfig:
     """What a soak runs: the fleet, the traffic, the faults, the clock.
 
     Args:
-        tenants: Tenants on the hub.
+        tenants: Tenants on the hub (at most 100,000: one process holds them all).
         duration: Seconds of traffic (virtual seconds when ``virtual``).
         rate: Events per second the upstream sends each tenant.
         fault_every: Mean seconds between two faults of one tenant.
@@ -113,6 +115,10 @@ class SoakConfig:
 
     def __attrs_post_init__(self) -> None:
         check_count(self.tenants, "tenants", minimum=1)
+        if self.tenants > MAX_TENANTS:
+            raise ValueError(
+                f"tenants must be <= {MAX_TENANTS:,} (one process), got {self.tenants:,}"
+            )
         check_seconds(self.duration, "duration")
         check_between(self.rate, "rate", 0.001, 10_000)
         check_seconds(self.fault_every, "fault_every")
@@ -475,7 +481,9 @@ class _Soak:
 
     # -- the report ----------------------------------------------------------------
 
-    def report(self, metrics: Metrics, *, elapsed: float, baseline_tasks: int) -> SoakReport:
+    def report(
+        self, metrics: Metrics, *, elapsed: float, baseline_tasks: int, interrupted: bool
+    ) -> SoakReport:
         config = self.config
         interval_counts = [self.interval_flushes[m] for m in range(int(elapsed // 60))]
         return SoakReport(
@@ -517,6 +525,7 @@ class _Soak:
             rss_quarters=self.rss_quarters(),
             baseline_tasks=baseline_tasks,
             tasks_at_end=trio.lowlevel.current_statistics().tasks_living,
+            interrupted=interrupted,
         )
 
 
@@ -564,14 +573,21 @@ def _peak_rss() -> int | None:
 
 
 async def run_soak(
-    config: SoakConfig, *, on_progress: Callable[[SoakProgress], None] | None = None
+    config: SoakConfig,
+    *,
+    on_progress: Callable[[SoakProgress], None] | None = None,
+    stop: trio.Event | None = None,
 ) -> SoakReport:
     """Run the soak *config* describes and return its report.
 
     Run it under ``trio.testing.MockClock(autojump_threshold=0)`` when
-    ``config.virtual``, and under the real clock otherwise.
+    ``config.virtual``, and under the real clock otherwise. Setting *stop*
+    ends the traffic early (the command does it on Ctrl-C): the hub closes
+    as usual and the report, marked `SoakReport.interrupted`, covers the
+    traffic so far.
     """
     baseline_tasks = trio.lowlevel.current_statistics().tasks_living
+    stop = trio.Event() if stop is None else stop
     # The feeders take each connection as it arrives: a short history is plenty.
     async with open_fake_upstream(history=config.tenants) as upstream:
         base_url = None if config.virtual else await upstream.serve_tcp()
@@ -590,11 +606,15 @@ async def run_soak(
                 script.start_soon(soak.sample_memory)
                 if on_progress is not None:
                     script.start_soon(soak.report_progress, hub, on_progress)
-                await trio.sleep(config.duration)
+                with trio.move_on_after(config.duration):
+                    await stop.wait()
                 script.cancel_scope.cancel()
             if on_progress is not None:
                 on_progress(soak.progress(hub, over=config.duration / 100))
             elapsed = trio.current_time() - soak.start
             await trio.sleep(config.flush_interval + 1)  # every pending event flushed
             metrics = hub.metrics()
-    return soak.report(metrics, elapsed=elapsed, baseline_tasks=baseline_tasks)
+    interrupted = stop.is_set() and elapsed < config.duration
+    return soak.report(
+        metrics, elapsed=elapsed, baseline_tasks=baseline_tasks, interrupted=interrupted
+    )
