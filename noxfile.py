@@ -76,6 +76,7 @@ def reliability(session: nox.Session) -> None:
     session.install("-e", ".[prometheus,cli]", *TEST_DEPS)
     session.env["TENANTRY_SOAK_LIFECYCLES"] = "10000"
     session.env["TENANTRY_SOAK_MEMORY_SECONDS"] = "600"
+    session.env["TENANTRY_SOAK_MEMORY_VIRTUAL_SECONDS"] = "7200"
     session.run("pytest", "-m", "soak", "-s", *session.posargs)
 
 

@@ -73,11 +73,14 @@ def test_scale_benchmark_runs(
 def test_soak_benchmark_runs(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(sys, "argv", ["bench_soak.py", "--tenants", "5", "--duration", "300"])
+    argv = ["bench_soak.py", "--tenants", "5", "--duration", "300", "--trace-growth", "3"]
+    monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(BENCHMARKS / "bench_soak.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "x real time" in out
     assert re.search(r"events lost +0\n", out)
+    assert "RSS after warm-up" in out
+    assert "traced growth from the first quarter to the end" in out
 
 
 def test_close_benchmark_runs(

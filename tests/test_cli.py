@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
+import random
+import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +23,9 @@ from tenantry import Batch, open_socket
 from tenantry.cli import Fault, SoakConfig, SoakReport, collecting_less, main, run_soak
 from tenantry.cli import _main as cli_main
 from tenantry.cli._report import SocketTally, TenantTally
-from tenantry.cli._upstream import UpstreamConfig, serve_upstream
+from tenantry.cli._soak import _Line, _Tenant
+from tenantry.cli._traffic import Traffic
+from tenantry.cli._upstream import UpstreamConfig, port_refusal, serve_upstream
 
 SHORT = ["--tenants", "6", "--duration", "10m", "--plain", "--quiet"]
 
@@ -56,8 +63,8 @@ def test_the_faults_happened_and_were_answered(report: SoakReport) -> None:
     assert report.rejected_frames["invalid_json"] == faults["malformed"]
     spared = [t for t in report.tenants if t.spared]
     assert len(spared) == 2
-    assert all(len(t.sockets) == 1 and not t.faults for t in spared)
-    assert sum(len(t.clean_lines) for t in report.tenants) > 0
+    assert all(t.sockets == 1 and not t.faults for t in spared)
+    assert sum(t.clean_closes for t in report.tenants) > 0
 
 
 def test_caches_fill_and_evict_instead_of_failing(report: SoakReport) -> None:
@@ -104,22 +111,19 @@ def broken(report: SoakReport) -> list[str]:
 
 
 def test_lost_short_and_disturbed_tenants_are_caught(report: SoakReport) -> None:
-    faulty = next(t for t in report.tenants if t.clean_lines)
-    n, sent = faulty.clean_lines[0]
-    sockets = list(faulty.sockets)
-    sockets[n] = attrs.evolve(sockets[n], received=sent - 1, delivered=sockets[n].delivered - 1)
-    short = attrs.evolve(faulty, sockets=tuple(sockets), handed=faulty.handed - 1)
+    faulty = next(t for t in report.tenants if t.clean_closes)
+    short = attrs.evolve(faulty, short=(0,))
     assert broken(with_tenant(report, short)) == ["a remote close loses nothing sent before it"]
     uneven = attrs.evolve(faulty, handed=faulty.handed + 1)
     assert broken(with_tenant(report, uneven)) == [
         "every event decoded is delivered or merged exactly once"
     ]
-    lost = attrs.evolve(faulty, sockets=(*faulty.sockets, SocketTally(1, 0, 0, 1)))
+    lost = attrs.evolve(faulty, events=faulty.events + SocketTally(1, 0, 0, 1))
     assert "every event decoded is delivered or merged exactly once" in broken(
         with_tenant(report, lost)
     )
     spared = next(t for t in report.tenants if t.spared)
-    disturbed = attrs.evolve(spared, sockets=(*spared.sockets, SocketTally(0, 0, 0, 0)))
+    disturbed = attrs.evolve(spared, sockets=2)
     assert broken(with_tenant(report, disturbed)) == ["faults of one tenant never touch another"]
     late = attrs.evolve(report.flushes, per_minute=(10_000, *report.flushes.per_minute[1:]))
     assert broken(attrs.evolve(report, flushes=late)) == [
@@ -127,11 +131,50 @@ def test_lost_short_and_disturbed_tenants_are_caught(report: SoakReport) -> None
     ]
 
 
+def test_memory_is_judged_in_runs_of_half_an_hour_or_more(report: SoakReport) -> None:
+    leaky = attrs.evolve(report, elapsed=1800.0, rss_quarters=(100, 110, 113, 116))
+    assert leaky.rss_growth_after_warmup == pytest.approx(0.0545, abs=1e-4)
+    assert broken(leaky) == ["memory stays flat once warmed up"]
+    flat = attrs.evolve(leaky, rss_quarters=(100, 110, 112, 115))  # warming up: +15 %
+    assert "memory stays flat once warmed up" in [i.name for i in flat.invariants]
+    assert broken(flat) == []
+    short = attrs.evolve(leaky, elapsed=1799.0)
+    assert "memory stays flat once warmed up" not in [i.name for i in short.invariants]
+    rows = dict(dict(short.sections())["Process"])
+    assert rows["RSS growth"] == (
+        "+5.5% from the second quarter to the last (not judged: runs of 30 min or more are); "
+        "+16.0% from the first"
+    )
+    assert dict(dict(leaky.sections())["Process"])["RSS growth"].startswith(
+        "+5.5% from the second quarter to the last (bound +5%)"
+    )
+    assert leaky.to_json()["rss_growth_after_warmup"] == leaky.rss_growth_after_warmup
+
+
+def test_each_clean_close_is_checked_against_its_socket_in_either_order() -> None:
+    tenant = _Tenant("t", spared=False, traffic=Traffic("1"), random=random.Random(1))
+    lines = [_Line(None, n, sent=10 + n) for n in range(1000)]  # type: ignore[arg-type]
+    for n, line in enumerate(lines):
+        received = line.sent - (n == 7)  # connection 7 comes up one event short
+        if n % 2:
+            tenant.closed_cleanly(line)
+            tenant.socket_closed(n, SocketTally(received, received, 0, 0))
+        else:
+            tenant.socket_closed(n, SocketTally(received, received, 0, 0))
+            if n % 3:  # every third even connection ends without a clean close
+                tenant.closed_cleanly(line)
+    assert tenant.short == [7]
+    assert tenant.clean_closes == 1000 - len(range(0, 1000, 6))
+    assert tenant.events.received == sum(line.sent for line in lines) - 1
+    assert len(tenant._decoded) + len(tenant._clean_sent) <= 2  # each held briefly
+
+
 def test_a_seed_reproduces_a_run() -> None:
     config = SoakConfig(tenants=4, duration=300, fault_every=30, seed=11)
     first, second = soak(config).to_json(), soak(config).to_json()
-    for varying in ("wall_seconds", "peak_rss_bytes", "rss_quarters_bytes", "rss_growth"):
-        del first[varying], second[varying]
+    varying = ("wall_seconds", "peak_rss_bytes", "rss_quarters_bytes", "rss_growth")
+    for key in (*varying, "rss_growth_after_warmup"):
+        del first[key], second[key]
     assert first == second
     other = soak(attrs.evolve(config, seed=12)).to_json()
     assert other["faults"] != first["faults"]
@@ -169,6 +212,32 @@ def test_soak_command_exits_1_naming_the_broken_invariant(
     assert "invariant broken: live buffers equal live sockets" in captured.err
 
 
+def test_a_soak_stopped_early_reports_the_traffic_that_ran() -> None:
+    async def stopped_after(seconds: float) -> SoakReport:
+        stop = trio.Event()
+
+        async def stopper() -> None:
+            await trio.sleep(seconds)
+            stop.set()
+            await trio.sleep_forever()  # alive at the end, as at the start
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stopper)
+            config = SoakConfig(tenants=4, duration=3600, fault_every=30)
+            report = await run_soak(config, stop=stop)
+            nursery.cancel_scope.cancel()
+        return report
+
+    report = trio.run(stopped_after, 150, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert report.interrupted
+    assert report.elapsed == pytest.approx(150)
+    assert broken(report) == []
+    assert len(report.flushes.per_minute) == 2  # whole minutes only
+    traffic = dict(dict(report.sections())["Run"])["traffic"]
+    assert traffic == "2.5 min of 1 h (interrupted), 0.5 events/s each"
+    assert report.to_json()["interrupted"] is True
+
+
 def test_soak_progress_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["soak", "--tenants", "3", "--duration", "10m", "--plain"]) == 0
     err = capsys.readouterr().err.splitlines()
@@ -189,9 +258,14 @@ def test_soak_progress_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
         ["soak", "--spared", "1.5"],
         ["soak", "--rate", "-1"],
         ["soak", "--virtual", "--real"],
+        ["soak", "--tenants", "123456789012345678901"],
         ["plan", "--tenants", "-1"],
+        ["plan", "--tenants", "0"],
+        ["plan", "--tenants", "123456789012345678901"],
+        ["plan", "--entry-bytes", "123456789012345678901"],
         ["plan", "--specs", "/nonexistent/caches.json"],
         ["upstream", "--port", "70000"],
+        ["upstream", "--host", "nohost.invalid", "--port", "0"],
         ["bogus"],
     ],
 )
@@ -276,15 +350,19 @@ def test_plan_reads_seed_style_and_tenantry_style_specs(
         ('{"a": 3}', "expected a table of options"),
         ("[1, 2]", "expected a table of caches"),
         ("{not json", "not valid JSON"),
+        ('{"a": {"max_keys": 3, "ttl": 0}}', "ttl must be > 0 seconds, got 0 (null for none)"),
+        ('{"a": {"max_keys": 3, "ttl": 9, "stdTTL": 0}}', "ttl is given twice ('stdTTL' too)"),
+        (b'{"a": {"max_keys": 3, "scope": "soc\xefket"}}', "not UTF-8 text (byte 35)"),
     ],
 )
 def test_plan_names_what_is_wrong_in_a_spec_file(
-    tmp_path: Path, content: str, message: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, content: str | bytes, message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     specs = tmp_path / "caches.json"
-    specs.write_text(content)
+    specs.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert main(["plan", "--specs", str(specs)]) == 2
     err = capsys.readouterr().err
+    assert err.count("\n") == 1
     assert message in err
     assert str(specs) in err
 
@@ -354,3 +432,100 @@ def test_the_command_collects_less_while_it_runs_and_restores_the_collector() ->
     with collecting_less():
         assert gc.get_threshold() == (10_000, *before[1:])
     assert gc.get_threshold() == before
+
+
+# -- what users get wrong with the network, and Ctrl-C --------------------------------------
+
+
+def test_a_busy_port_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["upstream", "--port", str(port), "--plain"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"tenantry upstream: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+def fake_proc(root: Path, *, unprivileged_from: int, capabilities: int) -> Path:
+    """A /proc with the two facts `port_refusal` reads."""
+    (root / "sys/net/ipv4").mkdir(parents=True)
+    (root / "sys/net/ipv4/ip_unprivileged_port_start").write_text(f"{unprivileged_from}\n")
+    (root / "self").mkdir()
+    (root / "self/status").write_text(f"Name:\tpython\nCapEff:\t{capabilities:016x}\n")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("port", "unprivileged_from", "capabilities", "refused"),
+    [
+        (22, 1024, 0, True),  # an ordinary user
+        (1023, 1024, 0, True),
+        (1024, 1024, 0, False),
+        (0, 1024, 0, False),  # any free port
+        (22, 1024, 0x1FFFEFFFFFF, False),  # root
+        (22, 1024, 1 << 10, False),  # CAP_NET_BIND_SERVICE alone
+        (22, 0, 0, False),  # a system that lets anyone listen anywhere
+    ],
+)
+def test_a_privileged_port_is_refused_unless_this_process_may_listen_there(
+    tmp_path: Path, port: int, unprivileged_from: int, capabilities: int, refused: bool
+) -> None:
+    proc = fake_proc(tmp_path, unprivileged_from=unprivileged_from, capabilities=capabilities)
+    assert (port_refusal(port, proc=proc) is not None) is refused
+    assert port_refusal(22, proc=tmp_path / "elsewhere") is None  # no /proc: binding will say
+
+
+def test_upstream_on_a_privileged_port_as_a_user_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user = fake_proc(tmp_path, unprivileged_from=1024, capabilities=0)
+    monkeypatch.setattr(cli_main, "port_refusal", functools.partial(port_refusal, proc=user))
+    assert main(["upstream", "--port", "22"]) == 2
+    assert capsys.readouterr().err == (
+        "tenantry upstream: error: port 22 is privileged: listening below 1024 needs root "
+        "(or CAP_NET_BIND_SERVICE); try --port 8765\n"
+    )
+
+
+def interrupt(argv: list[str], *, running: str) -> tuple[int, str, list[str]]:
+    """Run ``tenantry *argv*``, Ctrl-C it once a line starts with *running*.
+
+    Returns the exit status, stdout, and the lines of stderr other than progress.
+    """
+    command = subprocess.Popen(  # noqa: S603 - the tenantry command, from this interpreter
+        [sys.executable, "-m", "tenantry", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watched = command.stderr if argv[0] == "soak" else command.stdout
+    assert watched is not None
+    first = watched.readline()
+    assert first.startswith(running), first
+    command.send_signal(signal.SIGINT)
+    out, err = command.communicate(timeout=60)
+    return command.returncode, first + out, [e for e in err.splitlines() if not e.startswith("[")]
+
+
+def test_ctrl_c_stops_a_soak_with_its_report_and_exit_130() -> None:
+    status, out, err = interrupt(
+        ["soak", "--tenants", "5", "--duration", "100h", "--plain"], running="[  0%]"
+    )
+    assert status == 130
+    assert len(err) == 1, err
+    assert re.fullmatch(
+        r"tenantry soak: interrupted after (\S+ \S+) of 4.17 d; the report covers those \1", err[0]
+    )
+    assert "(interrupted)" in out
+    assert "held: closing a scope leaves no task behind" in out
+    assert "BROKEN" not in out
+
+
+def test_ctrl_c_stops_the_upstream_with_exit_130() -> None:
+    status, out, err = interrupt(["upstream", "--port", "0", "--plain"], running="serving ws://")
+    assert status == 130
+    assert err == ["tenantry upstream: interrupted"]
+    assert out.count("\n") == 1  # the line it printed when it began to serve

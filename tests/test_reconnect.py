@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import tracemalloc
@@ -126,6 +127,44 @@ def test_exponential_validation() -> None:
         Backoff.exponential(factor=1)
     with pytest.raises(ValueError, match="maximum"):
         Backoff.exponential(maximum=math.inf)
+    with pytest.raises(TypeError, match="factor"):
+        Backoff.exponential(factor="2")  # type: ignore[arg-type]
+
+
+def test_exponential_refuses_a_schedule_too_long_to_build() -> None:
+    # 7e11 steps from 1e-300 s to 30 s: built eagerly, it never returned.
+    with pytest.raises(ValueError, match=r"factor 1\.000000001 from initial 1e-300 s") as refused:
+        Backoff.exponential(1e-300, factor=1.000000001)
+    assert "within 1,000 steps" in str(refused.value)
+    with pytest.raises(ValueError, match="initial 5e-324"):
+        Backoff.exponential(5e-324)  # the smallest float: 1,080 doublings
+    assert len(Backoff.exponential(30 / 2**999).delays) == 1000  # the longest allowed
+    with pytest.raises(ValueError, match="raise factor or initial"):
+        Backoff.exponential(30 / 2**1000)
+    assert repr(Backoff.exponential()) == (
+        "Backoff(delays=(1.0, 2.0, 4.0, 8.0, 16.0, 30.0), jitter=0.15)"
+    )
+
+
+@settings(max_examples=300)
+@given(
+    initial=st.floats(5e-324, 1e6),
+    factor=st.floats(1, 1e300, exclude_min=True),
+    maximum=st.floats(5e-324, 1e6),
+)
+def test_exponential_builds_a_capped_rising_schedule_or_refuses(
+    initial: float, factor: float, maximum: float
+) -> None:
+    try:
+        delays = Backoff.exponential(initial, factor=factor, maximum=maximum).delays
+    except ValueError as refused:
+        refusal = str(refused)
+    else:
+        assert len(delays) <= 1000
+        assert delays[-1] == maximum
+        assert all(a < b for a, b in itertools.pairwise(delays))
+        return
+    assert "raise factor or initial" in refusal
 
 
 # -- CircuitBreaker ------------------------------------------------------------------

@@ -18,7 +18,7 @@ from tenantry import (
     Socket,
     open_socket,
 )
-from tenantry.testing import FakeUpstream, open_fake_upstream
+from tenantry.testing import FakeUpstream, MemoryConnector, open_fake_upstream
 
 
 async def test_events_streamed_before_a_close_are_all_delivered(
@@ -274,3 +274,75 @@ async def test_an_ended_connection_keeps_its_record_and_lets_go_of_its_websocket
         connection.stall()
         with pytest.raises(trio_websocket.ConnectionClosed):
             await connection.send_event("chats.update", {"id": 2})
+
+
+async def connect_and_send(connector: MemoryConnector, messages: int) -> None:
+    """One client connection that sends *messages* messages, then closes."""
+    async with connector.open(headers={}, max_message_size=2**16) as ws:
+        for n in range(messages):
+            await ws.send_message(f"m{n}")
+
+
+async def test_a_long_running_upstream_remembers_a_bounded_history(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fake_upstream() as upstream:
+        for _ in range(1200):
+            await connect_and_send(upstream.connector, 2)
+        await connect_and_send(upstream.connector, 2500)
+        await trio.testing.wait_all_tasks_blocked()
+        remembered = upstream.connections
+        assert len(remembered) == 1000  # the last 1,000 that ended: the default history
+        assert upstream.accepted == 1201
+        assert [c.index for c in remembered] == list(range(201, 1201))
+        assert upstream.connections_to("/") == remembered
+        last = await upstream.wait_connections(1201)
+        assert last is remembered[-1]
+        assert last.received_count == 2500
+        assert last.received == [f"m{n}" for n in range(1500, 2500)]
+        assert sum(c.received_count for c in remembered) == 999 * 2 + 2500
+        with pytest.raises(LookupError, match="connection 1 is forgotten"):
+            await upstream.wait_connections(1)
+        with pytest.raises(LookupError, match="connection 201 to / is forgotten"):
+            await upstream.wait_connections(201, path="/")
+
+
+async def test_live_connections_and_watched_paths_are_never_forgotten(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fake_upstream(history=2) as upstream, trio.open_nursery() as nursery:
+        watched = upstream.connector_to("/watched")
+        async with watched.open(headers={}, max_message_size=2**16):
+            for n in range(10):  # paths of their own, as clients of a real upstream may use
+                connector = MemoryConnector(
+                    nursery,
+                    serve_stream=upstream._serve_stream,  # a client no test watches
+                    resource=f"/client-{n}",
+                )
+                await connect_and_send(connector, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            live = upstream.connections[0]
+            assert live.path == "/watched"
+            assert not live.ended
+            assert [c.path for c in upstream.connections] == [
+                "/watched",
+                "/client-8",
+                "/client-9",
+            ]
+            assert upstream.connections_to("/client-0") == []
+            paths = upstream._paths  # what a path costs once forgotten: nothing
+            assert sorted(paths) == ["/", "/client-8", "/client-9", "/watched"]
+        for _ in range(3):
+            await connect_and_send(upstream.connector, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [c.index for c in upstream.connections] == [12, 13]
+        # Its record is gone, but a watched path keeps counting.
+        assert upstream.connections_to("/watched") == []
+        await connect_and_send(watched, 1)
+        assert (await upstream.wait_connections(2, path="/watched")).index == 14
+        nursery.cancel_scope.cancel()
+
+
+def test_history_must_be_a_count() -> None:
+    with pytest.raises(ValueError, match="history must be >= 0"):
+        trio.run(open_fake_upstream(history=-1).__aenter__)

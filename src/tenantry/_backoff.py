@@ -22,6 +22,9 @@ from ._validate import check_seconds
 
 __all__ = ["Backoff", "RandomSource", "SplitMix64"]
 
+_MAX_STEPS = 1000
+"""The longest schedule `Backoff.exponential` builds (8 KB of delays)."""
+
 
 class RandomSource(Protocol):
     """Anything with ``random() -> float`` in ``[0, 1)``, such as `random.Random`."""
@@ -98,7 +101,7 @@ class Backoff:
     """A delay schedule: ``delays[n - 1]`` after *n* consecutive failures, jittered.
 
     Past the end of *delays* the last one repeats. The defaults are the
-    seed's: 1, 2, 5, 10, 20, 30 s, each ±15 %.
+    Baileys defaults: 1, 2, 5, 10, 20, 30 s, each ±15 %.
 
     Args:
         delays: Base delays in seconds (0 allowed), one per consecutive failure.
@@ -120,15 +123,29 @@ class Backoff:
         maximum: float = 30.0,
         jitter: float = 0.15,
     ) -> Backoff:
-        """``initial * factor ** n``, capped at *maximum*: 1, 2, 4, 8, 16, 30 by default."""
+        """``initial * factor ** n``, capped at *maximum*: 1, 2, 4, 8, 16, 30 by default.
+
+        The schedule is built here, one delay per step up to the cap, so it
+        must reach *maximum* within 1,000 steps: ``exponential(1e-300,
+        factor=1.000000001)`` would need 7e11 of them, and a factor that
+        close to 1 or an initial delay that small is refused with a
+        `ValueError` naming both.
+        """
         check_seconds(initial, "initial")
         check_seconds(maximum, "maximum")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+            raise TypeError(f"factor must be a number > 1, got {factor!r}")
         if not factor > 1:  # also rejects NaN
             raise ValueError(f"factor must be a number > 1, got {factor!r}")
         if maximum == math.inf:
             raise ValueError("maximum must be finite")
         delays = [min(initial, maximum)]
         while delays[-1] < maximum:
+            if len(delays) == _MAX_STEPS:
+                raise ValueError(
+                    f"factor {factor!r} from initial {initial!r} s does not reach maximum "
+                    f"{maximum!r} s within {_MAX_STEPS:,} steps: raise factor or initial"
+                )
             delays.append(min(delays[-1] * factor, maximum))
         return cls(tuple(delays), jitter)
 

@@ -218,8 +218,10 @@ class EventBuffer:
         # buffers never needs them: they are compiled when holding first begins.
         self._rules = rules
         self._plans: dict[str, _Plan] = {}
-        # Canonical batch order: (type, function giving its pending items).
-        self._order: list[tuple[str, Callable[[], tuple[Any, ...]]]] = []
+        # Canonical batch order: (type, function giving its pending items). The
+        # history type's is None: `flush` takes it, as a bound method here would
+        # make a reference cycle that keeps a closed buffer until the collector runs.
+        self._order: list[tuple[str, Callable[[], tuple[Any, ...]] | None]] = []
         self._history: _History | None = None
         self._unknown: dict[str, list[Any]] = {}
 
@@ -344,7 +346,7 @@ class EventBuffer:
             return False
         groups: list[tuple[str, tuple[Any, ...]]] = []
         for event_type, take in self._order:
-            items = take()
+            items = self._take_history() if take is None else take()
             if items:
                 groups.append((event_type, items))
         groups.extend((event_type, tuple(unknown)) for event_type, unknown in self._unknown.items())
@@ -630,12 +632,12 @@ class EventBuffer:
 
     def _takers(
         self, event_type: str, rule: Rule
-    ) -> list[tuple[str, Callable[[], tuple[Any, ...]]]]:
+    ) -> list[tuple[str, Callable[[], tuple[Any, ...]] | None]]:
         plan = self._plans[event_type]
         if rule.kind is RuleKind.IMMEDIATE:
             return []
         if rule.kind is RuleKind.HISTORY:
-            return [(event_type, self._take_history)]
+            return [(event_type, None)]  # taken by `flush` itself
         if rule.kind is RuleKind.APPEND:
             return [(event_type, _drain_list(plan[2]))]
         if rule.kind is RuleKind.APPEND_PER_KEY:

@@ -330,6 +330,10 @@ class EventStream:
             subscription.send.close()
         self._subscriptions.clear()
         self._listeners.clear()
+        # A closed stream wakes no one: letting go of the owner's callbacks ends
+        # the reference cycles through them, so the socket is freed at once.
+        self._start_flusher = None
+        self._buffer.set_wakeup(None)
 
     # -- reading -------------------------------------------------------------
 

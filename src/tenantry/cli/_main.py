@@ -2,22 +2,24 @@
 
 Exit status: 0 when all went well, 1 when a soak broke an invariant (each
 one named on stderr), 2 for a mistake in the command line or a spec file
-(one line on stderr, never a traceback), 130 when interrupted.
+(one line on stderr, never a traceback), 130 when interrupted (one line on
+stderr; a soak prints the report of what ran first).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import json
 import logging
+import math
 import re
+import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import trio
 import trio.testing
@@ -25,19 +27,29 @@ import trio.testing
 from ._console import open_output
 from ._faults import Fault
 from ._plan import ENTRY_OVERHEAD_BYTES, SpecFileError, load_specs, plan_rows
-from ._soak import SoakConfig, run_soak
-from ._upstream import UpstreamConfig, serve_upstream
+from ._report import SoakReport, duration_text
+from ._soak import SoakConfig, SoakProgress, run_soak
+from ._upstream import UpstreamConfig, port_refusal, serve_upstream
 
 __all__ = ["main"]
 
 VIRTUAL_ABOVE = 180.0
 """Without --virtual or --real, soaks longer than this many seconds run virtually."""
 
+MAX_PLAN = 1_000_000_000
+"""The largest --tenants and --entry-bytes a plan takes: beyond, it is a typo."""
+
+T = TypeVar("T")
+
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 
 
 class _UsageError(Exception):
     """A mistake of the user's: printed as one line, exit status 2."""
+
+
+class _Interrupted(Exception):
+    """Ctrl-C: printed as one line (after what the command had to show), exit status 130."""
 
 
 def duration(text: str) -> float:
@@ -95,7 +107,8 @@ def _add_soak(commands: Any) -> None:
         help="a fleet of tenants under faults; checks the invariants",
         description="Run tenants on one hub against an embedded fake upstream that injects "
         "faults, then report flush rates, buffers, events, reconnects, caches and memory, "
-        "and check DESIGN.md's invariants. Exit status 1 names any that broke.",
+        "and check tenantry's invariants. Exit status 1 names any that broke; Ctrl-C stops "
+        "the traffic early and reports what ran.",
         epilog="faults:\n" + "\n".join(f"  {f.value:<10} {f.description}" for f in Fault),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -150,7 +163,7 @@ def _add_soak(commands: Any) -> None:
         "--cache-scale",
         type=float,
         default=defaults.cache_scale,
-        help="the seed's cache limits times this, so that caches fill (default: %(default)s)",
+        help="the Baileys cache limits times this, so that caches fill (default: %(default)s)",
     )
     soak.add_argument("--json", type=Path, metavar="FILE", help="also write the report as JSON")
     _add_output_options(soak)
@@ -162,7 +175,7 @@ def _add_plan(commands: Any) -> None:
         "plan",
         help="the worst-case keys and memory of a cache table",
         description="Keys per cache, per tenant, per scope and in total when every cache is "
-        "full, with a memory estimate. Without --specs: the seed's table.",
+        "full, with a memory estimate. Without --specs: the Baileys defaults.",
     )
     plan.add_argument("--tenants", type=int, default=100, help="default: %(default)s")
     plan.add_argument(
@@ -243,24 +256,40 @@ def _soak(args: argparse.Namespace) -> int:
         raise _UsageError(str(error).replace("_", "-")) from None
     with open_output(plain=args.plain, quiet=args.quiet) as output, collecting_less():
         clock = trio.testing.MockClock(autojump_threshold=0) if virtual else None
-        report = trio.run(
-            functools.partial(run_soak, config, on_progress=output.progress), clock=clock
-        )
+        report = _run(lambda: _soak_until_interrupted(config, output.progress), clock=clock)
     output.sections(report.sections())
     if args.json is not None:
         _write_json(args.json, report.to_json())
+    if report.interrupted:
+        ran, planned = duration_text(report.elapsed), duration_text(config.duration)
+        raise _Interrupted(f"after {ran} of {planned}; the report covers those {ran}")
     for broken in report.broken:
         print(f"tenantry soak: invariant broken: {broken.name} ({broken.detail})", file=sys.stderr)
     return 1 if report.broken else 0
 
 
+async def _soak_until_interrupted(
+    config: SoakConfig, on_progress: Callable[[SoakProgress], None]
+) -> SoakReport:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_stop_on_interrupt, stop)
+        report = await run_soak(config, on_progress=on_progress, stop=stop)
+        nursery.cancel_scope.cancel()
+    return report
+
+
 def _plan(args: argparse.Namespace) -> int:
-    if args.tenants < 0 or args.entry_bytes < 0:
-        raise _UsageError("--tenants and --entry-bytes must be >= 0")
+    if not 1 <= args.tenants <= MAX_PLAN:
+        raise _UsageError(f"--tenants must be between 1 and {MAX_PLAN:,}, got {args.tenants:,}")
+    if not 0 <= args.entry_bytes <= MAX_PLAN:
+        raise _UsageError(
+            f"--entry-bytes must be between 0 and {MAX_PLAN:,}, got {args.entry_bytes:,}"
+        )
     if args.specs is None:
         from .._cache_specs import SEED_CACHE_SPECS  # noqa: PLC0415
 
-        specs, source = dict(SEED_CACHE_SPECS), "the seed's cache table"
+        specs, source = dict(SEED_CACHE_SPECS), "the Baileys cache table"
     else:
         try:
             specs, source = load_specs(args.specs), str(args.specs)
@@ -293,24 +322,70 @@ def _upstream(args: argparse.Namespace) -> int:
         )
     except (TypeError, ValueError) as error:
         raise _UsageError(str(error).replace("_", "-")) from None
+    if (refusal := port_refusal(config.port)) is not None:
+        raise _UsageError(refusal)
     with open_output(plain=args.plain, quiet=args.quiet) as output:
         say = (lambda _: None) if args.quiet else output.line
+        listening = False
 
-        async def serve() -> None:
+        async def serve() -> bool:
+            nonlocal listening
+            stop = trio.Event()
             async with trio.open_nursery() as nursery:
+                await nursery.start(_stop_on_interrupt, stop)
                 url = await nursery.start(serve_upstream, config, say)
+                listening = True
                 output.line(f"serving {url}<any path>; Ctrl-C stops")
-                if args.duration is not None:
-                    await trio.sleep(args.duration)
-                    nursery.cancel_scope.cancel()
+                with trio.move_on_after(math.inf if args.duration is None else args.duration):
+                    await stop.wait()
+                nursery.cancel_scope.cancel()
+            return stop.is_set()
 
         try:
-            trio.run(serve)
-        except OSError as error:
-            raise _UsageError(
-                f"cannot listen on {args.host}:{args.port}: {error.strerror}"
-            ) from None
+            interrupted = _run(serve)
+        except* OSError as failed:
+            if listening:
+                raise  # not a mistake of the user's: show it all
+            reason = next(_leaves(failed))
+            text = getattr(reason, "strerror", None) or reason
+            raise _UsageError(f"cannot listen on {args.host}:{args.port}: {text}") from None
+    if interrupted:
+        raise _Interrupted
     return 0
+
+
+async def _stop_on_interrupt(
+    stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Set *stop* at the first Ctrl-C, so that the command ends in order.
+
+    A second Ctrl-C interrupts the usual way (`KeyboardInterrupt`). The task
+    lives until its nursery ends, so that a soak counts the same tasks at its
+    end as at its start.
+    """
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        task_status.started()
+        async for _ in interrupts:
+            break
+    stop.set()
+    await trio.sleep_forever()
+
+
+def _run(main: Callable[[], Awaitable[T]], *, clock: trio.abc.Clock | None = None) -> T:
+    """`trio.run`, with a `KeyboardInterrupt` -- bare, or in Trio's exception groups -- as one."""
+    try:
+        return trio.run(main, clock=clock)
+    except* KeyboardInterrupt:
+        raise _Interrupted from None
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    """The exceptions in *error*, a group or not, without the groups."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -370,7 +445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as error:
         print(f"tenantry {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("tenantry: interrupted", file=sys.stderr)
+    except (_Interrupted, KeyboardInterrupt) as interrupt:
+        detail = f" {interrupt}" if str(interrupt) else ""
+        print(f"tenantry {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
     return status

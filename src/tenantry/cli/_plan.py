@@ -1,12 +1,12 @@
 """``tenantry plan``: the worst case a cache table can hold, and what it costs in memory.
 
-Spec files are JSON or TOML (by suffix): a table of caches by name, either
-at the top level or under ``caches``. Each cache takes ``max_keys``, ``ttl``
-(seconds; null, absent or 0 for none) and ``scope`` (socket, tenant or
-global; socket by default). The seed's NodeCache names are understood too,
-to make migration a copy-and-paste: ``maxKeys``, ``stdTTL``; ``checkperiod``,
-``useClones`` and ``deleteOnExpire`` are accepted and have no effect (see the
-migration guide).
+Spec files are UTF-8 JSON or TOML (by suffix): a table of caches by name,
+either at the top level or under ``caches``. Each cache takes ``max_keys``,
+``ttl`` (seconds > 0; null or absent for none) and ``scope`` (socket, tenant
+or global; socket by default). NodeCache's names are understood too, to make
+migration from Baileys a copy-and-paste: ``maxKeys``, ``stdTTL`` (where 0
+means none, as in NodeCache); ``checkperiod``, ``useClones`` and
+``deleteOnExpire`` are accepted and have no effect (see the migration guide).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def load_specs(path: Path) -> dict[str, CacheSpec]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise SpecFileError(f"{path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise SpecFileError(f"{path}: not UTF-8 text (byte {error.start:,})") from None
     try:
         data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
@@ -60,17 +62,21 @@ def _spec(path: Path, name: str, fields: object) -> CacheSpec:
     options: dict[str, Any] = {}
     for key, value in fields.items():
         if key in _NAMES:
+            if _NAMES[key] in options:
+                raise SpecFileError(f"{where}: {_NAMES[key]} is given twice ({key!r} too)")
             options[_NAMES[key]] = value
         elif key not in _NO_EFFECT:
             known = ", ".join(sorted({*_NAMES, *_NO_EFFECT}))
             raise SpecFileError(f"{where}: unknown option {key!r} (known: {known})")
-    if options.get("ttl") == 0:
-        options["ttl"] = None  # NodeCache's stdTTL 0: never expires
+    stdttl = fields.get("stdTTL")
+    if stdttl == 0 and not isinstance(stdttl, bool):
+        options["ttl"] = None  # NodeCache's stdTTL 0: never expires (tenantry's ttl 0 is refused)
     try:
         options["scope"] = Scope(options.get("scope", "socket"))
         return CacheSpec(**options)
     except (TypeError, ValueError) as error:
-        raise SpecFileError(f"{where}: {error}") from None
+        hint = " (null for none)" if options.get("ttl") == 0 else ""
+        raise SpecFileError(f"{where}: {error}{hint}") from None
 
 
 def plan_rows(

@@ -1,4 +1,4 @@
-"""A soak's report: the figures, and DESIGN.md's invariants checked against them."""
+"""A soak's report: the figures, and tenantry's invariants checked against them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from ._soak import SoakConfig
 
 __all__ = [
+    "MEMORY_BOUND",
+    "MEMORY_JUDGED_FROM",
     "CacheFigures",
     "Flushes",
     "Invariant",
@@ -22,22 +24,37 @@ __all__ = [
 
 Rows = list[tuple[str, str]]
 
+MEMORY_BOUND = 0.05
+"""How much the RSS may grow from the second quarter of a soak to the last."""
+
+MEMORY_JUDGED_FROM = 1800.0
+"""Soaks this long or longer (seconds of their clock) are judged on memory
+(`SoakReport.rss_growth_after_warmup` says why)."""
+
 
 @final
 @attrs.frozen
 class SocketTally:
-    """One closed socket's event buffer, at the end of its scope."""
+    """Sockets' event buffer figures at the end of their scopes: one socket's, or a sum."""
 
-    received: int
-    delivered: int
-    merged: int
-    lost: int
+    received: int = 0
+    delivered: int = 0
+    merged: int = 0
+    lost: int = 0
+
+    def __add__(self, other: SocketTally) -> SocketTally:
+        return SocketTally(
+            self.received + other.received,
+            self.delivered + other.delivered,
+            self.merged + other.merged,
+            self.lost + other.lost,
+        )
 
 
 @final
 @attrs.frozen
 class TenantTally:
-    """One tenant's figures from both ends of the wire."""
+    """One tenant's figures from both ends of the wire, totalled over its connections."""
 
     tenant_id: str
     spared: bool
@@ -45,23 +62,21 @@ class TenantTally:
     """Events the upstream sent, over every connection."""
     handed: int
     """Events the handler was given in batches."""
-    sockets: tuple[SocketTally, ...]
-    """Every socket the tenant had, in order."""
-    clean_lines: tuple[tuple[int, int], ...]
-    """(connection index, events sent) of the connections that ended cleanly."""
+    sockets: int
+    """How many sockets the tenant had."""
+    events: SocketTally
+    """Its sockets' figures, summed."""
+    clean_closes: int
+    """Connections that ended cleanly, each checked against its socket."""
+    short: tuple[int, ...]
+    """Of those, the connections (by number, from 0) whose socket decoded fewer events."""
     faults: Mapping[str, int]
     faults_skipped: int
 
     def total(self, field: str) -> int:
-        return sum(getattr(sock, field) for sock in self.sockets)
-
-    def short_connections(self) -> list[int]:
-        """Cleanly closed connections whose socket decoded fewer events than were sent."""
-        return [
-            n
-            for n, sent in self.clean_lines
-            if n < len(self.sockets) and self.sockets[n].received != sent
-        ]
+        """One of `SocketTally`'s figures over every socket."""
+        value: int = getattr(self.events, field)
+        return value
 
 
 @final
@@ -107,7 +122,7 @@ class CacheFigures:
 @final
 @attrs.frozen
 class Invariant:
-    """One of DESIGN.md's invariants, and whether this run kept it."""
+    """One of tenantry's invariants, and whether this run kept it."""
 
     name: str
     held: bool
@@ -143,6 +158,8 @@ class SoakReport:
     tasks_at_end: int
     rss_quarters: tuple[int, ...] | None = None
     """Mean resident set size of each quarter of the run, in bytes (None: unknown)."""
+    interrupted: bool = False
+    """The traffic was stopped early (Ctrl-C): the figures cover `elapsed` seconds of it."""
 
     @property
     def rss_growth(self) -> float | None:
@@ -150,6 +167,22 @@ class SoakReport:
         if not self.rss_quarters:
             return None
         return self.rss_quarters[-1] / self.rss_quarters[0] - 1
+
+    @property
+    def rss_growth_after_warmup(self) -> float | None:
+        """How much the RSS grew from the second quarter to the last: what a leak shows as.
+
+        The first quarter is the warm-up: caches fill to their limits or TTLs
+        (five minutes for the Baileys defaults) and the allocator's arenas grow
+        to the working set. In a run of half an hour or more the warm-up is
+        over by the second quarter and every tenant has reconnected many times
+        since, so a leak per connection, event or eviction shows here; such a
+        run breaks the invariant "memory stays flat once warmed up" if this is
+        over 5 %. A shorter run reports it without a verdict.
+        """
+        if not self.rss_quarters:
+            return None
+        return self.rss_quarters[-1] / self.rss_quarters[1] - 1
 
     # -- totals ------------------------------------------------------------------
 
@@ -177,7 +210,11 @@ class SoakReport:
 
     @property
     def invariants(self) -> tuple[Invariant, ...]:
-        """DESIGN.md's invariants, each checked against this run."""
+        """tenantry's invariants, each checked against this run.
+
+        Memory is judged only in runs of half an hour or more: see
+        `rss_growth_after_warmup`.
+        """
         return tuple(self._check())
 
     @property
@@ -208,8 +245,8 @@ class SoakReport:
             not uneven,
             f"tenants where it failed: {_few(uneven)}" if uneven else "every tenant, every socket",
         )
-        short = [f"{t.tenant_id}#{n}" for t in self.tenants for n in t.short_connections()]
-        cleanly = sum(len(t.clean_lines) for t in self.tenants)
+        short = [f"{t.tenant_id}#{n}" for t in self.tenants for n in t.short]
+        cleanly = sum(t.clean_closes for t in self.tenants)
         yield Invariant(
             "a remote close loses nothing sent before it",
             not short,
@@ -230,7 +267,7 @@ class SoakReport:
         disturbed = [
             t.tenant_id
             for t in self.tenants
-            if t.spared and (len(t.sockets) != 1 or t.total("received") != t.sent)
+            if t.spared and (t.sockets != 1 or t.total("received") != t.sent)
         ]
         spared = sum(t.spared for t in self.tenants)
         yield Invariant(
@@ -245,14 +282,43 @@ class SoakReport:
             self.tasks_at_end == self.baseline_tasks,
             f"{self.tasks_at_end} tasks alive at the end, {self.baseline_tasks} before",
         )
+        growth = self.rss_growth_after_warmup
+        if growth is not None and self.elapsed >= MEMORY_JUDGED_FROM:
+            yield Invariant(
+                "memory stays flat once warmed up",
+                growth <= MEMORY_BOUND,
+                f"RSS {growth:+.1%} from the second quarter to the last "
+                f"(bound {MEMORY_BOUND:+.0%})",
+            )
 
     # -- output ------------------------------------------------------------------------
 
     def _rss_quarters_text(self) -> str:
-        if self.rss_quarters is None or self.rss_growth is None:
+        if self.rss_quarters is None:
             return "unknown"
         mib = ", ".join(f"{rss / 2**20:,.1f}" for rss in self.rss_quarters)
-        return f"{mib} MiB ({self.rss_growth:+.1%} first to last)"
+        return f"{mib} MiB"
+
+    def _rss_growth_text(self) -> str:
+        growth, warm = self.rss_growth, self.rss_growth_after_warmup
+        if growth is None or warm is None:
+            return "unknown"
+        verdict = (
+            f"bound {MEMORY_BOUND:+.0%}"
+            if self.elapsed >= MEMORY_JUDGED_FROM
+            else f"not judged: runs of {duration_text(MEMORY_JUDGED_FROM)} or more are"
+        )
+        return (
+            f"{warm:+.1%} from the second quarter to the last ({verdict}); "
+            f"{growth:+.1%} from the first"
+        )
+
+    def _traffic_text(self) -> str:
+        rate = f"{self.config.rate:g} events/s each"
+        if self.interrupted:
+            planned = duration_text(self.config.duration)
+            return f"{duration_text(self.elapsed)} of {planned} (interrupted), {rate}"
+        return f"{duration_text(self.elapsed)}, {rate}"
 
     def sections(self) -> list[tuple[str, Rows]]:
         """The report as titled rows of (label, value), for text and tables."""
@@ -266,7 +332,7 @@ class SoakReport:
                 [
                     ("mode", mode),
                     ("tenants", f"{config.tenants} ({config.spared_tenants} spared from faults)"),
-                    ("traffic", f"{duration_text(self.elapsed)}, {config.rate:g} events/s each"),
+                    ("traffic", self._traffic_text()),
                     ("wall time", f"{self.wall:,.1f} s{speed}"),
                     ("seed", str(config.seed)),
                 ],
@@ -322,6 +388,7 @@ class SoakReport:
                         "unknown" if self.peak_rss is None else f"{self.peak_rss / 2**20:,.1f} MiB",
                     ),
                     ("RSS by quarter", self._rss_quarters_text()),
+                    ("RSS growth", self._rss_growth_text()),
                     (
                         "tasks alive at the end",
                         f"{self.tasks_at_end} ({self.baseline_tasks} before)",
@@ -343,6 +410,7 @@ class SoakReport:
         return {
             "config": config,
             "elapsed_seconds": self.elapsed,
+            "interrupted": self.interrupted,
             "wall_seconds": self.wall,
             "flushes": {
                 "expected_per_minute": self.flushes.expected_per_minute,
@@ -369,6 +437,7 @@ class SoakReport:
             "peak_rss_bytes": self.peak_rss,
             "rss_quarters_bytes": None if self.rss_quarters is None else list(self.rss_quarters),
             "rss_growth": self.rss_growth,
+            "rss_growth_after_warmup": self.rss_growth_after_warmup,
             "tasks": {"before": self.baseline_tasks, "at_end": self.tasks_at_end},
             "invariants": [attrs.asdict(i) for i in self.invariants],
             "ok": not self.broken,
@@ -391,11 +460,11 @@ def _few(names: list[Any]) -> str:
 
 
 def duration_text(seconds: float) -> str:
-    """``259200`` as ``3 d``, ``3600`` as ``1 h``, ``90`` as ``1.5 min``."""
+    """``259200`` as ``3 d``, ``360000`` as ``4.17 d``, ``90`` as ``1.5 min``."""
     if seconds >= 86400:
-        return f"{seconds / 86400:g} d"
+        return f"{seconds / 86400:.3g} d"
     if seconds >= 3600:
-        return f"{seconds / 3600:g} h"
+        return f"{seconds / 3600:.3g} h"
     if seconds >= 60:
-        return f"{seconds / 60:g} min"
-    return f"{seconds:g} s"
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"

@@ -20,7 +20,8 @@ writes the caches the way an application would. When the duration is over
 the script is cancelled, the buffers get one flush interval to empty, the
 metrics are read, and the hub closes. The report compares what the upstream
 sent, what the sockets decoded and what the handlers received, and checks
-DESIGN.md's invariants (`_report.py`).
+tenantry's invariants (`_report.py`). Every figure is a running total or a
+fixed-size sample, so a soak of days holds as much as one of minutes.
 
 Under `trio.testing.MockClock` (``virtual``) the upstream is in memory and
 an hour passes in seconds; otherwise it is served over loopback TCP in
@@ -60,6 +61,8 @@ from ._traffic import Traffic
 
 __all__ = ["SoakConfig", "SoakProgress", "run_soak", "soak_caches"]
 
+MAX_TENANTS = 100_000
+"""The most tenants a soak runs: they all live in one process, with their upstream."""
 _GAUGE_EVERY = 1.0
 _BURST = 2
 """Events per write: the upstream sends each tenant a pair every 2 / rate seconds."""
@@ -82,7 +85,7 @@ class SoakConfig:
     """What a soak runs: the fleet, the traffic, the faults, the clock.
 
     Args:
-        tenants: Tenants on the hub.
+        tenants: Tenants on the hub (at most 100,000: one process holds them all).
         duration: Seconds of traffic (virtual seconds when ``virtual``).
         rate: Events per second the upstream sends each tenant.
         fault_every: Mean seconds between two faults of one tenant.
@@ -92,7 +95,7 @@ class SoakConfig:
         seed: Traffic, faults and backoff jitter all derive from it.
         virtual: In memory on Trio's mock clock, or over loopback TCP in
             wall-clock time. The caller runs the soak under the clock.
-        cache_scale: The seed's cache limits times this, so that a short
+        cache_scale: The Baileys cache limits times this, so that a short
             run fills the caches and shows eviction at the limit.
         flush_interval: The event buffers' flush interval.
         keepalive: The sockets' ping interval.
@@ -112,6 +115,10 @@ class SoakConfig:
 
     def __attrs_post_init__(self) -> None:
         check_count(self.tenants, "tenants", minimum=1)
+        if self.tenants > MAX_TENANTS:
+            raise ValueError(
+                f"tenants must be <= {MAX_TENANTS:,} (one process), got {self.tenants:,}"
+            )
         check_seconds(self.duration, "duration")
         check_between(self.rate, "rate", 0.001, 10_000)
         check_seconds(self.fault_every, "fault_every")
@@ -164,7 +171,7 @@ class SoakProgress:
 
 
 def soak_caches(scale: float) -> Mapping[str, CacheSpec]:
-    """The seed's cache specs with every limit times *scale* (at least one key)."""
+    """The Baileys cache specs with every limit times *scale* (at least one key)."""
     return {
         name: attrs.evolve(spec, max_keys=max(1, round(spec.max_keys * scale)))
         for name, spec in SEED_CACHE_SPECS.items()
@@ -176,34 +183,75 @@ class _Line:
     """One upstream connection of a tenant, as its feeder and injector see it."""
 
     connection: UpstreamConnection
+    number: int
+    """Its place among the tenant's connections, from 0: the same as its socket's."""
     sending: trio.Lock = attrs.field(factory=trio.Lock)
     sent: int = 0
     stopped: bool = False
-    clean_end: bool = False
-    """Ended by a frame the client reads after every event sent."""
 
 
 @attrs.define(eq=False)
 class _Tenant:
-    """One tenant as the soak sees it, from both ends."""
+    """One tenant as the soak sees it, from both ends.
+
+    Its figures are running totals, so that a soak of any length holds the
+    same few numbers per tenant. A cleanly closed connection is checked
+    against its socket as soon as both are known: the connection's events
+    sent when the clean close begins, the socket's events decoded when its
+    scope ends. The two meet within one reconnect of each other, so only the
+    last two of each wait for their partner.
+    """
 
     tenant_id: str
     spared: bool
     traffic: Traffic
     random: random.Random
-    lines: list[_Line] = attrs.field(factory=list)
-    sockets: list[SocketTally] = attrs.field(factory=list)
+    line: _Line | None = None
+    """The connection being fed, or the last one."""
+    lines: int = 0
+    sent: int = 0
+    """Events the upstream sent, over every connection."""
+    sockets: int = 0
+    events: SocketTally = attrs.field(factory=SocketTally)
+    """The sockets' buffer figures, summed as each socket's scope ends."""
     live_sockets: int = 0
     most_live_sockets: int = 0
     handed: int = 0
     """Events the handler was given, summed over batches."""
     faults: collections.Counter[Fault] = attrs.field(factory=collections.Counter)
     faults_skipped: int = 0
+    clean_closes: int = 0
+    """Cleanly closed connections checked against their socket."""
+    short: list[int] = attrs.field(factory=list)
+    """The numbers of those whose socket decoded fewer events than were sent."""
+    _decoded: dict[int, int] = attrs.field(factory=dict)
+    """Socket number -> events it decoded, until its connection is checked or superseded."""
+    _clean_sent: dict[int, int] = attrs.field(factory=dict)
+    """Connection number -> events sent, for clean closes waiting for their socket."""
 
     def live_line(self) -> _Line | None:
-        if self.lines and not self.lines[-1].stopped and not self.lines[-1].connection.ended:
-            return self.lines[-1]
+        line = self.line
+        if line is not None and not line.stopped and not line.connection.ended:
+            return line
         return None
+
+    def socket_closed(self, number: int, tally: SocketTally) -> None:
+        self.events += tally
+        self._decoded[number] = tally.received
+        self._check(number)
+
+    def closed_cleanly(self, line: _Line) -> None:
+        self._clean_sent[line.number] = line.sent
+        self._check(line.number)
+
+    def _check(self, number: int) -> None:
+        if number in self._decoded and number in self._clean_sent:
+            self.clean_closes += 1
+            if self._decoded.pop(number) != self._clean_sent.pop(number):
+                self.short.append(number)
+        for waiting in (self._decoded, self._clean_sent):
+            for old in [n for n in waiting if n < number - 1]:
+                del waiting[old]
 
 
 @final
@@ -261,6 +309,8 @@ class _Soak:
 
     def _handler(self, tenant: _Tenant) -> Callable[[Socket], Awaitable[None]]:
         async def handler(sock: Socket) -> None:
+            number = tenant.sockets
+            tenant.sockets += 1
             tenant.live_sockets += 1
             tenant.most_live_sockets = max(tenant.most_live_sockets, tenant.live_sockets)
             self.opened[self.minute()] += 1
@@ -271,9 +321,8 @@ class _Soak:
             finally:
                 tenant.live_sockets -= 1
                 stats = sock.buffer.stats
-                tenant.sockets.append(
-                    SocketTally(stats.received, stats.delivered, stats.merged, sock.events.lost)
-                )
+                tally = SocketTally(stats.received, stats.delivered, stats.merged, sock.events.lost)
+                tenant.socket_closed(number, tally)
 
         return handler
 
@@ -314,9 +363,9 @@ class _Soak:
         """Stream the tenant's traffic into each of its connections in turn."""
         path = f"/{tenant.tenant_id}"
         while True:
-            connection = await self.upstream.wait_connections(len(tenant.lines) + 1, path=path)
-            line = _Line(connection)
-            tenant.lines.append(line)
+            connection = await self.upstream.wait_connections(tenant.lines + 1, path=path)
+            tenant.line = line = _Line(connection, tenant.lines)
+            tenant.lines += 1
             with suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
                 while True:
                     async with line.sending:
@@ -325,6 +374,7 @@ class _Soak:
                         frames = [tenant.traffic.next_frame() for _ in range(_BURST)]
                         await connection.blast(frames)
                         line.sent += len(frames)
+                        tenant.sent += len(frames)
                     await self.beat.wait()
             line.stopped = True
 
@@ -360,7 +410,8 @@ class _Soak:
                     tenant.faults[fault] -= 1
                     tenant.faults_skipped += 1  # the connection ended under the fault
                     continue
-                line.clean_end = fault.ends_cleanly
+                if fault.ends_cleanly:
+                    tenant.closed_cleanly(line)
 
     def sample_times(self, every: float) -> Iterator[float]:
         """Mid-way between beats of *every*: never at the instant the script ends."""
@@ -430,7 +481,9 @@ class _Soak:
 
     # -- the report ----------------------------------------------------------------
 
-    def report(self, metrics: Metrics, *, elapsed: float, baseline_tasks: int) -> SoakReport:
+    def report(
+        self, metrics: Metrics, *, elapsed: float, baseline_tasks: int, interrupted: bool
+    ) -> SoakReport:
         config = self.config
         interval_counts = [self.interval_flushes[m] for m in range(int(elapsed // 60))]
         return SoakReport(
@@ -472,6 +525,7 @@ class _Soak:
             rss_quarters=self.rss_quarters(),
             baseline_tasks=baseline_tasks,
             tasks_at_end=trio.lowlevel.current_statistics().tasks_living,
+            interrupted=interrupted,
         )
 
 
@@ -479,10 +533,12 @@ def _tally(tenant: _Tenant) -> TenantTally:
     return TenantTally(
         tenant_id=tenant.tenant_id,
         spared=tenant.spared,
-        sent=sum(line.sent for line in tenant.lines),
+        sent=tenant.sent,
         handed=tenant.handed,
-        sockets=tuple(tenant.sockets),
-        clean_lines=tuple((n, line.sent) for n, line in enumerate(tenant.lines) if line.clean_end),
+        sockets=tenant.sockets,
+        events=tenant.events,
+        clean_closes=tenant.clean_closes,
+        short=tuple(tenant.short),
         faults={fault.value: n for fault, n in tenant.faults.items()},
         faults_skipped=tenant.faults_skipped,
     )
@@ -517,15 +573,23 @@ def _peak_rss() -> int | None:
 
 
 async def run_soak(
-    config: SoakConfig, *, on_progress: Callable[[SoakProgress], None] | None = None
+    config: SoakConfig,
+    *,
+    on_progress: Callable[[SoakProgress], None] | None = None,
+    stop: trio.Event | None = None,
 ) -> SoakReport:
     """Run the soak *config* describes and return its report.
 
     Run it under ``trio.testing.MockClock(autojump_threshold=0)`` when
-    ``config.virtual``, and under the real clock otherwise.
+    ``config.virtual``, and under the real clock otherwise. Setting *stop*
+    ends the traffic early (the command does it on Ctrl-C): the hub closes
+    as usual and the report, marked `SoakReport.interrupted`, covers the
+    traffic so far.
     """
     baseline_tasks = trio.lowlevel.current_statistics().tasks_living
-    async with open_fake_upstream() as upstream:
+    stop = trio.Event() if stop is None else stop
+    # The feeders take each connection as it arrives: a short history is plenty.
+    async with open_fake_upstream(history=config.tenants) as upstream:
         base_url = None if config.virtual else await upstream.serve_tcp()
         soak = _Soak(config, upstream)
         async with open_hub(soak.caches, seed=config.seed) as hub:
@@ -542,11 +606,15 @@ async def run_soak(
                 script.start_soon(soak.sample_memory)
                 if on_progress is not None:
                     script.start_soon(soak.report_progress, hub, on_progress)
-                await trio.sleep(config.duration)
+                with trio.move_on_after(config.duration):
+                    await stop.wait()
                 script.cancel_scope.cancel()
             if on_progress is not None:
                 on_progress(soak.progress(hub, over=config.duration / 100))
             elapsed = trio.current_time() - soak.start
             await trio.sleep(config.flush_interval + 1)  # every pending event flushed
             metrics = hub.metrics()
-    return soak.report(metrics, elapsed=elapsed, baseline_tasks=baseline_tasks)
+    interrupted = stop.is_set() and elapsed < config.duration
+    return soak.report(
+        metrics, elapsed=elapsed, baseline_tasks=baseline_tasks, interrupted=interrupted
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 from typing import final
 
 import attrs
@@ -21,7 +22,10 @@ from ..testing import FakeUpstream, UpstreamConnection, open_fake_upstream
 from ._faults import Fault
 from ._traffic import Traffic
 
-__all__ = ["UpstreamConfig", "serve_upstream"]
+__all__ = ["UpstreamConfig", "port_refusal", "serve_upstream"]
+
+_CAP_NET_BIND_SERVICE = 10
+"""The capability bit that lets a process listen below the unprivileged ports (Linux)."""
 
 
 @final
@@ -56,20 +60,54 @@ class UpstreamConfig:
         check_count(self.seed, "seed", minimum=0)
 
 
+def port_refusal(port: int, *, proc: Path = Path("/proc")) -> str | None:
+    """Why this process may not listen on *port*, or None if it may (or cannot tell).
+
+    Linux lets a process listen below ``ip_unprivileged_port_start`` (1024 by
+    default) only with the ``CAP_NET_BIND_SERVICE`` capability, which root
+    has. Both are read from *proc*; elsewhere the answer is None and binding
+    says what is wrong.
+    """
+    if port == 0:
+        return None
+    try:
+        start = int((proc / "sys/net/ipv4/ip_unprivileged_port_start").read_text())
+        status = (proc / "self/status").read_text()
+        capabilities = next(
+            int(line.split()[1], 16) for line in status.splitlines() if line.startswith("CapEff:")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    if port >= start or capabilities >> _CAP_NET_BIND_SERVICE & 1:
+        return None
+    return (
+        f"port {port} is privileged: listening below {start} needs root "
+        "(or CAP_NET_BIND_SERVICE); try --port 8765"
+    )
+
+
 async def serve_upstream(
     config: UpstreamConfig,
     say: Callable[[str], None],
     *,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled; reports the URL through *task_status* and events through *say*."""
-    async with open_fake_upstream() as upstream, trio.open_nursery() as nursery:
+    """Serve until cancelled; reports the URL through *task_status* and events through *say*.
+
+    It runs for days: the upstream remembers no connection once it has ended
+    (``history=0``), only what it counts.
+    """
+    async with open_fake_upstream(history=0) as upstream, trio.open_nursery() as nursery:
         url = await upstream.serve_tcp(config.port, host=config.host)
         task_status.started(url)
         served = 0
         while True:
-            connection = await upstream.wait_connections(served + 1)
             served += 1
+            try:
+                connection = await upstream.wait_connections(served)
+            except LookupError:  # it came and went before this loop got to it
+                say(f"connection {served - 1} ended before it was served")
+                continue
             say(f"connection {connection.index} on {connection.path}")
             nursery.start_soon(_serve_connection, upstream, connection, config, say)
 

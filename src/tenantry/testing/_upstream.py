@@ -1,7 +1,18 @@
-"""FakeUpstream: a scripted WebSocket server speaking `tenantry.JsonProtocol`."""
+"""FakeUpstream: a scripted WebSocket server speaking `tenantry.JsonProtocol`.
+
+Its memory is bounded however long it runs (``tenantry upstream`` serves
+for days): it remembers every live connection and the last ``history``
+that ended, and of each connection the last ``history`` events sent and
+messages received. What it forgets is still counted: `FakeUpstream.accepted`,
+`UpstreamConnection.sent_count` and `UpstreamConnection.received_count` are
+exact. A path's count of connections is kept while the path has a
+connection in memory, and for as long as the upstream runs for any path a
+test asked for (`FakeUpstream.connector_to`, `FakeUpstream.wait_connections`).
+"""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import itertools
@@ -14,6 +25,7 @@ import trio
 import trio_websocket
 
 from .._protocol import JsonProtocol
+from .._validate import check_count
 from ._memory import MemoryConnector
 
 __all__ = ["FakeUpstream", "UpstreamConnection", "open_fake_upstream"]
@@ -77,20 +89,41 @@ class UpstreamConnection:
     """One client connection as the fake upstream sees it; script it from a test."""
 
     def __init__(
-        self, index: int, ws: trio_websocket.WebSocketConnection, gate: _Gate, path: str
+        self,
+        index: int,
+        ws: trio_websocket.WebSocketConnection,
+        gate: _Gate,
+        path: str,
+        *,
+        path_index: int,
+        history: int,
     ) -> None:
         self.index = index
+        """Its place among every connection the upstream accepted, from 0."""
         self.path = path
         """The resource the client asked for (``/`` unless `FakeUpstream.connector_to`)."""
-        self.sent: list[tuple[str, Any]] = []
-        """Every event sent on this connection, in order."""
-        self.received: list[str | bytes] = []
-        """Every message the client sent."""
+        self.sent_count = 0
+        """Events sent with `send_event` or `stream`, all of them."""
+        self.received_count = 0
+        """Messages the client sent, all of them."""
+        self._path_index = path_index
+        self._sent: collections.deque[tuple[str, Any]] = collections.deque(maxlen=history)
+        self._received: collections.deque[str | bytes] = collections.deque(maxlen=history)
         self._link: tuple[trio_websocket.WebSocketConnection, _Gate] | None = (ws, gate)
         self._close_reason: trio_websocket.CloseReason | None = None
         self._protocol = JsonProtocol()
         self._ended = trio.Event()
         self._seq = itertools.count(1)
+
+    @property
+    def sent(self) -> list[tuple[str, Any]]:
+        """The events sent on this connection, in order: the last ``history`` of `sent_count`."""
+        return list(self._sent)
+
+    @property
+    def received(self) -> list[str | bytes]:
+        """The messages the client sent, in order: the last ``history`` of `received_count`."""
+        return list(self._received)
 
     @property
     def ended(self) -> bool:
@@ -113,9 +146,9 @@ class UpstreamConnection:
     def _detach(self) -> None:
         """Let go of the transport once everything is over: only the record stays.
 
-        A long-running upstream serves connection after connection; each
-        stays in `FakeUpstream.connections` for the tests to read, but
-        without its WebSocket state.
+        A long-running upstream serves connection after connection; the
+        record stays in `FakeUpstream.connections` for the tests to read, but
+        without its WebSocket state, until ``history`` newer ones have ended.
         """
         if self._link is not None:
             self._close_reason = self._link[0].closed
@@ -123,9 +156,10 @@ class UpstreamConnection:
         self._link = None
 
     async def send_event(self, event_type: str, data: Any) -> None:
-        """Send one event frame (recorded in `sent`)."""
+        """Send one event frame (recorded in `sent` and counted in `sent_count`)."""
         await self._ws.send_message(self._protocol.encode(event_type, data))
-        self.sent.append((event_type, data))
+        self._sent.append((event_type, data))
+        self.sent_count += 1
 
     async def stream(
         self,
@@ -164,7 +198,7 @@ class UpstreamConnection:
             await self._ws.send_message(frame)
 
     async def stream_error(self, code: int, text: str = "") -> None:
-        """Send ``{"type": "stream:error", "code": code}``, as the seed's server does."""
+        """Send ``{"type": "stream:error", "code": code}``, as WhatsApp Web's server does."""
         await self._ws.send_message(
             json.dumps({"type": "stream:error", "code": code, "text": text})
         )
@@ -193,10 +227,25 @@ class UpstreamConnection:
     async def _serve(self) -> None:
         try:
             while True:
-                self.received.append(await self._ws.get_message())
+                self._received.append(await self._ws.get_message())
+                self.received_count += 1
         except trio_websocket.ConnectionClosed:
             pass
         self._ended.set()
+
+
+@final
+class _Path:
+    """The connections to one path: how many arrived, and those still remembered."""
+
+    __slots__ = ("accepted", "records", "watched")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.records: dict[int, UpstreamConnection] = {}
+        """By their place among this path's connections."""
+        self.watched = False
+        """A test asked for this path: its count is kept even with no record left."""
 
 
 @final
@@ -209,38 +258,73 @@ class FakeUpstream:
     `connections` as an `UpstreamConnection` to script: stream events,
     close with a code, abort, stall, send malformed frames. `reject_next`
     makes the next handshake fail with an HTTP status.
+
+    Args:
+        nursery: Where the server's tasks run.
+        history: How many ended connections stay in `connections`, and how
+            many events sent and messages received each connection keeps
+            (the most recent). Counts are exact whatever it is.
     """
 
-    def __init__(self, nursery: trio.Nursery) -> None:
+    def __init__(self, nursery: trio.Nursery, *, history: int = 1000) -> None:
         self._nursery = nursery
-        self.connections: list[UpstreamConnection] = []
-        self._by_path: dict[str, list[UpstreamConnection]] = {}
+        self.history = check_count(history, "history", minimum=0)
+        self.accepted = 0
+        """Connections accepted so far, all of them (`connections` holds the recent ones)."""
+        self._records: dict[int, UpstreamConnection] = {}
+        self._ended: collections.deque[UpstreamConnection] = collections.deque()
+        """The remembered connections that are over, in the order they ended."""
+        self._paths: dict[str, _Path] = {}
         self._rejections: list[tuple[str | None, int]] = []
         self._arrivals: dict[str | None, trio.Event] = {}
         """Wakes the waiters for one path (None: any path) when a connection arrives."""
         self.connector = self.connector_to("/")
         """Connects clients over in-memory streams."""
 
+    @property
+    def connections(self) -> list[UpstreamConnection]:
+        """The connections remembered, in the order they were accepted.
+
+        Every live connection, and the last ``history`` that ended.
+        """
+        return list(self._records.values())
+
     def connector_to(self, path: str) -> MemoryConnector:
         """An in-memory connector asking for *path*: one per tenant tells tenants apart."""
+        self._watch(path)
         return MemoryConnector(self._nursery, serve_stream=self._serve_stream, resource=path)
 
     def connections_to(self, path: str) -> list[UpstreamConnection]:
-        """The accepted connections that asked for *path*, in order."""
-        return list(self._by_path.get(path, ()))
+        """The remembered connections that asked for *path*, in order."""
+        state = self._paths.get(path)
+        return [] if state is None else list(state.records.values())
 
     def reject_next(self, status: int, *, path: str | None = None) -> None:
         """Reject the next handshake (to *path*, or any) with HTTP *status*; queued."""
         self._rejections.append((path, status))
 
     async def wait_connections(self, count: int, *, path: str | None = None) -> UpstreamConnection:
-        """Wait until *count* connections (to *path*, or any) were accepted; return the last."""
-        while len(matching := self._matching(path)) < count:
-            await self._arrivals.setdefault(path, trio.Event()).wait()
-        return matching[count - 1]
+        """Wait until *count* connections (to *path*, or any) were accepted; return the last.
 
-    def _matching(self, path: str | None) -> list[UpstreamConnection]:
-        return self.connections if path is None else self._by_path.get(path, [])
+        Raises `LookupError` if that one has ended and ``history`` newer
+        connections have ended since: the upstream no longer remembers it.
+        """
+        state = None if path is None else self._watch(path)
+        while (self.accepted if state is None else state.accepted) < count:
+            await self._arrivals.setdefault(path, trio.Event()).wait()
+        records = self._records if state is None else state.records
+        if (connection := records.get(count - 1)) is None:
+            where = "" if path is None else f" to {path}"
+            raise LookupError(
+                f"connection {count}{where} is forgotten: it ended before the last "
+                f"{self.history:,} that ended (the upstream's history)"
+            )
+        return connection
+
+    def _watch(self, path: str) -> _Path:
+        state = self._paths.setdefault(path, _Path())
+        state.watched = True
+        return state
 
     async def serve_tcp(self, port: int = 0, *, host: str = "127.0.0.1") -> str:
         """Also serve over TCP (by default on a free loopback port); returns the ``ws://`` URL."""
@@ -262,7 +346,19 @@ class FakeUpstream:
         finally:
             for connection in accepted:
                 connection._detach()  # noqa: SLF001
+                self._remember_ended(connection)
             await trio.aclose_forcefully(gate)
+
+    def _remember_ended(self, connection: UpstreamConnection) -> None:
+        """Keep *connection*'s record among the last ``history`` ended; forget the oldest."""
+        self._ended.append(connection)
+        while len(self._ended) > self.history:
+            old = self._ended.popleft()
+            del self._records[old.index]
+            state = self._paths[old.path]
+            del state.records[old._path_index]  # noqa: SLF001
+            if not state.records and not state.watched:
+                del self._paths[old.path]
 
     async def _handshake(
         self,
@@ -277,10 +373,15 @@ class FakeUpstream:
                 await request.reject(status)
                 return
         ws = await request.accept()
-        connection = UpstreamConnection(len(self.connections), ws, gate, path)
+        state = self._paths.setdefault(path, _Path())
+        connection = UpstreamConnection(
+            self.accepted, ws, gate, path, path_index=state.accepted, history=self.history
+        )
         accepted.append(connection)
-        self.connections.append(connection)
-        self._by_path.setdefault(path, []).append(connection)
+        self._records[self.accepted] = connection
+        self.accepted += 1
+        state.records[state.accepted] = connection
+        state.accepted += 1
         for key in (None, path):  # each waiter then checks its own count
             if (arrived := self._arrivals.pop(key, None)) is not None:
                 arrived.set()
@@ -288,8 +389,9 @@ class FakeUpstream:
 
 
 @asynccontextmanager
-async def open_fake_upstream() -> AsyncIterator[FakeUpstream]:
-    """A `FakeUpstream` whose tasks live in this block."""
+async def open_fake_upstream(*, history: int = 1000) -> AsyncIterator[FakeUpstream]:
+    """A `FakeUpstream` whose tasks live in this block; *history* bounds what it remembers."""
+    check_count(history, "history", minimum=0)  # here, not as an error of the nursery
     async with trio.open_nursery() as nursery:
-        yield FakeUpstream(nursery)
+        yield FakeUpstream(nursery, history=history)
         nursery.cancel_scope.cancel()
