@@ -19,6 +19,7 @@ from tenantry import (
     open_socket,
 )
 from tenantry.testing import FakeUpstream, MemoryConnector, open_fake_upstream
+from tenantry.testing._upstream import REQUEST_TIMEOUT
 
 
 async def test_events_streamed_before_a_close_are_all_delivered(
@@ -346,3 +347,20 @@ async def test_live_connections_and_watched_paths_are_never_forgotten(
 def test_history_must_be_a_count() -> None:
     with pytest.raises(ValueError, match="history must be >= 0"):
         trio.run(open_fake_upstream(history=-1).__aenter__)
+
+
+async def test_a_client_that_leaves_before_its_request_leaves_no_task_behind(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fake_upstream() as upstream:
+        url = await upstream.serve_tcp()
+        port = int(url.rsplit(":", 1)[1].rstrip("/"))
+        await trio.testing.wait_all_tasks_blocked()
+        before = living_tasks()
+        for _ in range(10):  # connect, say nothing, leave
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.aclose()
+        await trio.sleep(REQUEST_TIMEOUT)  # virtual: the upstream gives up on silent clients
+        await trio.testing.wait_all_tasks_blocked()
+        assert living_tasks() == before
+        assert upstream.accepted == 0

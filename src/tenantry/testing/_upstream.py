@@ -30,6 +30,13 @@ from ._memory import MemoryConnector
 
 __all__ = ["FakeUpstream", "UpstreamConnection", "open_fake_upstream"]
 
+REQUEST_TIMEOUT = 10.0
+"""Seconds a client has, once connected, to send its opening request.
+
+trio-websocket's server waits for the request and for nothing else: a
+client that connects and leaves (or says nothing) would hold a task forever.
+"""
+
 
 def _text_frame(text: str | bytes) -> bytes:
     """One unmasked (server-to-client) WebSocket text frame, RFC 6455 section 5.2.
@@ -338,7 +345,11 @@ class FakeUpstream:
         accepted: list[UpstreamConnection] = []
         try:
             async with trio.open_nursery() as nursery:
-                request = await trio_websocket.wrap_server_stream(nursery, gate)
+                with trio.move_on_after(REQUEST_TIMEOUT) as waiting:
+                    request = await trio_websocket.wrap_server_stream(nursery, gate)
+                if waiting.cancelled_caught:  # the client left, or never asked
+                    nursery.cancel_scope.cancel()
+                    return
                 # Its reader task ends by itself once the connection is over; cancelling
                 # it early could interrupt a close handshake this side started.
                 with contextlib.suppress(trio_websocket.ConnectionClosed):
