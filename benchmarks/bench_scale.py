@@ -362,7 +362,7 @@ class Scale:
         self.tenants: int = args.tenants
         self.upstream = upstream
         self.url = url
-        self.caches = {} if args.no_caches else tenantry.SEED_CACHE_SPECS
+        self.caches = {} if args.no_caches else tenantry.BAILEYS_CACHE_SPECS
         self.tracker = Tracker()
         self.problems: list[str] = []
         self._teardown_from = (0.0, 0.0, 0.0)

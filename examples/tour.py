@@ -59,10 +59,10 @@ async def expiry_on_the_mock_clock() -> None:
 
 def capacity() -> None:
     print("3. Worst case of the seed's cache limits")
-    for name, spec in tenantry.SEED_CACHE_SPECS.items():
+    for name, spec in tenantry.BAILEYS_CACHE_SPECS.items():
         ttl = "never" if spec.ttl is None else f"{spec.ttl:,.0f} s"
         print(f"   {name:<20} {spec.max_keys:>7,} keys  ttl {ttl:<10} scope {spec.scope.value}")
-    print(f"   {tenantry.capacity_plan(tenantry.SEED_CACHE_SPECS, tenants=100)}")
+    print(f"   {tenantry.capacity_plan(tenantry.BAILEYS_CACHE_SPECS, tenants=100)}")
 
 
 async def burst() -> None:

@@ -6,11 +6,11 @@ import trio
 import trio.testing
 
 from helpers import living_tasks
-from tenantry import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope, capacity_plan
+from tenantry import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope, capacity_plan
 
 
 def test_seed_limits() -> None:
-    limits = {name: spec.max_keys for name, spec in SEED_CACHE_SPECS.items()}
+    limits = {name: spec.max_keys for name, spec in BAILEYS_CACHE_SPECS.items()}
     assert limits == {
         "signal_store": 10_000,
         "msg_retry": 10_000,
@@ -20,15 +20,15 @@ def test_seed_limits() -> None:
         "lid": 2_000,
         "lid_global": 10_000,
     }
-    assert SEED_CACHE_SPECS["user_devices"].ttl == 300.0
-    assert SEED_CACHE_SPECS["msg_retry"].ttl == 3_600.0
-    assert SEED_CACHE_SPECS["lid_global"].scope is Scope.GLOBAL
+    assert BAILEYS_CACHE_SPECS["user_devices"].ttl == 300.0
+    assert BAILEYS_CACHE_SPECS["msg_retry"].ttl == 3_600.0
+    assert BAILEYS_CACHE_SPECS["lid_global"].scope is Scope.GLOBAL
     with pytest.raises(TypeError):
-        SEED_CACHE_SPECS["x"] = CacheSpec(1)  # type: ignore[index]
+        BAILEYS_CACHE_SPECS["x"] = CacheSpec(1)  # type: ignore[index]
 
 
 def test_capacity_plan_matches_the_seeds_arithmetic() -> None:
-    plan = capacity_plan(SEED_CACHE_SPECS, tenants=100)
+    plan = capacity_plan(BAILEYS_CACHE_SPECS, tenants=100)
     assert plan.per_tenant == 32_500
     assert plan.total == 3_260_000
     assert plan.by_scope == {
@@ -40,15 +40,15 @@ def test_capacity_plan_matches_the_seeds_arithmetic() -> None:
         "100 tenants x 32,500 keys + global = 3,260,000 keys "
         "(socket 2,250,000, tenant 1,000,000, global 10,000)"
     )
-    assert capacity_plan(SEED_CACHE_SPECS, tenants=0).total == 10_000
+    assert capacity_plan(BAILEYS_CACHE_SPECS, tenants=0).total == 10_000
     assert capacity_plan({}, tenants=5).total == 0
 
 
 def test_capacity_plan_rejects_bad_tenant_counts() -> None:
     with pytest.raises(ValueError, match="tenants"):
-        capacity_plan(SEED_CACHE_SPECS, tenants=-1)
+        capacity_plan(BAILEYS_CACHE_SPECS, tenants=-1)
     with pytest.raises(TypeError, match="tenants"):
-        capacity_plan(SEED_CACHE_SPECS, tenants=1.5)  # type: ignore[arg-type]
+        capacity_plan(BAILEYS_CACHE_SPECS, tenants=1.5)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -81,7 +81,7 @@ def test_spec_is_frozen_and_builds_caches() -> None:
 
 
 def test_cache_sets_build_one_scope_and_label_it() -> None:
-    socket_caches = CacheSet(SEED_CACHE_SPECS, Scope.SOCKET, label="acme", clock=lambda: 0.0)
+    socket_caches = CacheSet(BAILEYS_CACHE_SPECS, Scope.SOCKET, label="acme", clock=lambda: 0.0)
     assert list(socket_caches) == [
         "msg_retry",
         "call_offer",
@@ -96,19 +96,19 @@ def test_cache_sets_build_one_scope_and_label_it() -> None:
     socket_caches.clear()
     assert len(devices) == 0
     assert socket_caches.scope is Scope.SOCKET
-    assert repr(CacheSet(SEED_CACHE_SPECS, Scope.GLOBAL)) == "<CacheSet global ['lid_global']>"
-    assert len(CacheSet(SEED_CACHE_SPECS, Scope.TENANT)) == 1
+    assert repr(CacheSet(BAILEYS_CACHE_SPECS, Scope.GLOBAL)) == "<CacheSet global ['lid_global']>"
+    assert len(CacheSet(BAILEYS_CACHE_SPECS, Scope.TENANT)) == 1
 
 
 def test_cache_set_validation() -> None:
     with pytest.raises(TypeError, match="scope"):
-        CacheSet(SEED_CACHE_SPECS, "socket")  # type: ignore[arg-type]
+        CacheSet(BAILEYS_CACHE_SPECS, "socket")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="'x'"):
         CacheSet({"x": 5}, Scope.SOCKET)  # type: ignore[dict-item]
 
 
 def test_a_cache_never_read_is_never_built_but_reports_as_empty() -> None:
-    caches = CacheSet(SEED_CACHE_SPECS, Scope.SOCKET, label="acme", clock=lambda: 0.0)
+    caches = CacheSet(BAILEYS_CACHE_SPECS, Scope.SOCKET, label="acme", clock=lambda: 0.0)
     assert len(caches) == 5
     assert "lid" in caches
     assert "signal_store" not in caches
@@ -140,7 +140,7 @@ def test_a_cache_never_read_is_never_built_but_reports_as_empty() -> None:
 async def test_a_cache_set_janitor_serves_caches_built_later(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    caches = CacheSet(SEED_CACHE_SPECS, Scope.SOCKET)
+    caches = CacheSet(BAILEYS_CACHE_SPECS, Scope.SOCKET)
     async with trio.open_nursery() as nursery:
         idle = living_tasks()
         with caches.janitor(nursery):

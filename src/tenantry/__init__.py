@@ -11,7 +11,14 @@ from ._backoff import Backoff, RandomSource
 from ._breaker import BreakerState, CircuitBreaker
 from ._buffer import BufferConfig, BufferStats, EventBuffer, InvalidEvent
 from ._cache import BoundedCache, CacheStats, RemovalCause
-from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, CapacityPlan, Scope, capacity_plan
+from ._cache_specs import (
+    BAILEYS_CACHE_SPECS,
+    CacheSet,
+    CacheSpec,
+    CapacityPlan,
+    Scope,
+    capacity_plan,
+)
 from ._clock import Clock
 from ._connect import Connector, UrlConnector
 from ._events import Batch, Event, FlushReason
@@ -28,10 +35,10 @@ from ._stream import EventStream, Listener
 from ._tenant import TenantSpec, TenantState, TenantStatus
 
 __all__ = [
+    "BAILEYS_CACHE_SPECS",
     "DEFAULT_DECISIONS",
     "DEFAULT_EVENT_RULES",
     "METRIC_FAMILIES",
-    "SEED_CACHE_SPECS",
     "Backoff",
     "Batch",
     "BoundedCache",

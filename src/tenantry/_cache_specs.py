@@ -23,7 +23,7 @@ from ._clock import Clock, resolve_clock
 from ._janitor import CacheJanitor
 from ._validate import check_count, check_name, optional_seconds, positive_count
 
-__all__ = ["SEED_CACHE_SPECS", "CacheSet", "CacheSpec", "CapacityPlan", "Scope", "capacity_plan"]
+__all__ = ["BAILEYS_CACHE_SPECS", "CacheSet", "CacheSpec", "CapacityPlan", "Scope", "capacity_plan"]
 
 
 class Scope(enum.Enum):
@@ -75,7 +75,7 @@ def cache_specs(_: object, attribute: attrs.Attribute[Any], value: object) -> No
     check_cache_specs(value, attribute.name)
 
 
-SEED_CACHE_SPECS: Mapping[str, CacheSpec] = MappingProxyType(
+BAILEYS_CACHE_SPECS: Mapping[str, CacheSpec] = MappingProxyType(
     {
         # Limits: the seed's DEFAULT_CACHE_MAX_KEYS. TTLs: its upstream's
         # DEFAULT_CACHE_TTLS and per-cache constructors.
@@ -118,7 +118,7 @@ def capacity_plan(specs: Mapping[str, CacheSpec], tenants: int = 1) -> CapacityP
     A tenant holds at most one socket at a time (its supervisor is
     sequential), so socket-scoped caches count once per tenant.
 
-    >>> capacity_plan(SEED_CACHE_SPECS, tenants=100).total
+    >>> capacity_plan(BAILEYS_CACHE_SPECS, tenants=100).total
     3260000
     """
     check_count(tenants, "tenants", minimum=0)
@@ -153,7 +153,7 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
     build nothing.
 
     Args:
-        specs: Cache specs by name (e.g. `SEED_CACHE_SPECS`).
+        specs: Cache specs by name (e.g. `BAILEYS_CACHE_SPECS`).
         scope: Which of them this set holds.
         label: Prefixed to each cache's name in logs and stats
             (``"acme/user_devices"``), so that many tenants' caches can be

@@ -23,7 +23,7 @@ from typing import final
 import attrs
 import trio
 
-from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope
+from ._cache_specs import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope
 from ._gauges import Gauges
 from ._metrics import Metrics, Sample
 from ._tenant import CACHE_COUNTERS, Tenant, TenantSpec, TenantState, TenantStatus
@@ -229,7 +229,7 @@ def _cache_samples(
 
 @asynccontextmanager
 async def open_hub(
-    global_caches: Mapping[str, CacheSpec] = SEED_CACHE_SPECS, *, seed: int | None = None
+    global_caches: Mapping[str, CacheSpec] = BAILEYS_CACHE_SPECS, *, seed: int | None = None
 ) -> AsyncIterator[Hub]:
     """A hub for many tenants; everything it started is gone when the block ends.
 

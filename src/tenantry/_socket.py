@@ -63,7 +63,7 @@ import trio
 import trio_websocket
 
 from ._buffer import BufferConfig, EventBuffer, InvalidEvent
-from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope, check_cache_specs
+from ._cache_specs import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope, check_cache_specs
 from ._connect import Connector, HandshakeFailed, as_connector, describe_transport_error
 from ._gauges import Gauges
 from ._protocol import (
@@ -540,7 +540,7 @@ async def open_socket(
     *,
     tenant_id: str,
     protocol: WireProtocol | None = None,
-    caches: Mapping[str, CacheSpec] = SEED_CACHE_SPECS,
+    caches: Mapping[str, CacheSpec] = BAILEYS_CACHE_SPECS,
     tenant_caches: CacheSet | None = None,
     global_caches: CacheSet | None = None,
     buffer: BufferConfig | None = None,

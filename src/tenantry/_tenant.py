@@ -41,7 +41,7 @@ import trio
 from ._backoff import SplitMix64
 from ._breaker import BreakerState
 from ._buffer import BufferConfig, BufferStats
-from ._cache_specs import SEED_CACHE_SPECS, CacheSet, CacheSpec, Scope, cache_specs
+from ._cache_specs import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope, cache_specs
 from ._connect import Connector, as_connector
 from ._events import FlushReason
 from ._gauges import Gauges
@@ -114,7 +114,7 @@ class TenantSpec:
         factory=ReconnectPolicy, validator=instance_of(ReconnectPolicy)
     )
     caches: Mapping[str, CacheSpec] = attrs.field(
-        default=SEED_CACHE_SPECS, validator=cache_specs, repr=False
+        default=BAILEYS_CACHE_SPECS, validator=cache_specs, repr=False
     )
     buffer: BufferConfig = attrs.field(factory=BufferConfig, validator=instance_of(BufferConfig))
     rules: EventRules = attrs.field(

@@ -287,9 +287,9 @@ def _plan(args: argparse.Namespace) -> int:
             f"--entry-bytes must be between 0 and {MAX_PLAN:,}, got {args.entry_bytes:,}"
         )
     if args.specs is None:
-        from .._cache_specs import SEED_CACHE_SPECS  # noqa: PLC0415
+        from .._cache_specs import BAILEYS_CACHE_SPECS  # noqa: PLC0415
 
-        specs, source = dict(SEED_CACHE_SPECS), "the Baileys cache table"
+        specs, source = dict(BAILEYS_CACHE_SPECS), "the Baileys cache table"
     else:
         try:
             specs, source = load_specs(args.specs), str(args.specs)

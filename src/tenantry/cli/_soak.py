@@ -47,7 +47,7 @@ import trio
 import trio_websocket
 
 from .._buffer import BufferConfig
-from .._cache_specs import SEED_CACHE_SPECS, CacheSpec
+from .._cache_specs import BAILEYS_CACHE_SPECS, CacheSpec
 from .._events import Batch, FlushReason
 from .._hub import Hub, open_hub
 from .._metrics import Metrics
@@ -174,7 +174,7 @@ def soak_caches(scale: float) -> Mapping[str, CacheSpec]:
     """The Baileys cache specs with every limit times *scale* (at least one key)."""
     return {
         name: attrs.evolve(spec, max_keys=max(1, round(spec.max_keys * scale)))
-        for name, spec in SEED_CACHE_SPECS.items()
+        for name, spec in BAILEYS_CACHE_SPECS.items()
     }
 
 
