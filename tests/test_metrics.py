@@ -7,8 +7,9 @@ import trio
 import trio.testing
 
 from helpers import collect
-from tenantry import METRIC_FAMILIES, BufferConfig, Metrics, Sample, Socket, TenantSpec
+from tenantry import BufferConfig, Metrics, Socket, TenantSpec
 from tenantry import open_hub as open_hub_
+from tenantry.lowlevel import METRIC_FAMILIES, Sample
 from tenantry.testing import open_fake_upstream
 
 prometheus_client = pytest.importorskip("prometheus_client")
