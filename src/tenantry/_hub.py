@@ -7,7 +7,7 @@ whatever can fail, fails there) and then sends it to the hub's command task,
 which starts it in the hub's nursery: callers never touch the nursery, and
 nothing a caller adds can end the command task.
 Restarting or removing a tenant is a command the tenant carries out in the
-caller's task, one at a time (`Tenant.command`).
+caller's task, one at a time (`Tenant.restart`, `Tenant.stop`).
 Leaving the ``async with`` stops every tenant the way `Hub.remove` does --
 each socket's ordered shutdown, subscribers drained -- then the rest.
 """
@@ -98,7 +98,7 @@ class Hub:
         Not a failure, no backoff, no breaker wait; a stopped tenant starts
         again. Returns once the old socket has closed.
         """
-        await self._tenant(tenant_id).command("restart")
+        await self._tenant(tenant_id).restart()
 
     async def remove(self, tenant_id: str) -> None:
         """Stop the tenant and return once its scope has fully exited.
@@ -110,7 +110,7 @@ class Hub:
         tenant = self._tenant(tenant_id)
         finished = self._finished[tenant_id]
         self._removing.add(tenant_id)
-        await tenant.command("stop")
+        await tenant.stop()
         await finished.wait()
 
     def status(self) -> list[TenantStatus]:

@@ -156,8 +156,8 @@ class TenantStatus:
 
     tenant_id: str
     state: TenantState
-    breaker: str
-    """The breaker's state: ``closed``, ``open`` or ``half_open``."""
+    breaker: BreakerState
+    """The circuit breaker's state."""
     failures: int
     """Failed attempts since the last stable connection."""
     breaker_trips: int
@@ -175,9 +175,16 @@ class TenantStatus:
     """The live socket's buffer, or None between connections."""
 
 
+class _Kind(enum.Enum):
+    """What a hub's command asks of a tenant."""
+
+    RESTART = "restart"
+    STOP = "stop"
+
+
 @attrs.define
 class _Command:
-    kind: str  # "restart" or "stop"
+    kind: _Kind
     done: trio.Event = attrs.field(factory=trio.Event)
 
 
@@ -272,11 +279,18 @@ class Tenant:
                 self._command.done.set()
             logger.info("tenant stopped: %s", self.tenant_id, extra={"tenant": self.tenant_id})
 
-    async def command(self, kind: str) -> None:
-        """Ask the tenant to ``restart`` or ``stop``; return once it is done.
+    async def restart(self) -> None:
+        """Close the socket (ordered shutdown) and reconnect at once; return once it is done."""
+        await self._carry_out(_Kind.RESTART)
 
-        Carried out in the caller's task: a tenant needs no task of its own
-        waiting for commands that seldom come.
+    async def stop(self) -> None:
+        """Close the socket (ordered shutdown) and leave the supervisor loop; return once done."""
+        await self._carry_out(_Kind.STOP)
+
+    async def _carry_out(self, kind: _Kind) -> None:
+        """Carry out a command in the caller's task, after any before it.
+
+        A tenant needs no task of its own waiting for commands that seldom come.
         """
         async with self._commanding:
             while self._command is not None and not self._stopped:
@@ -289,13 +303,13 @@ class Tenant:
 
     def _close_for(self, command: _Command) -> None:
         reason = DisconnectReason(
-            ReasonCode.CONNECTION_CLOSED, f"{command.kind} requested", remote=False
+            ReasonCode.CONNECTION_CLOSED, f"{command.kind.value} requested", remote=False
         )
         logger.info(
             "intentional close: tenant %s, %s",
             self.tenant_id,
             reason.message,
-            extra={"tenant": self.tenant_id, "command": command.kind},
+            extra={"tenant": self.tenant_id, "command": command.kind.value},
         )
         if self._socket is not None:
             self._socket.close(reason)  # ordered: subscribers drain first
@@ -316,7 +330,7 @@ class Tenant:
             self._next_retry_at = None
             if command is None:
                 continue
-            if command.kind == "stop":
+            if command.kind is _Kind.STOP:
                 command.done.set()  # the hub waits for the whole scope anyway
                 return
             self._reconnector.restarted()
@@ -459,7 +473,7 @@ class Tenant:
         return TenantStatus(
             tenant_id=self.tenant_id,
             state=self.state,
-            breaker=self._reconnector.breaker.state.value,
+            breaker=self._reconnector.breaker.state,
             failures=self._reconnector.failures,
             breaker_trips=self._reconnector.breaker.trips,
             connections=self._reconnector.connections,
