@@ -83,6 +83,20 @@ async def test_the_snapshot_adds_ended_and_live_connections(
     assert {s.name for s in m.samples} == set(METRIC_FAMILIES)
 
 
+async def test_every_sample_is_a_declared_family(autojump_clock: trio.testing.MockClock) -> None:
+    """An undeclared sample would vanish from the text format and the collector without a word."""
+    async with open_hub_() as hub:
+        empty = hub.metrics()
+    busy = await busy_hub_metrics()
+    for m in (empty, busy):
+        assert {s.name for s in m.samples} <= set(METRIC_FAMILIES)
+        rendered = [line for line in m.to_text().splitlines() if not line.startswith("#")]
+        assert len(rendered) == len(m.samples)  # to_text dropped none
+        for s in m.samples:  # counters are named as Prometheus expects
+            assert s.name.endswith("_total") == (METRIC_FAMILIES[s.name][0] == "counter")
+    assert {s.name for s in busy.samples} == set(METRIC_FAMILIES)  # and none is never emitted
+
+
 async def test_text_format_parses(autojump_clock: trio.testing.MockClock) -> None:
     m = await busy_hub_metrics()
     families = {f.name: f for f in text_string_to_metric_families(m.to_text())}

@@ -32,8 +32,9 @@ from ._reasons import DEFAULT_DECISIONS, Decision, DisconnectReason, ReasonCode,
 from ._reconnect import ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, Rule, RuleKind, message_key
 from ._socket import ConnectFailed, Socket, SocketClosed, open_socket
+from ._status import TenantState, TenantStatus
 from ._stream import EventStream, Listener
-from ._tenant import TenantSpec, TenantState, TenantStatus
+from ._tenant import TenantSpec
 from ._version import __version__ as __version__
 
 __all__ = [
