@@ -163,3 +163,8 @@ def test_the_version_has_one_source() -> None:
     assert 'dynamic = ["version"]' in pyproject
     assert 'path = "src/tenantry/_version.py"' in pyproject
     assert "release = version = __version__" in (root / "docs" / "conf.py").read_text()
+
+
+def test_a_cache_sets_build_callback_is_wiring_not_api() -> None:
+    """Only `CacheSet.janitor` sets it; a second owner would be refused anyway."""
+    assert not hasattr(tenantry.CacheSet, "on_build")
