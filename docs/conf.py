@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from tenantry import __name__ as _package
+from tenantry import __version__
 
 project = _package
 author = "The tenantry developers"
 copyright = "2026, the tenantry developers"
-release = version = "0.1.0.dev0"
+release = version = __version__
 
 extensions = [
     "sphinx.ext.autodoc",

@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 import tenantry
+import tenantry.lowlevel
 
 
 def seed_overflow() -> None:
@@ -45,7 +46,7 @@ async def expiry_on_the_mock_clock() -> None:
         "msg_retry", max_keys=10_000, ttl=3_600.0, on_remove=on_remove
     )
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(tenantry.run_janitor, [cache])
+        nursery.start_soon(tenantry.lowlevel.run_janitor, [cache])
         cache.set("retry:A1", "payload")
         cache.set("retry:B2", "payload", ttl=60.0)  # a key with its own TTL
         await trio.sleep(1_800)

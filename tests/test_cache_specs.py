@@ -125,12 +125,12 @@ def test_a_cache_never_read_is_never_built_but_reports_as_empty() -> None:
     caches.clear()
     assert caches.built() == []
     built: list[str] = []
-    caches.on_build(lambda cache: built.append(cache.name))
+    caches._set_build_callback(lambda cache: built.append(cache.name))
     assert caches["lid"] is caches["lid"]
     assert built == ["acme/lid"]
     assert [c.name for c in caches.built()] == ["acme/lid"]
     with pytest.raises(RuntimeError, match="build callback"):
-        caches.on_build(print)
+        caches._set_build_callback(print)
     with pytest.raises(KeyError):
         caches["nope"]
     assert len(list(caches.values())) == 5  # reading every cache builds every cache

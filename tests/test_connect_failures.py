@@ -23,7 +23,6 @@ from helpers import living_tasks
 from tenantry import (
     ConnectFailed,
     DisconnectReason,
-    Gauges,
     Socket,
     TenantSpec,
     TenantState,
@@ -31,6 +30,7 @@ from tenantry import (
     open_hub,
     open_socket,
 )
+from tenantry.lowlevel import Gauges
 from tenantry.testing import MemoryConnector
 
 StreamServer = Callable[[trio.abc.Stream], Awaitable[None]]

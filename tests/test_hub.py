@@ -18,6 +18,7 @@ from helpers import living_tasks
 from tenantry import (
     Backoff,
     Batch,
+    BreakerState,
     BufferConfig,
     CacheSpec,
     Decision,
@@ -185,7 +186,7 @@ async def test_the_breaker_opens_after_five_failed_handshakes(
         await hub.add(spec(upstream))
         await trio.sleep(25)  # backoff 1 + 2 + 5 + 10 s, +15 % at most: five failures by now
         [status] = hub.status()
-        assert (status.state, status.breaker) == (TenantState.CIRCUIT_OPEN, "open")
+        assert (status.state, status.breaker) == (TenantState.CIRCUIT_OPEN, BreakerState.OPEN)
         assert (status.failures, status.connections, status.breaker_trips) == (5, 0, 1)
         assert hub.metrics().value("tenantry_breaker_trips_total", tenant="a") == 1
         assert status.next_retry_at is not None
@@ -196,7 +197,7 @@ async def test_the_breaker_opens_after_five_failed_handshakes(
         [status] = hub.status()
         assert (status.state, status.breaker, status.failures) == (
             TenantState.CIRCUIT_OPEN,
-            "open",
+            BreakerState.OPEN,
             6,
         )
         assert status.breaker_trips == 2
@@ -217,7 +218,7 @@ async def test_metrics_see_the_breaker_close_once_the_trial_connection_is_stable
         await trio.sleep(3600)  # an hour-old healthy connection; nobody asked for a status
         assert hub.metrics().value("tenantry_breaker_state", tenant="a") == 0  # closed
         [status] = hub.status()
-        assert (status.breaker, status.failures) == ("closed", 0)
+        assert (status.breaker, status.failures) == (BreakerState.CLOSED, 0)
 
 
 async def test_restart_closes_and_reconnects_without_counting_a_failure(
@@ -260,7 +261,7 @@ async def test_a_raising_handler_is_contained_and_retried(
         [bad] = [s for s in hub.status() if s.tenant_id == "bad"]
         assert calls >= 5
         assert bad.failures == calls
-        assert bad.breaker in ("open", "half_open")
+        assert bad.breaker in (BreakerState.OPEN, BreakerState.HALF_OPEN)
         [good_status] = [s for s in hub.status() if s.tenant_id == "good"]
         assert good_status.connections == 1
         assert sum(b.count for b in healthy) >= 290

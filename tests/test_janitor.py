@@ -8,8 +8,9 @@ import trio
 import trio.testing
 
 from helpers import living_tasks
-from tenantry import BoundedCache, RemovalCause, run_janitor
+from tenantry import BoundedCache, RemovalCause
 from tenantry._janitor import CacheJanitor
+from tenantry.lowlevel import run_janitor
 
 
 def timed_cache(

@@ -7,8 +7,9 @@ import trio
 import trio.testing
 
 from helpers import collect
-from tenantry import METRIC_FAMILIES, BufferConfig, Metrics, Sample, Socket, TenantSpec
+from tenantry import BufferConfig, Metrics, Socket, TenantSpec
 from tenantry import open_hub as open_hub_
+from tenantry.lowlevel import METRIC_FAMILIES, Sample
 from tenantry.testing import open_fake_upstream
 
 prometheus_client = pytest.importorskip("prometheus_client")
@@ -80,6 +81,20 @@ async def test_the_snapshot_adds_ended_and_live_connections(
     # a's ended connection, a's live one, b's live one: each counted once
     assert m.value("tenantry_cache_misses_total", cache="user_devices", scope="socket") == 3
     assert {s.name for s in m.samples} == set(METRIC_FAMILIES)
+
+
+async def test_every_sample_is_a_declared_family(autojump_clock: trio.testing.MockClock) -> None:
+    """An undeclared sample would vanish from the text format and the collector without a word."""
+    async with open_hub_() as hub:
+        empty = hub.metrics()
+    busy = await busy_hub_metrics()
+    for m in (empty, busy):
+        assert {s.name for s in m.samples} <= set(METRIC_FAMILIES)
+        rendered = [line for line in m.to_text().splitlines() if not line.startswith("#")]
+        assert len(rendered) == len(m.samples)  # to_text dropped none
+        for s in m.samples:  # counters are named as Prometheus expects
+            assert s.name.endswith("_total") == (METRIC_FAMILIES[s.name][0] == "counter")
+    assert {s.name for s in busy.samples} == set(METRIC_FAMILIES)  # and none is never emitted
 
 
 async def test_text_format_parses(autojump_clock: trio.testing.MockClock) -> None:

@@ -13,16 +13,9 @@ import pytest
 from hypothesis import given, settings
 
 from helpers import FakeClock
-from tenantry import (
-    Backoff,
-    BreakerState,
-    CircuitBreaker,
-    Decision,
-    DisconnectReason,
-    ReasonCode,
-    ReconnectPolicy,
-)
+from tenantry import Backoff, BreakerState, Decision, DisconnectReason, ReasonCode, ReconnectPolicy
 from tenantry._backoff import SplitMix64
+from tenantry.lowlevel import CircuitBreaker
 
 CLOSED_503 = DisconnectReason(ReasonCode.UNAVAILABLE_SERVICE, "scripted")
 

@@ -19,13 +19,13 @@ from tenantry import (
     Batch,
     BufferConfig,
     ConnectFailed,
-    Gauges,
     ReasonCode,
     RejectReason,
     SocketClosed,
     open_socket,
 )
 from tenantry._connect import open_connection
+from tenantry.lowlevel import Gauges
 from tenantry.testing import MemoryConnector
 from tenantry.testing._pipe import pipe_pair
 

@@ -12,12 +12,12 @@ from tenantry import (
     Batch,
     BufferConfig,
     ConnectFailed,
-    Gauges,
     ReasonCode,
     RejectReason,
     Socket,
     open_socket,
 )
+from tenantry.lowlevel import Gauges
 from tenantry.testing import FakeUpstream, MemoryConnector, open_fake_upstream
 from tenantry.testing._upstream import REQUEST_TIMEOUT
 

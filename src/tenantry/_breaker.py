@@ -36,7 +36,7 @@ __all__ = ["BreakerState", "CircuitBreaker"]
 
 
 class BreakerState(enum.Enum):
-    """The state of a `CircuitBreaker`."""
+    """The state of a `~tenantry.lowlevel.CircuitBreaker`."""
 
     CLOSED = "closed"
     """Attempts go through; failures are counted."""

@@ -46,7 +46,7 @@ hold keys, never values: a removed value is released at once.
 Reading the clock is the expensive part of a lookup, so every public
 operation reads it at most once. Expired entries are removed lazily by
 whichever operation meets them first (`get`, ``in``, `len`, a full `set`),
-or eagerly by `purge_expired`, which `run_janitor` calls as deadlines fall
+or eagerly by `purge_expired`, which `~tenantry.lowlevel.run_janitor` calls as deadlines fall
 due.
 
 Prior art: `cachetools.TTLCache` (a Python linked list per entry and several
@@ -425,7 +425,7 @@ class BoundedCache(Generic[K, V]):
         ``callback(delay)`` is called with the seconds from now until the new
         deadline, whenever an operation creates a deadline that may precede
         every deadline the cache had (an expiry, or an eviction summary to
-        log). `run_janitor` uses this to sleep until exactly the next
+        log). `~tenantry.lowlevel.run_janitor` uses this to sleep until exactly the next
         deadline instead of polling. One callback at a time: installing a
         second raises `RuntimeError`; pass None to remove it.
         """

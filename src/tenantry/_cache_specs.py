@@ -192,7 +192,9 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
         """The caches built so far (read at least once), in declaration order."""
         return [self._caches[name] for name in self._specs if name in self._caches]
 
-    def on_build(self, callback: Callable[[BoundedCache[Any, Any]], object] | None) -> None:
+    def _set_build_callback(
+        self, callback: Callable[[BoundedCache[Any, Any]], object] | None
+    ) -> None:
         """Call *callback* with each cache built from now on (None: stop calling it).
 
         Raises:
@@ -210,11 +212,11 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
         runs only while some cache has a deadline.
         """
         with CacheJanitor(nursery, self.built()) as janitor:
-            self.on_build(janitor.serve)
+            self._set_build_callback(janitor.serve)
             try:
                 yield
             finally:
-                self.on_build(None)
+                self._set_build_callback(None)
 
     def stats(self) -> list[CacheStats]:
         """A `CacheStats` snapshot of each cache."""

@@ -14,7 +14,7 @@ __all__ = ["Gauges"]
 class Gauges:
     """How many sockets and event buffers are alive right now.
 
-    tenantry keeps no global state: pass one `Gauges` to every `open_socket`
+    tenantry keeps no global state: pass one `Gauges` to every `~tenantry.open_socket`
     whose objects you want counted (the hub does this for its tenants).
     Invariant the tests hold: ``buffers_alive == sockets_alive`` at every
     instant, and both return to zero when every socket scope has exited.

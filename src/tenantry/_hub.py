@@ -7,26 +7,27 @@ whatever can fail, fails there) and then sends it to the hub's command task,
 which starts it in the hub's nursery: callers never touch the nursery, and
 nothing a caller adds can end the command task.
 Restarting or removing a tenant is a command the tenant carries out in the
-caller's task, one at a time (`Tenant.command`).
+caller's task, one at a time (`Tenant.restart`, `Tenant.stop`).
 Leaving the ``async with`` stops every tenant the way `Hub.remove` does --
 each socket's ordered shutdown, subscribers drained -- then the rest.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import final
 
 import attrs
 import trio
 
+from ._accounting import hub_samples
 from ._cache_specs import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope
 from ._gauges import Gauges
-from ._metrics import Metrics, Sample
-from ._tenant import CACHE_COUNTERS, Tenant, TenantSpec, TenantState, TenantStatus
+from ._metrics import Metrics
+from ._status import TenantStatus
+from ._tenant import Tenant, TenantSpec
 
 __all__ = ["Hub", "open_hub"]
 
@@ -98,7 +99,7 @@ class Hub:
         Not a failure, no backoff, no breaker wait; a stopped tenant starts
         again. Returns once the old socket has closed.
         """
-        await self._tenant(tenant_id).command("restart")
+        await self._tenant(tenant_id).restart()
 
     async def remove(self, tenant_id: str) -> None:
         """Stop the tenant and return once its scope has fully exited.
@@ -110,7 +111,7 @@ class Hub:
         tenant = self._tenant(tenant_id)
         finished = self._finished[tenant_id]
         self._removing.add(tenant_id)
-        await tenant.command("stop")
+        await tenant.stop()
         await finished.wait()
 
     def status(self) -> list[TenantStatus]:
@@ -118,8 +119,8 @@ class Hub:
         return [tenant.status() for tenant in self._tenants.values()]
 
     def metrics(self) -> Metrics:
-        """A snapshot of every metric in `METRIC_FAMILIES`."""
-        return Metrics(self._samples())
+        """A snapshot of every metric in `~tenantry.lowlevel.METRIC_FAMILIES`."""
+        return Metrics(hub_samples(self._gauges, self._global_caches, self._tenants.values()))
 
     def _tenant(self, tenant_id: str) -> Tenant:
         try:
@@ -171,60 +172,6 @@ class Hub:
                 bound,
                 extra={"tenants": len(self._tenants)},
             )
-
-    # -- metrics -----------------------------------------------------------------
-
-    def _samples(self) -> Iterator[Sample]:
-        yield Sample("tenantry_sockets_alive", (), self._gauges.sockets_alive)
-        yield Sample("tenantry_buffers_alive", (), self._gauges.buffers_alive)
-        states = collections.Counter(t.state for t in self._tenants.values())
-        for state in TenantState:
-            yield Sample("tenantry_tenants", (("state", state.value),), states[state])
-        retired: collections.Counter[tuple[str, str]] = collections.Counter()
-        for tenant_id, tenant in self._tenants.items():
-            yield from _tenant_samples(tenant_id, tenant)
-            retired.update(tenant.retired_cache_counts)  # the live caches are read below
-        yield from _cache_samples(self._cache_sets(), retired)
-
-    def _cache_sets(self) -> Iterator[tuple[Scope, CacheSet]]:
-        yield Scope.GLOBAL, self._global_caches
-        for tenant in self._tenants.values():
-            yield from tenant.cache_sets()
-
-
-def _tenant_samples(tenant_id: str, tenant: Tenant) -> Iterator[Sample]:
-    label = ("tenant", tenant_id)
-    totals = tenant.totals()
-    for event in ("received", "delivered", "merged", "lost"):
-        yield Sample(f"tenantry_events_{event}_total", (label,), totals.events[event])
-    for reason, count in totals.flushes.items():
-        yield Sample("tenantry_buffer_flush_total", (label, ("reason", reason.value)), count)
-    for reject, count in totals.rejected.items():
-        yield Sample("tenantry_frames_rejected_total", (label, ("reason", reject.value)), count)
-    for name, count in tenant.reconnects.items():
-        yield Sample("tenantry_reconnects_total", (label, ("reason", name)), count)
-    yield Sample("tenantry_breaker_state", (label,), tenant.breaker_state.gauge)
-    yield Sample("tenantry_breaker_trips_total", (label,), tenant.breaker_trips)
-
-
-def _cache_samples(
-    cache_sets: Iterator[tuple[Scope, CacheSet]], retired: Mapping[tuple[str, str], int]
-) -> Iterator[Sample]:
-    """Cache series summed by (cache, scope); *retired*: counters of closed sockets' caches."""
-    sums: collections.Counter[tuple[str, str, str]] = collections.Counter()
-    for scope, cache_set in cache_sets:
-        for name in cache_set:
-            stats = cache_set.stats_of(name)
-            key = (name, scope.value)
-            sums[(*key, "keys")] += stats.size
-            sums[(*key, "max_keys")] += stats.max_keys
-            for counter in CACHE_COUNTERS:
-                sums[(*key, counter)] += getattr(stats, counter)
-    for (name, counter), count in retired.items():
-        sums[name, Scope.SOCKET.value, counter] += count
-    for (name, scope_name, metric), value in sorted(sums.items()):
-        suffix = metric if metric in ("keys", "max_keys") else f"{metric}_total"
-        yield Sample(f"tenantry_cache_{suffix}", (("cache", name), ("scope", scope_name)), value)
 
 
 @asynccontextmanager

@@ -41,7 +41,7 @@ async def run_janitor(
     Start it in the nursery of the scope that owns the caches::
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(tenantry.run_janitor, caches)
+            nursery.start_soon(tenantry.lowlevel.run_janitor, caches)
 
     Args:
         caches: The caches to serve. Each can have one janitor at a time

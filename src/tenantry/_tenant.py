@@ -38,18 +38,19 @@ from typing import final
 import attrs
 import trio
 
+from ._accounting import Totals
 from ._backoff import SplitMix64
 from ._breaker import BreakerState
-from ._buffer import BufferConfig, BufferStats
+from ._buffer import BufferConfig
 from ._cache_specs import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope, cache_specs
 from ._connect import Connector, as_connector
-from ._events import FlushReason
 from ._gauges import Gauges
-from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, RejectReason, WireProtocol
+from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, WireProtocol
 from ._reasons import Decision, DisconnectReason, ReasonCode, default_decide
 from ._reconnect import NextStep, ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._socket import ConnectFailed, Socket, open_socket
+from ._status import TenantState, TenantStatus
 from ._validate import (
     async_function,
     instance_of,
@@ -61,7 +62,7 @@ from ._validate import (
     seconds,
 )
 
-__all__ = ["TenantSpec", "TenantState", "TenantStatus"]
+__all__ = ["TenantSpec"]
 
 logger = logging.getLogger("tenantry.tenant")
 
@@ -134,91 +135,17 @@ class TenantSpec:
     connect_timeout: float = attrs.field(default=10.0, validator=seconds)
 
 
-class TenantState(enum.Enum):
-    """Where a tenant's supervisor loop is."""
+class _Kind(enum.Enum):
+    """What a hub's command asks of a tenant."""
 
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    CLOSING = "closing"
-    """The socket's ordered shutdown is running; it is still counted as alive."""
-    BACKING_OFF = "backing_off"
-    CIRCUIT_OPEN = "circuit_open"
-    """Waiting for the circuit breaker's timeout."""
-    STOPPED = "stopped"
-    """The last reason's decision was STOP (only a restart or removal follows), or the
-    tenant is being removed."""
-
-
-@final
-@attrs.frozen
-class TenantStatus:
-    """A snapshot of one tenant (`Hub.status`)."""
-
-    tenant_id: str
-    state: TenantState
-    breaker: str
-    """The breaker's state: ``closed``, ``open`` or ``half_open``."""
-    failures: int
-    """Failed attempts since the last stable connection."""
-    breaker_trips: int
-    """How many times the breaker has opened, over the tenant's life."""
-    connections: int
-    """Successful handshakes so far."""
-    last_disconnect: DisconnectReason | None
-    last_disconnect_at: float | None
-    """When (Trio's clock) the last connection or attempt ended."""
-    next_retry_at: float | None
-    """When the next attempt is due, while backing off or waiting for the breaker."""
-    cache_utilization: Mapping[str, float]
-    """Live tenant and socket caches by name: keys / max_keys."""
-    buffer: BufferStats | None
-    """The live socket's buffer, or None between connections."""
+    RESTART = "restart"
+    STOP = "stop"
 
 
 @attrs.define
 class _Command:
-    kind: str  # "restart" or "stop"
+    kind: _Kind
     done: trio.Event = attrs.field(factory=trio.Event)
-
-
-CACHE_COUNTERS = ("hits", "misses", "evictions", "expirations")
-"""The `CacheStats` counters that the metrics add up across connections."""
-
-
-@attrs.define
-class _Totals:
-    """Cumulative counters of a tenant's connections (the metrics read these)."""
-
-    events: collections.Counter[str] = attrs.field(factory=collections.Counter)
-    flushes: collections.Counter[FlushReason] = attrs.field(factory=collections.Counter)
-    rejected: collections.Counter[RejectReason] = attrs.field(factory=collections.Counter)
-    socket_cache_counts: collections.Counter[tuple[str, str]] = attrs.field(
-        factory=collections.Counter
-    )
-    """(cache name, counter) -> count, over the socket-scoped caches."""
-
-    def add_socket(self, sock: Socket) -> None:
-        stats = sock.buffer.stats
-        self.events.update(
-            received=stats.received,
-            delivered=stats.delivered,
-            merged=stats.merged,
-            lost=stats.lost,
-        )
-        self.flushes.update(stats.flushes)
-        self.rejected.update(sock.rejected)
-        for name in sock.caches:
-            cache_stats = sock.caches.stats_of(name)
-            for counter in CACHE_COUNTERS:
-                self.socket_cache_counts[name, counter] += getattr(cache_stats, counter)
-
-    def copy(self) -> _Totals:
-        return _Totals(
-            collections.Counter(self.events),
-            collections.Counter(self.flushes),
-            collections.Counter(self.rejected),
-            collections.Counter(self.socket_cache_counts),
-        )
 
 
 @final
@@ -252,7 +179,7 @@ class Tenant:
         self._last: DisconnectReason | None = None
         self._last_at: float | None = None
         self._next_retry_at: float | None = None
-        self._ended = _Totals()  # of the connections that have ended
+        self._ended = Totals()  # of the connections that have ended
         self._reconnects: collections.Counter[str] = collections.Counter()
 
     # -- the scope -------------------------------------------------------------
@@ -272,11 +199,18 @@ class Tenant:
                 self._command.done.set()
             logger.info("tenant stopped: %s", self.tenant_id, extra={"tenant": self.tenant_id})
 
-    async def command(self, kind: str) -> None:
-        """Ask the tenant to ``restart`` or ``stop``; return once it is done.
+    async def restart(self) -> None:
+        """Close the socket (ordered shutdown) and reconnect at once; return once it is done."""
+        await self._carry_out(_Kind.RESTART)
 
-        Carried out in the caller's task: a tenant needs no task of its own
-        waiting for commands that seldom come.
+    async def stop(self) -> None:
+        """Close the socket (ordered shutdown) and leave the supervisor loop; return once done."""
+        await self._carry_out(_Kind.STOP)
+
+    async def _carry_out(self, kind: _Kind) -> None:
+        """Carry out a command in the caller's task, after any before it.
+
+        A tenant needs no task of its own waiting for commands that seldom come.
         """
         async with self._commanding:
             while self._command is not None and not self._stopped:
@@ -289,13 +223,13 @@ class Tenant:
 
     def _close_for(self, command: _Command) -> None:
         reason = DisconnectReason(
-            ReasonCode.CONNECTION_CLOSED, f"{command.kind} requested", remote=False
+            ReasonCode.CONNECTION_CLOSED, f"{command.kind.value} requested", remote=False
         )
         logger.info(
             "intentional close: tenant %s, %s",
             self.tenant_id,
             reason.message,
-            extra={"tenant": self.tenant_id, "command": command.kind},
+            extra={"tenant": self.tenant_id, "command": command.kind.value},
         )
         if self._socket is not None:
             self._socket.close(reason)  # ordered: subscribers drain first
@@ -316,7 +250,7 @@ class Tenant:
             self._next_retry_at = None
             if command is None:
                 continue
-            if command.kind == "stop":
+            if command.kind is _Kind.STOP:
                 command.done.set()  # the hub waits for the whole scope anyway
                 return
             self._reconnector.restarted()
@@ -459,7 +393,7 @@ class Tenant:
         return TenantStatus(
             tenant_id=self.tenant_id,
             state=self.state,
-            breaker=self._reconnector.breaker.state.value,
+            breaker=self._reconnector.breaker.state,
             failures=self._reconnector.failures,
             breaker_trips=self._reconnector.breaker.trips,
             connections=self._reconnector.connections,
@@ -474,12 +408,9 @@ class Tenant:
             buffer=None if sock is None else sock.buffer.stats,
         )
 
-    def totals(self) -> _Totals:
+    def totals(self) -> Totals:
         """Cumulative counters: the ended connections plus the live one."""
-        totals = self._ended.copy()
-        if self._socket is not None:
-            totals.add_socket(self._socket)
-        return totals
+        return self._ended.with_socket(self._socket)
 
     @property
     def retired_cache_counts(self) -> Mapping[tuple[str, str], int]:

@@ -5,11 +5,10 @@ that reconnect scenarios run deterministically under
 `trio.testing.MockClock(autojump_threshold=0) <trio.testing.MockClock>`.
 """
 
+from .._public import publish as _publish
 from ._memory import MemoryConnector
 from ._upstream import FakeUpstream, UpstreamConnection, open_fake_upstream
 
 __all__ = ["FakeUpstream", "MemoryConnector", "UpstreamConnection", "open_fake_upstream"]
 
-for _name in __all__:
-    globals()[_name].__module__ = "tenantry.testing"  # open_fake_upstream too: a function
-del _name
+_publish(globals(), __all__, __name__)

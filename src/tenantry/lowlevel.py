@@ -1,0 +1,31 @@
+"""The building blocks tenantry is made of, for code that assembles its own.
+
+The daily API (`tenantry`) is built from these; most programs never import
+this module. They are public because they are useful alone: the pure
+`Reconnector` and `CircuitBreaker` answer "what happens next?" without any
+I/O, `run_janitor` purges the expired entries of caches you own, and
+`Sample` and `METRIC_FAMILIES` are what `tenantry.Metrics` is made of.
+"""
+
+from ._backoff import RandomSource
+from ._breaker import CircuitBreaker
+from ._clock import Clock
+from ._gauges import Gauges
+from ._janitor import run_janitor
+from ._metrics import METRIC_FAMILIES, Sample
+from ._public import publish as _publish
+from ._reconnect import NextStep, Reconnector
+
+__all__ = [
+    "METRIC_FAMILIES",
+    "CircuitBreaker",
+    "Clock",
+    "Gauges",
+    "NextStep",
+    "RandomSource",
+    "Reconnector",
+    "Sample",
+    "run_janitor",
+]
+
+_publish(globals(), __all__, __name__)

@@ -1,0 +1,170 @@
+"""The public surface of each tier, pinned: a name added, moved or dropped fails here first.
+
+Each tier's names report that tier as their module (classes, their methods
+and properties, functions), so that docs, reprs and tracebacks never point
+into a private file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+from types import FunctionType, ModuleType
+
+import pytest
+
+import tenantry
+
+TIERS = {
+    "tenantry": [
+        "BAILEYS_CACHE_SPECS",
+        "DEFAULT_DECISIONS",
+        "DEFAULT_EVENT_RULES",
+        "Backoff",
+        "Batch",
+        "BoundedCache",
+        "BreakerState",
+        "BufferConfig",
+        "BufferStats",
+        "CacheSet",
+        "CacheSpec",
+        "CacheStats",
+        "CapacityPlan",
+        "CloseRequested",
+        "ConnectFailed",
+        "Connector",
+        "Decision",
+        "DisconnectReason",
+        "Event",
+        "EventBuffer",
+        "EventRules",
+        "EventStream",
+        "FlushReason",
+        "FrameRejected",
+        "Hub",
+        "InvalidEvent",
+        "JsonProtocol",
+        "KeySpec",
+        "Listener",
+        "Metrics",
+        "ReasonCode",
+        "ReconnectPolicy",
+        "RejectReason",
+        "RemovalCause",
+        "Rule",
+        "RuleKind",
+        "Scope",
+        "Socket",
+        "SocketClosed",
+        "TenantSpec",
+        "TenantState",
+        "TenantStatus",
+        "UrlConnector",
+        "WireProtocol",
+        "capacity_plan",
+        "default_decide",
+        "message_key",
+        "open_hub",
+        "open_socket",
+    ],
+    "tenantry.lowlevel": [
+        "METRIC_FAMILIES",
+        "CircuitBreaker",
+        "Clock",
+        "Gauges",
+        "NextStep",
+        "RandomSource",
+        "Reconnector",
+        "Sample",
+        "run_janitor",
+    ],
+    "tenantry.testing": [
+        "FakeUpstream",
+        "MemoryConnector",
+        "UpstreamConnection",
+        "open_fake_upstream",
+    ],
+    "tenantry.prometheus": ["HubCollector"],
+}
+
+
+def _tier(name: str) -> ModuleType:
+    if name == "tenantry.prometheus":
+        pytest.importorskip("prometheus_client")
+    return importlib.import_module(name)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_each_tier_exports_exactly_its_names(tier: str) -> None:
+    module = _tier(tier)
+    assert module.__all__ == TIERS[tier]  # also in the order ruff keeps them
+    assert all(hasattr(module, name) for name in module.__all__)
+
+
+def test_no_name_is_in_two_tiers() -> None:
+    names = [name for tier in TIERS.values() for name in tier]
+    assert len(names) == len(set(names))
+
+
+def _reported_modules(obj: object) -> list[tuple[str, str]]:
+    """(qualified name, reported module) of *obj* and every function or class defined in it."""
+    if isinstance(obj, FunctionType):
+        return [(obj.__qualname__, obj.__module__)]
+    if not isinstance(obj, type):
+        return []  # a constant, or a type alias such as Clock
+    found = [(obj.__qualname__, obj.__module__)]
+    for member in vars(obj).values():
+        inner: list[object] = [member]
+        if isinstance(member, property):
+            inner = [member.fget, member.fset, member.fdel]
+        elif isinstance(member, (staticmethod, classmethod)):
+            inner = [member.__func__]
+        for item in inner:
+            if isinstance(item, (FunctionType, type)) and item.__qualname__.startswith(
+                f"{obj.__qualname__}."
+            ):
+                found += _reported_modules(item)
+    return found
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_every_public_name_reports_its_tier_methods_included(tier: str) -> None:
+    module = _tier(tier)
+    reported = [
+        (qualname, where)
+        for name in module.__all__
+        for qualname, where in _reported_modules(getattr(module, name))
+    ]
+    # What tenantry wrote reports the tier; what Python made (a NamedTuple's
+    # _replace, say) reports where Python made it.
+    assert [
+        (q, where) for q, where in reported if where.startswith("tenantry") and where != tier
+    ] == []
+    assert {
+        getattr(module, name).__module__ for name in module.__all__ if _is_code(module, name)
+    } == {tier}
+
+
+def _is_code(module: ModuleType, name: str) -> bool:
+    return isinstance(getattr(module, name), (FunctionType, type))
+
+
+def test_methods_are_walked() -> None:
+    """The walk above sees methods and properties, or the test before it proves nothing."""
+    walked = dict(_reported_modules(tenantry.Hub))
+    assert {"Hub.metrics", "Hub.gauges", "Hub.__init__"} <= walked.keys()
+
+
+def test_the_version_has_one_source() -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+(\.dev\d+|a\d+|b\d+|rc\d+)?", tenantry.__version__)
+    root = Path(__file__).resolve().parent.parent
+    pyproject = (root / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject
+    assert 'path = "src/tenantry/_version.py"' in pyproject
+    assert "release = version = __version__" in (root / "docs" / "conf.py").read_text()
+
+
+def test_a_cache_sets_build_callback_is_wiring_not_api() -> None:
+    """Only `CacheSet.janitor` sets it; a second owner would be refused anyway."""
+    assert not hasattr(tenantry.CacheSet, "on_build")
