@@ -14,12 +14,6 @@ import trio.testing
 from helpers import FakeClock
 from tenantry import BoundedCache, CacheStats, RemovalCause
 
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
 Removal = tuple[Any, Any, RemovalCause]
 
 

@@ -7,13 +7,9 @@ import trio
 import trio.testing
 import trio_websocket
 
-from helpers import living_tasks
-from tenantry import DisconnectReason, ReasonCode, Socket, TenantSpec, open_hub, open_socket
+from helpers import idle, living_tasks
+from tenantry import DisconnectReason, ReasonCode, TenantSpec, open_hub, open_socket
 from tenantry.testing import MemoryConnector, open_fake_upstream
-
-
-async def idle(sock: Socket) -> None:
-    await trio.sleep_forever()
 
 
 async def test_a_hub_of_100_tenants_cancelled_from_outside_exits_at_once(

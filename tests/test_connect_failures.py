@@ -19,12 +19,11 @@ import trio.testing
 import trio_websocket
 import trustme
 
-from helpers import living_tasks
+from helpers import idle, living_tasks
 from tenantry import (
     ConnectFailed,
     DisconnectReason,
     Gauges,
-    Socket,
     TenantSpec,
     TenantState,
     UrlConnector,
@@ -56,10 +55,6 @@ def raw_server(answer: bytes = b"", *, read: bool = True, then: str = "close") -
             await trio.aclose_forcefully(stream)
 
     return serve
-
-
-async def idle(sock: Socket) -> None:
-    await trio.sleep_forever()
 
 
 async def connect_failure(server: StreamServer, **kwargs: object) -> tuple[DisconnectReason, float]:
