@@ -21,7 +21,7 @@ TEST_DEPS = [
     "trustme>=1.1",
 ]
 RUFF = "ruff==0.17.6"
-MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100"]
+MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100", "trustme>=1.1"]
 DOCS_DEPS = ["sphinx>=8,<10", "furo>=2024.8.6"]
 BENCH_DEPS = ["cachetools>=5.3"]
 COVERAGE = "coverage>=7.4"
@@ -56,7 +56,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the library."""
+    """mypy --strict on the library and the tests (pyproject.toml says how each is checked)."""
     session.install("-e", ".[prometheus,cli]", *MYPY)
     session.run("mypy")
 

@@ -283,7 +283,7 @@ class Hanging:
         @asynccontextmanager
         async def hang() -> AsyncIterator[trio_websocket.WebSocketConnection]:
             await trio.sleep_forever()
-            yield  # type: ignore[misc]  # pragma: no cover
+            yield  # pragma: no cover
 
         return hang()
 

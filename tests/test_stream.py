@@ -201,7 +201,7 @@ async def test_close_waits_for_subscribers_to_drain(autojump_clock: trio.testing
     events = stream(always_buffer=True)
     drained_at: list[float] = []
 
-    async def slow(channel: trio.MemoryReceiveChannel[Batch]) -> None:
+    async def slow(channel: trio.abc.ReceiveChannel[Batch]) -> None:
         async for _ in channel:
             await trio.sleep(1)
         drained_at.append(trio.current_time())
