@@ -25,3 +25,12 @@ def test_the_license_file_is_the_license_pyproject_declares() -> None:
     assert project["license"] == "MIT"
     assert license_text.startswith("MIT License")
     assert project["authors"][0]["name"] in license_text
+
+
+def test_every_runtime_dependency_is_imported_by_the_library() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    source = "\n".join(path.read_text() for path in (ROOT / "src").rglob("*.py"))
+    for requirement in project["dependencies"]:
+        name = re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].replace("-", "_")
+        imported = re.search(rf"^\s*(import|from) {name}\b", source, re.MULTILINE)
+        assert imported is not None, f"{requirement} is declared but never imported"
