@@ -2,7 +2,8 @@
 
 The soak (`_soak.py`) runs a configuration, the report (`_report.py`) renders
 one beside its figures, and the command line (`_main.py`) builds one from its
-options; all three read it from here, so none of them imports another.
+options. All three read it from here, so the report never imports the soak
+that fills it, and the package's imports form no cycle.
 """
 
 from __future__ import annotations
