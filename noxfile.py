@@ -1,4 +1,4 @@
-"""Development sessions: ``nox -s soak tests lint typecheck docs bench reliability demo``.
+"""Development sessions: ``nox -s soak tests lint typecheck docs bench reliability demo coverage``.
 
 Tool versions are pinned here so that a new release of a linter cannot turn
 CI red on a clean clone overnight.
@@ -21,9 +21,10 @@ TEST_DEPS = [
     "trustme>=1.1",
 ]
 RUFF = "ruff==0.17.6"
-MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100"]
+MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100", "trustme>=1.1"]
 DOCS_DEPS = ["sphinx>=8,<10", "furo>=2024.8.6"]
 BENCH_DEPS = ["cachetools>=5.3"]
+COVERAGE = "coverage>=7.4"
 
 
 @nox.session(python=PYTHON)
@@ -31,6 +32,18 @@ def tests(session: nox.Session) -> None:
     """The whole test suite."""
     session.install("-e", ".[prometheus,cli]", *TEST_DEPS)
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def coverage(session: nox.Session) -> None:
+    """The test suite under coverage, then the branch coverage of the library by file.
+
+    Not a default session and not in CI: a figure to read, not a gate.
+    """
+    session.install("-e", ".[prometheus,cli]", *TEST_DEPS, COVERAGE)
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "report")
 
 
 @nox.session(python=PYTHON)
@@ -43,7 +56,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the library."""
+    """mypy --strict on the library and the tests (pyproject.toml says how each is checked)."""
     session.install("-e", ".[prometheus,cli]", *MYPY)
     session.run("mypy")
 

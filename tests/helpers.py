@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
-from tenantry import Batch
+from tenantry import Batch, Socket
+
+Handler = Callable[[Socket], Awaitable[None]]
 
 
 class FakeClock:
     """A hand-driven clock for the pure state machines."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
@@ -26,3 +30,26 @@ async def collect(channel: trio.abc.ReceiveChannel[Batch], into: list[Batch]) ->
     """Append every batch of *channel* to *into* until the channel ends."""
     async for batch in channel:
         into.append(batch)
+
+
+async def collect_timed(
+    channel: trio.abc.ReceiveChannel[Batch], into: list[tuple[float, Batch]]
+) -> None:
+    """Append (Trio's clock at receipt, batch) for every batch of *channel* until it ends."""
+    async for batch in channel:
+        into.append((trio.current_time(), batch))
+
+
+async def idle(sock: Socket) -> None:
+    """A handler that leaves its socket open until something else closes it."""
+    await trio.sleep_forever()
+
+
+def collector(into: list[Batch]) -> Handler:
+    """A handler that subscribes and appends every batch it receives to *into*."""
+
+    async def handler(sock: Socket) -> None:
+        async with sock.events.subscribe() as batches:
+            await collect(batches, into)
+
+    return handler

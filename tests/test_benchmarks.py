@@ -5,63 +5,51 @@ from __future__ import annotations
 import re
 import runpy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
+Bench = Callable[..., str]
+"""Runs a benchmark script with the arguments given; returns what it printed."""
 
-def test_cache_benchmark_runs(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Bench:
+    def run(script: str, *args: str) -> str:
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+        return capsys.readouterr().out
+
+    return run
+
+
+def test_cache_benchmark_runs(bench: Bench) -> None:
     pytest.importorskip("cachetools")
-    argv = [
-        "bench_cache.py",
-        "--ops",
-        "3000",
-        "--rounds",
-        "1",
-        "--chunk",
-        "1000",
-        "--entries",
-        "2000",
-    ]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(BENCHMARKS / "bench_cache.py"), run_name="__main__")
-    out = capsys.readouterr().out
+    out = bench(
+        "bench_cache.py", "--ops", "3000", "--rounds", "1", "--chunk", "1000", "--entries", "2000"
+    )
     assert "median ratio" in out
     assert "bytes" in out
 
 
-def test_buffer_benchmark_runs(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    argv = ["bench_buffer.py", "--events", "5000", "--rounds", "1", "--chunk", "2000"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(BENCHMARKS / "bench_buffer.py"), run_name="__main__")
-    assert "median ratio" in capsys.readouterr().out
+def test_buffer_benchmark_runs(bench: Bench) -> None:
+    out = bench("bench_buffer.py", "--events", "5000", "--rounds", "1", "--chunk", "2000")
+    assert "median ratio" in out
 
 
 # trio-websocket's own open_websocket_url, the benchmark's baseline, leaves its TCP
 # socket to the garbage collector when the server closes first.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_socket_benchmark_runs(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    argv = ["bench_socket.py", "--events", "300", "--rounds", "1"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(BENCHMARKS / "bench_socket.py"), run_name="__main__")
-    assert "median ratio" in capsys.readouterr().out
+def test_socket_benchmark_runs(bench: Bench) -> None:
+    out = bench("bench_socket.py", "--events", "300", "--rounds", "1")
+    assert "median ratio" in out
 
 
-def test_scale_benchmark_runs(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    argv = ["bench_scale.py", "--tenants", "10", "--idle", "0.1", "--settle", "0.1"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(BENCHMARKS / "bench_scale.py"), run_name="__main__")
-    out = capsys.readouterr().out
+def test_scale_benchmark_runs(bench: Bench) -> None:
+    out = bench("bench_scale.py", "--tenants", "10", "--idle", "0.1", "--settle", "0.1")
     for figure in ("connect all", "CPU idle over", "all back after", "tear all down"):
         assert figure in out
     assert "RSS per idle socket" in out or "needs /proc/self/statm" in out
@@ -70,24 +58,15 @@ def test_scale_benchmark_runs(
     assert "PROBLEM" not in out
 
 
-def test_soak_benchmark_runs(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    argv = ["bench_soak.py", "--tenants", "5", "--duration", "300", "--trace-growth", "3"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(BENCHMARKS / "bench_soak.py"), run_name="__main__")
-    out = capsys.readouterr().out
+def test_soak_benchmark_runs(bench: Bench) -> None:
+    out = bench("bench_soak.py", "--tenants", "5", "--duration", "300", "--trace-growth", "3")
     assert "x real time" in out
     assert re.search(r"events lost +0\n", out)
     assert "RSS after warm-up" in out
     assert "traced growth from the first quarter to the end" in out
 
 
-def test_close_benchmark_runs(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setattr(sys, "argv", ["bench_close.py", "--tenants", "3", "--rounds", "1"])
-    runpy.run_path(str(BENCHMARKS / "bench_close.py"), run_name="__main__")
-    out = capsys.readouterr().out
+def test_close_benchmark_runs(bench: Bench) -> None:
+    out = bench("bench_close.py", "--tenants", "3", "--rounds", "1")
     assert re.search(r"hub of 3 tenants cancelled +\d+\.\d{3} s\n", out)
     assert re.search(r"socket of a dead peer \(408\) +\d+\.\d{3} s\n", out)

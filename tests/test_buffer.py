@@ -8,6 +8,7 @@ import attrs
 import pytest
 import trio
 
+from helpers import FakeClock
 from tenantry import (
     DEFAULT_EVENT_RULES,
     Batch,
@@ -22,20 +23,12 @@ from tenantry import (
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def msg(n: int, from_me: bool = False, **fields: Any) -> dict[str, Any]:
     return {"key": {"remoteJid": "5511@s.whatsapp.net", "id": f"M{n}", "fromMe": from_me}, **fields}
 
 
 def buffered(**config: Any) -> EventBuffer:
-    return EventBuffer(BufferConfig(always_buffer=True, **config), clock=Clock())
+    return EventBuffer(BufferConfig(always_buffer=True, **config), clock=FakeClock())
 
 
 def flushed(buffer: EventBuffer, reason: FlushReason = FlushReason.EXPLICIT) -> Batch:
@@ -107,7 +100,7 @@ def test_an_entity_has_one_type_per_kind() -> None:
 
 
 def test_without_buffering_every_event_is_its_own_batch() -> None:
-    buffer = EventBuffer(clock=Clock(), tenant_id="t1")
+    buffer = EventBuffer(clock=FakeClock(), tenant_id="t1")
     assert buffer.emit("messages.upsert", msg(1))
     assert buffer.emit("whatever", [1, 2])
     first, second = buffer.take_ready(), buffer.take_ready()
@@ -155,7 +148,7 @@ def test_immediate_types_skip_the_buffer_even_while_buffering() -> None:
 
 def test_users_can_mark_their_own_types_immediate() -> None:
     rules = DEFAULT_EVENT_RULES.with_rules({"presence.update": Rule(RuleKind.IMMEDIATE)})
-    buffer = EventBuffer(BufferConfig(always_buffer=True), rules, clock=Clock())
+    buffer = EventBuffer(BufferConfig(always_buffer=True), rules, clock=FakeClock())
     assert buffer.emit("presence.update", {"id": "x"})
     assert not buffer.emit("chats.update", {"id": "x"})
 
@@ -240,7 +233,7 @@ def test_last_wins_and_first_wins() -> None:
             "calls": Rule(RuleKind.APPEND),
         }
     )
-    buffer = EventBuffer(BufferConfig(always_buffer=True), rules, clock=Clock())
+    buffer = EventBuffer(BufferConfig(always_buffer=True), rules, clock=FakeClock())
     for n in range(3):
         buffer.emit("presence.update", {"id": "a", "n": n})
         buffer.emit("blocklist.set", {"id": "a", "n": n})
@@ -338,7 +331,7 @@ def test_invalid_events_raise_and_change_nothing(event_type: str, data: Any) -> 
 
 @pytest.mark.parametrize(("event_type", "data"), INVALID_EVENTS)
 def test_invalid_events_are_refused_when_passed_straight_on_too(event_type: str, data: Any) -> None:
-    buffer = EventBuffer(BufferConfig(), clock=Clock())  # not buffering: events go straight on
+    buffer = EventBuffer(BufferConfig(), clock=FakeClock())  # not buffering: events go straight on
     with pytest.raises(InvalidEvent, match=event_type):
         buffer.emit(event_type, data)
     assert buffer.stats.received == 0
@@ -346,7 +339,7 @@ def test_invalid_events_are_refused_when_passed_straight_on_too(event_type: str,
 
 
 def test_plans_are_compiled_only_once_buffering_begins() -> None:
-    buffer = EventBuffer(BufferConfig(), clock=Clock())
+    buffer = EventBuffer(BufferConfig(), clock=FakeClock())
     buffer.emit("chats.upsert", {"id": 1})  # straight on, checked by its rule
     buffer.emit("connection.update", {"state": "open"})
     buffer.emit("custom.thing", 1)
@@ -369,7 +362,7 @@ def test_plans_are_compiled_only_once_buffering_begins() -> None:
 
 
 def test_an_always_buffering_buffer_compiles_at_once() -> None:
-    assert EventBuffer(BufferConfig(always_buffer=True), clock=Clock())._plans
+    assert EventBuffer(BufferConfig(always_buffer=True), clock=FakeClock())._plans
 
 
 def test_a_non_string_type_is_invalid() -> None:
@@ -391,7 +384,7 @@ def test_emitted_data_is_never_mutated() -> None:
 
 
 def test_nested_buffering_flushes_at_the_outermost_exit_even_on_error() -> None:
-    buffer = EventBuffer(clock=Clock())
+    buffer = EventBuffer(clock=FakeClock())
     wakeups: list[float] = []
     buffer.set_wakeup(wakeups.append)
 
@@ -442,7 +435,7 @@ def test_max_items_of_one() -> None:
 
 
 def test_next_flush_is_due_one_interval_after_the_first_pending_event() -> None:
-    clock = Clock()
+    clock = FakeClock(0.0)
     buffer = EventBuffer(BufferConfig(flush_interval=5.0, always_buffer=True), clock=clock)
     assert buffer.next_flush_at is None
     clock.now = 100.0
@@ -466,7 +459,7 @@ def test_one_owner_at_a_time() -> None:
 
 
 def test_close_flushes_everything_pending_whatever_the_depth() -> None:
-    buffer = EventBuffer(clock=Clock())
+    buffer = EventBuffer(clock=FakeClock())
     with buffer.buffering(), buffer.buffering():
         buffer.emit("chats.update", {"id": 1})
         buffer.emit("zzz", 1)
@@ -490,7 +483,7 @@ def test_close_flushes_everything_pending_whatever_the_depth() -> None:
 
 
 def test_repr() -> None:
-    buffer = EventBuffer(clock=Clock(), tenant_id="acme")
+    buffer = EventBuffer(clock=FakeClock(), tenant_id="acme")
     assert repr(buffer) == "<EventBuffer tenant='acme' depth=0 pending=0 ready=0>"
     buffer.emit("x", 1)
     batch = buffer.take_ready()

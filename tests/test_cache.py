@@ -5,6 +5,7 @@ import math
 import time
 import tracemalloc
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,12 +14,6 @@ import trio.testing
 
 from helpers import FakeClock
 from tenantry import BoundedCache, CacheStats, RemovalCause
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
 
 Removal = tuple[Any, Any, RemovalCause]
 
@@ -172,7 +167,7 @@ def test_every_read_hides_and_removes_expired_entries(clock: FakeClock, probe: s
     cache.set("a", 1)
     cache.set("b", 2, ttl=100)
     clock.now += 10
-    outcome = {
+    probes: dict[str, Callable[[], bool]] = {
         "len": lambda: len(cache) == 1,
         "keys": lambda: cache.keys() == ["b"],
         "contains": lambda: "a" not in cache,
@@ -180,8 +175,8 @@ def test_every_read_hides_and_removes_expired_entries(clock: FakeClock, probe: s
         "touch": lambda: cache.touch("a") is False,
         "delete": lambda: cache.delete("a") is False,
         "take": lambda: cache.take("a", "none") == "none",
-    }[probe]()
-    assert outcome
+    }
+    assert probes[probe]()
     assert removed == [("a", 1, RemovalCause.EXPIRED)]
     assert cache.stats.expirations == 1
     assert cache.stats.deletes == 0
@@ -417,6 +412,7 @@ def test_rewrites_do_not_grow_the_expiry_index_without_bound(clock: FakeClock) -
         cache.set(f"k{i % 3}", i)
         cache.set(f"own{i % 3}", i, ttl=5e5)
         cache.touch("k0")
+    assert cache._fifo_keys is not None
     assert len(cache._fifo_keys) <= 4 * 10 + 64 + 1
     assert len(cache._heap) <= 4 * 10 + 64 + 1
     assert cache.get("k0") is not None
@@ -429,6 +425,7 @@ def test_alternating_ttls_cannot_pile_up_candidates(clock: FakeClock) -> None:
         cache.set("k", i, ttl=1000)
         cache.set("k", i)  # earlier than before: a new candidate
         cache.set("k", i, ttl=2)  # earlier still, in the heap
+    assert cache._fifo_keys is not None
     assert len(cache._fifo_keys) + len(cache._heap) <= 2 * (4 * 4 + 64 + 1)
     clock.now += 2
     assert "k" not in cache
@@ -546,7 +543,9 @@ def test_an_empty_cache_is_small() -> None:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        caches = [BoundedCache(f"c{i}", 10_000, ttl=300.0) for i in range(100)]
+        caches: list[BoundedCache[str, object]] = [
+            BoundedCache(f"c{i}", 10_000, ttl=300.0) for i in range(100)
+        ]
         per_cache = (tracemalloc.get_traced_memory()[0] - before) / len(caches)
     finally:
         tracemalloc.stop()

@@ -25,6 +25,7 @@ from tenantry.cli import _main as cli_main
 from tenantry.cli._report import SocketTally, TenantTally
 from tenantry.cli._soak import _Line, _Tenant
 from tenantry.cli._traffic import Traffic
+from tenantry.cli._units import duration
 from tenantry.cli._upstream import UpstreamConfig, port_refusal, serve_upstream
 
 SHORT = ["--tenants", "6", "--duration", "10m", "--plain", "--quiet"]
@@ -297,7 +298,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_durations(text: str) -> None:
     expected = {"90": 90, "90s": 90, "1.5m": 90, "30m": 1800, "1h": 3600, "1h30m": 5400}
     expected["2h15m10s"] = 2 * 3600 + 15 * 60 + 10
-    assert cli_main.duration(text) == expected[text]
+    assert duration(text) == expected[text]
 
 
 # -- plan ------------------------------------------------------------------------------

@@ -7,13 +7,9 @@ import trio
 import trio.testing
 import trio_websocket
 
-from helpers import living_tasks
-from tenantry import DisconnectReason, ReasonCode, Socket, TenantSpec, open_hub, open_socket
+from helpers import idle, living_tasks
+from tenantry import DisconnectReason, ReasonCode, TenantSpec, open_hub, open_socket
 from tenantry.testing import MemoryConnector, open_fake_upstream
-
-
-async def idle(sock: Socket) -> None:
-    await trio.sleep_forever()
 
 
 async def test_a_hub_of_100_tenants_cancelled_from_outside_exits_at_once(
@@ -64,7 +60,7 @@ async def test_a_peer_declared_dead_is_not_asked_for_a_close_reply(
 async def test_a_local_close_shakes_hands_unless_the_peer_is_dead(
     autojump_clock: trio.testing.MockClock, reason: DisconnectReason, server_sees: int
 ) -> None:
-    seen: list[int] = []
+    seen: list[int | None] = []
 
     async def server(request: trio_websocket.WebSocketRequest) -> None:
         ws = await request.accept()
@@ -72,7 +68,7 @@ async def test_a_local_close_shakes_hands_unless_the_peer_is_dead(
             while True:
                 await ws.get_message()
         except trio_websocket.ConnectionClosed as closed:
-            seen.append(closed.reason.code)
+            seen.append(None if closed.reason is None else closed.reason.code)
 
     async with trio.open_nursery() as nursery:
         async with open_socket(MemoryConnector(nursery, server), tenant_id="a") as sock:

@@ -63,6 +63,7 @@ async def test_memory_connector_close_paths(
         async with connector.open(headers={}, max_message_size=LIMIT) as ws:
             with pytest.raises(trio_websocket.ConnectionClosed) as closed:
                 await ws.get_message()
+        assert closed.value.reason is not None
         assert closed.value.reason.code == expected_code
         server.cancel_scope.cancel()
 

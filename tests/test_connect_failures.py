@@ -19,11 +19,10 @@ import trio.testing
 import trio_websocket
 import trustme
 
-from helpers import living_tasks
+from helpers import idle, living_tasks
 from tenantry import (
     ConnectFailed,
     DisconnectReason,
-    Socket,
     TenantSpec,
     TenantState,
     UrlConnector,
@@ -56,10 +55,6 @@ def raw_server(answer: bytes = b"", *, read: bool = True, then: str = "close") -
             await trio.aclose_forcefully(stream)
 
     return serve
-
-
-async def idle(sock: Socket) -> None:
-    await trio.sleep_forever()
 
 
 async def connect_failure(server: StreamServer, **kwargs: object) -> tuple[DisconnectReason, float]:
@@ -144,7 +139,7 @@ async def test_connect_timeout_bounds_any_connector(
         @asynccontextmanager
         async def open(self, **_: object) -> AsyncIterator[trio_websocket.WebSocketConnection]:
             await trio.sleep_forever()
-            yield  # type: ignore[misc]  # pragma: no cover
+            yield  # pragma: no cover
 
     start = trio.current_time()
     with pytest.raises(ConnectFailed, match="handshake timed out after 3 s"):
@@ -161,7 +156,7 @@ async def test_a_connectors_own_error_is_a_connect_failure(
         async def open(self, **_: object) -> AsyncIterator[trio_websocket.WebSocketConnection]:
             async with trio.open_nursery():
                 raise RuntimeError("no route")
-            yield  # type: ignore[misc]  # pragma: no cover
+            yield  # pragma: no cover
 
     with pytest.raises(ConnectFailed) as failed:
         async with open_socket(Broken(), tenant_id="acme"):
@@ -259,7 +254,9 @@ async def serve_tls(cert: trustme.LeafCert, *, task_status: trio.TaskStatus[int]
             await trio.aclose_forcefully(stream)
 
     listeners = await trio.open_ssl_over_tcp_listeners(0, context, host="127.0.0.1")
-    task_status.started(listeners[0].transport_listener.socket.getsockname()[1])
+    transport = listeners[0].transport_listener
+    assert isinstance(transport, trio.SocketListener)
+    task_status.started(transport.socket.getsockname()[1])
     await trio.serve_listeners(handle, listeners)
 
 

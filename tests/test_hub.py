@@ -14,7 +14,7 @@ import trio
 import trio.testing
 import trio_websocket
 
-from helpers import living_tasks
+from helpers import Handler, collector, idle, living_tasks
 from tenantry import (
     Backoff,
     Batch,
@@ -33,21 +33,6 @@ from tenantry import (
 )
 from tenantry._tenant import Tenant
 from tenantry.testing import FakeUpstream, open_fake_upstream
-
-Handler = Callable[[Socket], Awaitable[None]]
-
-
-def collector(into: list[Batch]) -> Handler:
-    async def handler(sock: Socket) -> None:
-        async with sock.events.subscribe() as batches:
-            async for batch in batches:
-                into.append(batch)
-
-    return handler
-
-
-async def idle(sock: Socket) -> None:
-    await trio.sleep_forever()
 
 
 def spec(upstream: FakeUpstream, tenant_id: str = "a", **kwargs: Any) -> TenantSpec:
@@ -299,7 +284,7 @@ class Hanging:
         @asynccontextmanager
         async def hang() -> AsyncIterator[trio_websocket.WebSocketConnection]:
             await trio.sleep_forever()
-            yield  # type: ignore[misc]  # pragma: no cover
+            yield  # pragma: no cover
 
         return hang()
 

@@ -10,11 +10,11 @@ import pytest
 import trio
 import trio_websocket
 
+from helpers import idle
 from tenantry import (
     Backoff,
     ConnectFailed,
     ReconnectPolicy,
-    Socket,
     TenantSpec,
     UrlConnector,
     open_hub,
@@ -23,10 +23,6 @@ from tenantry import (
 from tenantry._connect import redact_url
 
 TOKEN = "tnt-SECRET-7f3a9c"  # noqa: S105 - a fake, recognisable wherever it leaks
-
-
-async def idle(sock: Socket) -> None:
-    await trio.sleep_forever()
 
 
 UNSENDABLE = [

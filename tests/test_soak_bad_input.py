@@ -31,7 +31,6 @@ import collections
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 import attrs
@@ -41,20 +40,27 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, example, given, settings
 
+from fleet import (
+    FleetOutcome,
+    add_healthy,
+    assert_untouched,
+    delivered_in_order,
+    metric,
+    observe,
+    per_minute,
+    read_sent,
+    run_virtual,
+)
+from helpers import Handler, collector, idle
 from tenantry import (
     DEFAULT_EVENT_RULES,
     Backoff,
     Batch,
     BufferConfig,
-    Hub,
-    Metrics,
     ReasonCode,
     ReconnectPolicy,
     RejectReason,
-    Socket,
     TenantSpec,
-    TenantState,
-    TenantStatus,
     open_hub,
 )
 from tenantry.testing import FakeUpstream, open_fake_upstream
@@ -323,15 +329,9 @@ POLICY_CLOSE = [Frame("{", RejectReason.INVALID_JSON)] * (2 * MAX_BAD_FRAMES + 3
 
 
 @attrs.define
-class Outcome:
-    """What one run observed."""
+class Outcome(FleetOutcome):
+    """What one run observed: the healthy tenants, and the attacker."""
 
-    timelines: dict[str, list[tuple[float, str, tuple[int, ...]]]]
-    """Healthy tenant -> (virtual time, flush reason, seqs) per batch received."""
-    sent: dict[str, list[int]]
-    """Healthy tenant -> seqs its upstream sent."""
-    metrics: Metrics
-    statuses: dict[str, TenantStatus]
     attacker_batches: list[Batch] = attrs.field(factory=list)
     closes: list[str] = attrs.field(factory=list)
     """Expected close reasons of the attacker's connections, in order."""
@@ -349,30 +349,7 @@ class RejectionLog(logging.Handler):
             self.reasons[record.__dict__["reason"]] += 1
 
 
-def timed_collector(
-    into: list[tuple[float, str, tuple[int, ...]]],
-) -> Callable[[Socket], Awaitable[None]]:
-    async def handler(sock: Socket) -> None:
-        async with sock.events.subscribe() as batches:
-            async for batch in batches:
-                seqs = tuple(data["seq"] for _, data in batch.events)
-                into.append((trio.current_time(), batch.reason.value, seqs))
-
-    return handler
-
-
-def batch_collector(into: list[Batch]) -> Callable[[Socket], Awaitable[None]]:
-    async def handler(sock: Socket) -> None:
-        async with sock.events.subscribe() as batches:
-            async for batch in batches:
-                into.append(batch)
-
-    return handler
-
-
-def tenant(
-    upstream: FakeUpstream, tenant_id: str, handler: Callable[[Socket], Awaitable[None]]
-) -> TenantSpec:
+def tenant(upstream: FakeUpstream, tenant_id: str, handler: Handler) -> TenantSpec:
     return TenantSpec(
         tenant_id,
         upstream.connector_to(f"/{tenant_id}"),
@@ -405,8 +382,7 @@ async def attack(upstream: FakeUpstream, frames: list[Frame], outcome: Outcome) 
 
 
 async def scenario(frames: list[Frame] | None) -> Outcome:
-    timelines: dict[str, list[tuple[float, str, tuple[int, ...]]]] = {t: [] for t in HEALTHY}
-    attacker_batches: list[Batch] = []
+    outcome = Outcome({t: [] for t in HEALTHY})
     log, logger = RejectionLog(), logging.getLogger("tenantry.socket")
     level = logger.level
     logger.setLevel(logging.WARNING)  # whatever the run's log level: the warnings are counted
@@ -415,25 +391,16 @@ async def scenario(frames: list[Frame] | None) -> Outcome:
         async with open_fake_upstream() as upstream:
             async with open_hub(seed=3) as hub, trio.open_nursery() as script:
                 if frames is not None:
-                    await hub.add(tenant(upstream, "bad", batch_collector(attacker_batches)))
-                for tenant_id in HEALTHY:
-                    await hub.add(
-                        tenant(upstream, tenant_id, timed_collector(timelines[tenant_id]))
-                    )
-                    script.start_soon(feed, upstream, tenant_id)
-                outcome = Outcome(timelines, {}, hub.metrics(), {})
+                    await hub.add(tenant(upstream, "bad", collector(outcome.attacker_batches)))
+                healthy = functools.partial(tenant, upstream)
+                await add_healthy(hub, upstream, script, outcome, spec=healthy, feed=feed)
                 if frames is not None:
                     with trio.fail_after(RUN_FOR / 2):
                         await attack(upstream, frames, outcome)
                 await trio.sleep_until(RUN_FOR)
-                outcome.metrics = hub.metrics()
-                outcome.statuses = {s.tenant_id: s for s in hub.status()}
-                check_hub(hub)
+                observe(outcome, hub)
             # the hub's block has exited: every final batch is delivered
-            outcome.attacker_batches = attacker_batches
-            for tenant_id in HEALTHY:
-                sent = upstream.connections_to(f"/{tenant_id}")[0].sent
-                outcome.sent[tenant_id] = [data["seq"] for _, data in sent]
+            read_sent(outcome, upstream)
     finally:
         logger.removeHandler(log)
         logger.setLevel(level)
@@ -441,29 +408,9 @@ async def scenario(frames: list[Frame] | None) -> Outcome:
     return outcome
 
 
-def check_hub(hub: Hub) -> None:
-    for status in hub.status():
-        if status.tenant_id in HEALTHY:
-            assert status.state is TenantState.CONNECTED
-            assert (status.connections, status.failures) == (1, 0)
-
-
-def run(frames: list[Frame] | None) -> Outcome:
-    return trio.run(scenario, frames, clock=trio.testing.MockClock(autojump_threshold=0))
-
-
 @functools.cache
 def control() -> Outcome:
-    return run(None)
-
-
-def per_minute(timeline: list[tuple[float, str, tuple[int, ...]]]) -> dict[int, tuple[int, int]]:
-    """Virtual minute -> (batches, events) received in it."""
-    minutes: dict[int, tuple[int, int]] = {}
-    for at, _, seqs in timeline:
-        batches, events = minutes.get(int(at // 60), (0, 0))
-        minutes[int(at // 60)] = (batches + 1, events + len(seqs))
-    return minutes
+    return run_virtual(scenario, None)
 
 
 # -- the tests -------------------------------------------------------------------
@@ -471,10 +418,11 @@ def per_minute(timeline: list[tuple[float, str, tuple[int, ...]]]) -> dict[int, 
 
 def test_the_control_run_delivers_steadily_and_repeats_exactly() -> None:
     baseline = control()
-    assert run(None).timelines == baseline.timelines  # deterministic: exact comparison is fair
+    again = run_virtual(scenario, None)
+    assert again.timelines == baseline.timelines  # deterministic: exact comparison is fair
     for tenant_id in HEALTHY:
         timeline = baseline.timelines[tenant_id]
-        assert [seq for _, _, seqs in timeline for seq in seqs] == baseline.sent[tenant_id]
+        assert delivered_in_order(baseline, tenant_id)
         assert len(baseline.sent[tenant_id]) == RUN_FOR / PERIOD
         # The first event starts the 5 s clock; 3 events (0, 2, 4 s) per batch, one every 6 s.
         assert per_minute(timeline) == {0: (10, 30), 1: (10, 30)}
@@ -491,13 +439,13 @@ def test_the_control_run_delivers_steadily_and_repeats_exactly() -> None:
 @example(frames=POLICY_CLOSE)
 def test_bad_frames_at_one_tenant_are_counted_and_touch_no_other(frames: list[Frame]) -> None:
     baseline = control()
-    outcome = run(frames)
+    outcome = run_virtual(scenario, frames)
 
     # every rejection counted and logged with its reason, exactly
     expected = collections.Counter(f.reason.value for f in frames if f.reason is not None)
     for reason in RejectReason:
-        counted = outcome.metrics.value(
-            "tenantry_frames_rejected_total", tenant="bad", reason=reason.value
+        counted = metric(
+            outcome, "tenantry_frames_rejected_total", tenant="bad", reason=reason.value
         )
         assert counted == expected[reason.value], reason
     assert outcome.logged == expected
@@ -506,28 +454,22 @@ def test_bad_frames_at_one_tenant_are_counted_and_touch_no_other(frames: list[Fr
     closes = collections.Counter(outcome.closes)
     for name in ("invalid_payload", "message_too_big", "protocol_error"):
         assert (
-            outcome.metrics.value("tenantry_reconnects_total", tenant="bad", reason=name)
+            metric(outcome, "tenantry_reconnects_total", tenant="bad", reason=name)
             == (closes[name])
         ), name
-    assert outcome.metrics.value("tenantry_reconnects_total", tenant="bad") == len(outcome.closes)
+    assert metric(outcome, "tenantry_reconnects_total", tenant="bad") == len(outcome.closes)
     assert outcome.statuses["bad"].connections == len(outcome.closes) + 1
 
     # the valid frames among them were all received and delivered
     valid_frames = sum(f.reason is None for f in frames)
-    metric = functools.partial(outcome.metrics.value, tenant="bad")
-    assert metric("tenantry_events_received_total") == valid_frames
+    attacker = functools.partial(metric, outcome, tenant="bad")
+    assert attacker("tenantry_events_received_total") == valid_frames
     delivered = sum(batch.count for batch in outcome.attacker_batches)
-    assert delivered + metric("tenantry_events_merged_total") == valid_frames
-    assert metric("tenantry_events_lost_total") == 0
+    assert delivered + attacker("tenantry_events_merged_total") == valid_frames
+    assert attacker("tenantry_events_lost_total") == 0
 
     # the healthy tenants saw nothing of it
-    for tenant_id in HEALTHY:
-        timeline = outcome.timelines[tenant_id]
-        assert [seq for _, _, seqs in timeline for seq in seqs] == outcome.sent[tenant_id]
-        assert per_minute(timeline) == per_minute(baseline.timelines[tenant_id])
-        assert timeline == baseline.timelines[tenant_id]
-        assert outcome.metrics.value("tenantry_frames_rejected_total", tenant=tenant_id) == 0
-        assert outcome.metrics.value("tenantry_reconnects_total", tenant=tenant_id) == 0
+    assert_untouched(outcome, baseline)
 
 
 # -- library bugs this suite found (fixed) -----------------------------------------------
@@ -536,9 +478,6 @@ def test_bad_frames_at_one_tenant_are_counted_and_touch_no_other(frames: list[Fr
 async def test_peer_chosen_close_codes_do_not_grow_the_metric_labels(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async def idle(sock: Socket) -> None:
-        await trio.sleep_forever()
-
     codes = [10**6 + n for n in range(30)]  # unknown codes of the peer's choosing
     fast = ReconnectPolicy(backoff=Backoff((0.1,), jitter=0.0), fail_max=1000)
     async with open_fake_upstream() as upstream, open_hub(seed=1) as hub:
@@ -581,7 +520,7 @@ async def test_invalid_events_are_rejected_whether_or_not_the_socket_is_bufferin
     delivered: list[Batch] = []
     async with open_fake_upstream() as upstream, open_hub(seed=1) as hub:
         spec = TenantSpec(
-            "a", upstream.connector_to("/a"), handler=batch_collector(delivered)
+            "a", upstream.connector_to("/a"), handler=collector(delivered)
         )  # the default BufferConfig: not buffering between bursts
         await hub.add(spec)
         connection = await upstream.wait_connections(1, path="/a")

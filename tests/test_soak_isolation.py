@@ -33,24 +33,25 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Awaitable, Callable
 
 import attrs
 import pytest
 import trio
 import trio.testing
 
-from tenantry import (
-    Backoff,
-    BufferConfig,
-    Metrics,
-    ReconnectPolicy,
-    Socket,
-    TenantSpec,
-    TenantState,
-    TenantStatus,
-    open_hub,
+from fleet import (
+    FleetOutcome,
+    add_healthy,
+    assert_untouched,
+    delivered_in_order,
+    metric,
+    observe,
+    per_minute,
+    read_sent,
+    run_virtual,
 )
+from helpers import Handler, idle
+from tenantry import Backoff, BufferConfig, ReconnectPolicy, Socket, TenantSpec, open_hub
 from tenantry.testing import FakeUpstream, open_fake_upstream
 
 pytestmark = pytest.mark.soak
@@ -65,9 +66,6 @@ STORM_POLICY = ReconnectPolicy(
     backoff=Backoff((0.1,), jitter=0.0), fail_max=10, reset_timeout=2.0, stable_after=30.0
 )
 
-Timeline = list[tuple[float, str, tuple[int, ...]]]
-"""(virtual time, flush reason, event seqs) of each batch a subscriber received."""
-
 
 def offset(tenant_id: str) -> float:
     """When the tenant's first burst comes: 0.5 .. 9.5 s, spread over the tenants."""
@@ -75,24 +73,10 @@ def offset(tenant_id: str) -> float:
 
 
 @attrs.define
-class Outcome:
-    timelines: dict[str, Timeline]
-    sent: dict[str, list[int]]
-    metrics: Metrics
-    statuses: dict[str, TenantStatus]
-    gauges: list[tuple[int, int]]
+class Outcome(FleetOutcome):
+    gauges: list[tuple[int, int]] = attrs.field(factory=list)
     """(sockets alive, buffers alive), sampled once a virtual second."""
     handler_calls: int = 0
-
-
-def recorder(into: Timeline) -> Callable[[Socket], Awaitable[None]]:
-    async def handler(sock: Socket) -> None:
-        async with sock.events.subscribe() as batches:
-            async for batch in batches:
-                seqs = tuple(data["seq"] for _, data in batch.events)
-                into.append((trio.current_time(), batch.reason.value, seqs))
-
-    return handler
 
 
 async def feed(upstream: FakeUpstream, tenant_id: str) -> None:
@@ -114,25 +98,19 @@ async def storm(upstream: FakeUpstream) -> None:
 
 
 async def scenario(bad: str | None) -> Outcome:
-    timelines: dict[str, Timeline] = {t: [] for t in HEALTHY}
-    gauges: list[tuple[int, int]] = []
-    calls = 0
+    outcome = Outcome({t: [] for t in HEALTHY})
 
     async def raising(sock: Socket) -> None:
-        nonlocal calls
-        calls += 1
-        raise RuntimeError(f"handler bug #{calls}")
+        outcome.handler_calls += 1
+        raise RuntimeError(f"handler bug #{outcome.handler_calls}")
 
-    async def idle(sock: Socket) -> None:
-        await trio.sleep_forever()
+    def healthy(tenant_id: str, handler: Handler) -> TenantSpec:
+        connect = upstream.connector_to(f"/{tenant_id}")
+        return TenantSpec(tenant_id, connect, handler=handler, buffer=CONFIG)
 
     async with open_fake_upstream() as upstream, open_hub(seed=5) as hub:
         async with trio.open_nursery() as script:
-            for tenant_id in HEALTHY:
-                connect = upstream.connector_to(f"/{tenant_id}")
-                handler = recorder(timelines[tenant_id])
-                await hub.add(TenantSpec(tenant_id, connect, handler=handler, buffer=CONFIG))
-                script.start_soon(feed, upstream, tenant_id)
+            await add_healthy(hub, upstream, script, outcome, spec=healthy, feed=feed)
             if bad is not None:
                 if bad == "storm":
                     script.start_soon(storm, upstream)
@@ -149,59 +127,23 @@ async def scenario(bad: str | None) -> Outcome:
             async def sample() -> None:
                 for second in range(int(RUN_FOR)):  # at 0.25, 1.25, ...: off the healthy deadlines
                     await trio.sleep_until(second + 0.25)
-                    gauges.append((hub.gauges.sockets_alive, hub.gauges.buffers_alive))
+                    outcome.gauges.append((hub.gauges.sockets_alive, hub.gauges.buffers_alive))
 
             script.start_soon(sample)
             await trio.sleep_until(RUN_FOR)
             script.cancel_scope.cancel()
-        outcome = Outcome(
-            timelines,
-            {},
-            hub.metrics(),
-            {s.tenant_id: s for s in hub.status()},
-            gauges,
-            calls,
-        )
-    for tenant_id in HEALTHY:
-        [connection] = upstream.connections_to(f"/{tenant_id}")
-        outcome.sent[tenant_id] = [data["seq"] for _, data in connection.sent]
+        observe(outcome, hub)
+    read_sent(outcome, upstream)
     return outcome
-
-
-def run(bad: str | None) -> Outcome:
-    return trio.run(scenario, bad, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 @functools.cache
 def control() -> Outcome:
-    return run(None)
-
-
-def per_minute(timeline: Timeline) -> dict[int, tuple[int, int]]:
-    """Virtual minute -> (interval flushes, events delivered) in it."""
-    minutes: dict[int, tuple[int, int]] = {}
-    for at, reason, seqs in timeline:
-        flushes, events = minutes.get(int(at // 60), (0, 0))
-        minutes[int(at // 60)] = (flushes + (reason == "interval"), events + len(seqs))
-    return minutes
+    return run_virtual(scenario, None)
 
 
 def check_healthy(outcome: Outcome, baseline: Outcome) -> None:
-    for tenant_id in HEALTHY:
-        timeline = outcome.timelines[tenant_id]
-        assert [seq for _, _, seqs in timeline for seq in seqs] == outcome.sent[tenant_id]
-        assert per_minute(timeline) == per_minute(baseline.timelines[tenant_id]), tenant_id
-        assert timeline == baseline.timelines[tenant_id], tenant_id
-        status = outcome.statuses[tenant_id]
-        assert status.state is TenantState.CONNECTED
-        assert (status.connections, status.failures, status.breaker_trips) == (1, 0, 0)
-    for name in ("tenantry_buffer_flush_total", "tenantry_events_delivered_total"):
-        for tenant_id in HEALTHY:
-            assert outcome.metrics.value(name, tenant=tenant_id) == baseline.metrics.value(
-                name, tenant=tenant_id
-            ), (name, tenant_id)
-    for tenant_id in HEALTHY:
-        assert outcome.metrics.value("tenantry_reconnects_total", tenant=tenant_id) == 0
+    assert_untouched(outcome, baseline)
     # live buffers == live sockets at every sample, and every healthy socket stayed up
     assert len(outcome.gauges) == RUN_FOR
     assert all(buffers == sockets for sockets, buffers in outcome.gauges)
@@ -213,27 +155,25 @@ def test_the_control_run_is_steady() -> None:
     for tenant_id in HEALTHY:
         timeline = baseline.timelines[tenant_id]
         assert len(baseline.sent[tenant_id]) == BURSTS * BURST
-        assert [seq for _, _, seqs in timeline for seq in seqs] == baseline.sent[tenant_id]
+        assert delivered_in_order(baseline, tenant_id)
         # one interval flush per burst, 5 s after it: 2 flushes and 4 events a minute
         assert per_minute(timeline) == dict.fromkeys(range(10), (2, 4))
         first = offset(tenant_id)
         assert [at for at, _, _ in timeline] == [first + 5 + BURST_EVERY * k for k in range(BURSTS)]
-    assert baseline.metrics.value("tenantry_buffer_flush_total", reason="interval") == 99 * BURSTS
+    assert metric(baseline, "tenantry_buffer_flush_total", reason="interval") == 99 * BURSTS
     assert all(gauge == (99, 99) for gauge in baseline.gauges)
 
 
 def test_a_reconnect_storm_beside_99_tenants_changes_nothing_for_them() -> None:
-    outcome = run("storm")
+    outcome = run_virtual(scenario, "storm")
     check_healthy(outcome, control())
 
     # the bad tenant really stormed: hundreds of attempts, the breaker tripping again and again
     bad = outcome.statuses["bad"]
-    refused = outcome.metrics.value(
-        "tenantry_reconnects_total", tenant="bad", reason="unavailable_service"
+    refused = metric(
+        outcome, "tenantry_reconnects_total", tenant="bad", reason="unavailable_service"
     )
-    dropped = outcome.metrics.value(
-        "tenantry_reconnects_total", tenant="bad", reason="connection_lost"
-    )
+    dropped = metric(outcome, "tenantry_reconnects_total", tenant="bad", reason="connection_lost")
     assert refused >= 100
     assert dropped >= 100
     assert abs(refused - dropped) <= 1  # they alternate
@@ -246,7 +186,7 @@ def test_a_raising_handler_beside_99_tenants_changes_nothing_for_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="tenantry"):
-        outcome = run("raising")
+        outcome = run_virtual(scenario, "raising")
     check_healthy(outcome, control())
 
     # the handler raised on every connection, and each failure was counted and logged
@@ -256,7 +196,7 @@ def test_a_raising_handler_beside_99_tenants_changes_nothing_for_them(
     assert bad.connections == outcome.handler_calls
     assert len(failures) == outcome.handler_calls
     assert all(r.exc_info is not None and r.exc_info[0] is RuntimeError for r in failures)
-    ended = outcome.metrics.value("tenantry_reconnects_total", tenant="bad")
+    ended = metric(outcome, "tenantry_reconnects_total", tenant="bad")
     assert ended == outcome.handler_calls  # every connection ended by the handler's failure
     assert bad.failures == outcome.handler_calls
     assert bad.breaker_trips >= 200

@@ -386,7 +386,9 @@ def tasks_named(suffix: str) -> int:
             for child in nursery.child_tasks:
                 yield from walk(child)
 
-    return sum(task.name.endswith(suffix) for task in walk(trio.lowlevel.current_root_task()))
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return sum(task.name.endswith(suffix) for task in walk(root))
 
 
 async def test_the_auto_flush_is_a_task_only_while_events_are_pending(
@@ -481,8 +483,8 @@ async def test_a_send_racing_a_remote_close_carries_the_peers_reason(
                 failures.append(failure)
                 raise  # the socket's own close: open_socket does not re-raise it
         server.cancel_scope.cancel()
-    [failure] = failures
-    assert failure.reason is sock.close_reason
+    [raised] = failures
+    assert raised.reason is sock.close_reason
     assert sock.close_reason is not None
     assert (sock.close_reason.code, sock.close_reason.remote) == (ReasonCode.LOGGED_OUT, True)
 
@@ -516,8 +518,8 @@ async def test_a_close_begun_by_a_send_still_reads_what_the_peer_sent_before_it(
             body.start_soon(slow, sock)
             body.start_soon(sender, sock)
         server.cancel_scope.cancel()
-    [failure] = failures
-    assert failure.reason is sock.close_reason
+    [raised] = failures
+    assert raised.reason is sock.close_reason
     assert sock.close_reason is not None
     assert sock.close_reason.code == ReasonCode.LOGGED_OUT
     assert got == [0, 1, 2, 3]
@@ -629,8 +631,8 @@ async def test_a_send_cut_short_by_an_outer_cancel_still_carries_a_reason(
                         with trio.CancelScope(shield=True):
                             await trio.sleep(1)
         server.cancel_scope.cancel()
-    [failure] = failures
-    assert failure.reason is sock.close_reason
+    [raised] = failures
+    assert raised.reason is sock.close_reason
     assert sock.close_reason is not None
     assert sock.close_reason.message == "closed by owner"
 

@@ -35,7 +35,7 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
-sendable_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=300)
+sendable_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=300)
 event_types = st.sampled_from([*DEFAULT_EVENT_RULES.keys(), "unknown.type", ""])
 frames = st.one_of(
     sendable_text,

@@ -10,18 +10,12 @@ import trio
 import trio.lowlevel
 import trio.testing
 
+from helpers import collect_timed
 from tenantry import Batch, BufferConfig, EventBuffer, EventStream, FlushReason
 
 
 def stream(**config: Any) -> EventStream:
     return EventStream(EventBuffer(BufferConfig(**config), tenant_id="t"))
-
-
-async def collect(
-    channel: trio.MemoryReceiveChannel[Batch], into: list[tuple[float, Batch]]
-) -> None:
-    async for batch in channel:
-        into.append((trio.current_time(), batch))
 
 
 async def test_auto_flush_waits_one_interval_from_the_first_pending_event(
@@ -31,7 +25,7 @@ async def test_auto_flush_waits_one_interval_from_the_first_pending_event(
     got: list[tuple[float, Batch]] = []
     async with trio.open_nursery() as nursery, events.subscribe() as channel:
         nursery.start_soon(events.run_auto_flush)
-        nursery.start_soon(collect, channel, got)
+        nursery.start_soon(collect_timed, channel, got)
         await trio.sleep(100)  # idle: nothing is ever flushed
         await events.emit("chats.update", {"id": 1})
         await trio.sleep(3)
@@ -78,7 +72,7 @@ async def test_a_buffering_block_is_published_when_it_ends(
     got: list[tuple[float, Batch]] = []
     async with trio.open_nursery() as nursery, events.subscribe() as channel:
         nursery.start_soon(events.run_auto_flush)
-        nursery.start_soon(collect, channel, got)
+        nursery.start_soon(collect_timed, channel, got)
         await trio.sleep(1)
         with events.buffer.buffering():
             await events.emit("chats.update", {"id": 1})
@@ -123,7 +117,7 @@ async def test_concurrent_publishers_keep_batch_order(
 
     async with trio.open_nursery() as nursery, events.subscribe(max_pending=1) as channel:
         nursery.start_soon(events.run_auto_flush)
-        nursery.start_soon(collect, channel, got)
+        nursery.start_soon(collect_timed, channel, got)
         async with trio.open_nursery() as feeders:
             feeders.start_soon(feed, 0)
             feeders.start_soon(feed, 1000)
@@ -186,7 +180,7 @@ async def test_close_delivers_everything_then_ends_subscribers(
     got: list[tuple[float, Batch]] = []
     events.on("x", lambda data: None)
     async with trio.open_nursery() as nursery, events.subscribe() as channel:
-        nursery.start_soon(collect, channel, got)
+        nursery.start_soon(collect_timed, channel, got)
         await events.emit("x", 1)
         await events.emit("chats.update", {"id": 1})
         await events.aclose()
@@ -207,7 +201,7 @@ async def test_close_waits_for_subscribers_to_drain(autojump_clock: trio.testing
     events = stream(always_buffer=True)
     drained_at: list[float] = []
 
-    async def slow(channel: trio.MemoryReceiveChannel[Batch]) -> None:
+    async def slow(channel: trio.abc.ReceiveChannel[Batch]) -> None:
         async for _ in channel:
             await trio.sleep(1)
         drained_at.append(trio.current_time())
@@ -244,7 +238,7 @@ async def test_close_runs_even_when_the_owner_is_cancelled(
     events = stream(always_buffer=True)
     got: list[tuple[float, Batch]] = []
     async with trio.open_nursery() as nursery, events.subscribe() as channel:
-        nursery.start_soon(collect, channel, got)
+        nursery.start_soon(collect_timed, channel, got)
         await events.emit("x", 1)
         with trio.CancelScope() as scope:
             scope.cancel()
@@ -297,7 +291,7 @@ async def test_on_demand_auto_flush_runs_only_while_events_are_pending(
     got: list[tuple[float, Batch]] = []
     starts = 0
     async with trio.open_nursery() as nursery, events.subscribe() as channel:
-        nursery.start_soon(collect, channel, got)
+        nursery.start_soon(collect_timed, channel, got)
 
         def start() -> None:
             nonlocal starts

@@ -12,6 +12,7 @@ from tenantry import (
     Batch,
     BufferConfig,
     ConnectFailed,
+    DisconnectReason,
     ReasonCode,
     RejectReason,
     Socket,
@@ -84,7 +85,7 @@ async def test_abort_stream_error_and_raw_frames(autojump_clock: trio.testing.Mo
             second = await upstream.wait_connections(2)
             await second.stream_error(515, "restart required")
 
-        reasons = []
+        reasons: list[DisconnectReason | None] = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(script)
             for _ in range(2):

@@ -4,10 +4,11 @@
 that want a fleet under faults without the command line.
 """
 
+from ._config import SoakConfig
 from ._faults import Fault
 from ._main import collecting_less, main
-from ._report import Invariant, SoakReport
-from ._soak import SoakConfig, SoakProgress, run_soak
+from ._report import Invariant, SoakProgress, SoakReport
+from ._soak import run_soak
 
 __all__ = [
     "Fault",

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any, Protocol
 
-from ._soak import SoakProgress
+from ._report import SoakProgress
 
 __all__ = ["Output", "open_output"]
 

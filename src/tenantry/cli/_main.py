@@ -13,7 +13,6 @@ import gc
 import json
 import logging
 import math
-import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -24,11 +23,13 @@ from typing import Any, NoReturn, TypeVar
 import trio
 import trio.testing
 
+from ._config import SoakConfig
 from ._console import open_output
 from ._faults import Fault
 from ._plan import ENTRY_OVERHEAD_BYTES, SpecFileError, load_specs, plan_rows
-from ._report import SoakReport, duration_text
-from ._soak import SoakConfig, SoakProgress, run_soak
+from ._report import SoakProgress, SoakReport
+from ._soak import run_soak
+from ._units import duration, duration_text
 from ._upstream import UpstreamConfig, port_refusal, serve_upstream
 
 __all__ = ["main"]
@@ -41,8 +42,6 @@ MAX_PLAN = 1_000_000_000
 
 T = TypeVar("T")
 
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
-
 
 class _UsageError(Exception):
     """A mistake of the user's: printed as one line, exit status 2."""
@@ -50,18 +49,6 @@ class _UsageError(Exception):
 
 class _Interrupted(Exception):
     """Ctrl-C: printed as one line (after what the command had to show), exit status 130."""
-
-
-def duration(text: str) -> float:
-    """``90``, ``90s``, ``30m``, ``1h`` or ``1h30m`` as seconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if not text.strip() or match is None:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 90s, 30m or 1h)")
-    hours, minutes, seconds = (float(part or 0) for part in match.groups())
-    total = hours * 3600 + minutes * 60 + seconds
-    if total <= 0:
-        raise argparse.ArgumentTypeError(f"a duration must be > 0, got {text!r}")
-    return total
 
 
 def faults(text: str) -> tuple[Fault, ...]:

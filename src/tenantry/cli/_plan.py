@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .._cache_specs import CacheSpec, CapacityPlan, Scope, capacity_plan
-from ._report import duration_text
+from ._units import duration_text, size_text
 
 __all__ = ["ENTRY_OVERHEAD_BYTES", "SpecFileError", "load_specs", "plan_rows"]
 
@@ -92,17 +92,8 @@ def plan_rows(
         fleet = spec.max_keys * owners
         ttl = "never" if spec.ttl is None else duration_text(spec.ttl)
         rows.append(
-            [name, spec.scope.value, ttl, per_tenant, f"{fleet:,}", _size(fleet * per_entry)]
+            [name, spec.scope.value, ttl, per_tenant, f"{fleet:,}", size_text(fleet * per_entry)]
         )
-    rows.append(
-        ["total", "", "", f"{plan.per_tenant:,}", f"{plan.total:,}", _size(plan.total * per_entry)]
-    )
+    total = size_text(plan.total * per_entry)
+    rows.append(["total", "", "", f"{plan.per_tenant:,}", f"{plan.total:,}", total])
     return plan, rows
-
-
-def _size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1024
-    raise AssertionError  # pragma: no cover

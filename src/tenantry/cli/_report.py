@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 
 import attrs
 
-if TYPE_CHECKING:
-    from ._soak import SoakConfig
+from ._config import SoakConfig
+from ._units import duration_text
 
 __all__ = [
     "MEMORY_BOUND",
@@ -17,6 +17,7 @@ __all__ = [
     "CacheFigures",
     "Flushes",
     "Invariant",
+    "SoakProgress",
     "SoakReport",
     "SocketTally",
     "TenantTally",
@@ -127,6 +128,24 @@ class Invariant:
     name: str
     held: bool
     detail: str
+
+
+@final
+@attrs.frozen
+class SoakProgress:
+    """A progress report, made every 1 % of the duration."""
+
+    elapsed: float
+    """Seconds of the soak's clock so far (virtual seconds when virtual)."""
+    duration: float
+    wall: float
+    """Wall-clock seconds so far."""
+    connected: int
+    tenants: int
+    flushes_per_minute: float
+    """Flushes in the last minute (scaled up before the first one is over)."""
+    events_per_second: float
+    """Events delivered to the handlers per second of the soak's clock, lately."""
 
 
 @final
@@ -457,14 +476,3 @@ def _pairs(counts: Mapping[str, int]) -> str:
 def _few(names: list[Any]) -> str:
     shown = ", ".join(str(n) for n in names[:5])
     return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-
-def duration_text(seconds: float) -> str:
-    """``259200`` as ``3 d``, ``360000`` as ``4.17 d``, ``90`` as ``1.5 min``."""
-    if seconds >= 86400:
-        return f"{seconds / 86400:.3g} d"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.3g} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.3g} min"
-    return f"{seconds:.3g} s"
