@@ -7,7 +7,15 @@ import trio
 import trio.testing
 
 from helpers import collect
-from tenantry import METRIC_FAMILIES, BufferConfig, Metrics, Sample, Socket, TenantSpec
+from tenantry import (
+    METRIC_FAMILIES,
+    BufferConfig,
+    Metrics,
+    Sample,
+    Socket,
+    SocketOptions,
+    TenantSpec,
+)
 from tenantry import open_hub as open_hub_
 from tenantry.testing import open_fake_upstream
 
@@ -29,7 +37,12 @@ async def busy_hub_metrics(collector_out: list[str] | None = None) -> Metrics:
         config = BufferConfig(always_buffer=True)
         for tenant in ("a", "b"):
             await hub.add(
-                TenantSpec(tenant, upstream.connector_to(f"/{tenant}"), subscriber, buffer=config)
+                TenantSpec(
+                    tenant,
+                    upstream.connector_to(f"/{tenant}"),
+                    subscriber,
+                    options=SocketOptions(buffer=config),
+                )
             )
         a = await upstream.wait_connections(1, path="/a")
         await a.stream(30, keys=10)

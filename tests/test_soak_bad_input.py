@@ -52,6 +52,7 @@ from tenantry import (
     ReconnectPolicy,
     RejectReason,
     Socket,
+    SocketOptions,
     TenantSpec,
     TenantState,
     TenantStatus,
@@ -377,9 +378,9 @@ def tenant(
         tenant_id,
         upstream.connector_to(f"/{tenant_id}"),
         handler=handler,
-        buffer=CONFIG,
-        max_message_size=MAX_MESSAGE_SIZE,
-        max_bad_frames=MAX_BAD_FRAMES,
+        options=SocketOptions(
+            buffer=CONFIG, max_message_size=MAX_MESSAGE_SIZE, max_bad_frames=MAX_BAD_FRAMES
+        ),
     )
 
 

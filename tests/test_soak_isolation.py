@@ -46,6 +46,7 @@ from tenantry import (
     Metrics,
     ReconnectPolicy,
     Socket,
+    SocketOptions,
     TenantSpec,
     TenantState,
     TenantStatus,
@@ -131,7 +132,11 @@ async def scenario(bad: str | None) -> Outcome:
             for tenant_id in HEALTHY:
                 connect = upstream.connector_to(f"/{tenant_id}")
                 handler = recorder(timelines[tenant_id])
-                await hub.add(TenantSpec(tenant_id, connect, handler=handler, buffer=CONFIG))
+                await hub.add(
+                    TenantSpec(
+                        tenant_id, connect, handler=handler, options=SocketOptions(buffer=CONFIG)
+                    )
+                )
                 script.start_soon(feed, upstream, tenant_id)
             if bad is not None:
                 if bad == "storm":
@@ -141,7 +146,7 @@ async def scenario(bad: str | None) -> Outcome:
                         "bad",
                         upstream.connector_to("/bad"),
                         handler=raising if bad == "raising" else idle,
-                        buffer=CONFIG,
+                        options=SocketOptions(buffer=CONFIG),
                         policy=STORM_POLICY,
                     )
                 )

@@ -26,6 +26,7 @@ from ._gauges import Gauges
 from ._hub import Hub, open_hub
 from ._janitor import run_janitor
 from ._metrics import METRIC_FAMILIES, Metrics, Sample
+from ._options import SocketOptions
 from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, WireProtocol
 from ._reasons import DEFAULT_DECISIONS, Decision, DisconnectReason, ReasonCode, default_decide
 from ._reconnect import NextStep, Reconnector, ReconnectPolicy
@@ -82,6 +83,7 @@ __all__ = [
     "Scope",
     "Socket",
     "SocketClosed",
+    "SocketOptions",
     "TenantSpec",
     "TenantState",
     "TenantStatus",

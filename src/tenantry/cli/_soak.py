@@ -51,6 +51,7 @@ from .._cache_specs import BAILEYS_CACHE_SPECS, CacheSpec
 from .._events import Batch, FlushReason
 from .._hub import Hub, open_hub
 from .._metrics import Metrics
+from .._options import SocketOptions
 from .._socket import Socket
 from .._tenant import TenantSpec
 from .._validate import check_between, check_count, check_seconds
@@ -303,8 +304,10 @@ class _Soak:
             connect,
             self._handler(tenant),
             caches=self.caches,
-            buffer=BufferConfig(flush_interval=self.config.flush_interval, always_buffer=True),
-            keepalive=self.config.keepalive,
+            options=SocketOptions(
+                buffer=BufferConfig(flush_interval=self.config.flush_interval, always_buffer=True),
+                keepalive=self.config.keepalive,
+            ),
         )
 
     def _handler(self, tenant: _Tenant) -> Callable[[Socket], Awaitable[None]]:
