@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from tenantry import Batch
+from tenantry import Batch, EventStream
 
 
 class FakeClock:
@@ -26,3 +26,8 @@ async def collect(channel: trio.abc.ReceiveChannel[Batch], into: list[Batch]) ->
     """Append every batch of *channel* to *into* until the channel ends."""
     async for batch in channel:
         into.append(batch)
+
+
+def auto_flush(events: EventStream, nursery: trio.Nursery) -> None:
+    """Run the auto-flush of *events* in *nursery* as a socket does: a task while events wait."""
+    events.flush_on_demand(lambda: nursery.start_soon(events.auto_flush_while_pending))
