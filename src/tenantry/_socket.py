@@ -670,7 +670,8 @@ async def _connect(
     connected = False
     connect_timeout = options.connect_timeout
     headers = {} if options.headers is None else options.headers
-    # The transport refuses only what the protocol could never accept: it rejects and counts.
+    # Frames up to four times the limit reach the protocol, which rejects and counts them;
+    # the transport refuses larger ones itself (close code 1009, counted by the reader).
     max_message_size = 4 * options.max_message_size
     with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as connecting:
         try:
