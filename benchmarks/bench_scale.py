@@ -399,7 +399,7 @@ class Scale:
                     self.tracker.connector(self.url + tenant_id, tenant_id),
                     self.tracker.handler,
                     caches=self.caches,
-                    keepalive=self.args.keepalive,
+                    options=tenantry.SocketOptions(keepalive=self.args.keepalive),
                 )
                 await hub.add(spec)
             await self.wait(lambda: self.tracker.live == self.tenants, hub, "not all connected")

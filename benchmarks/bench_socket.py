@@ -58,7 +58,9 @@ async def with_tenantry(url: str) -> tuple[int, float]:
     received = 0
     config = tenantry.BufferConfig(always_buffer=True)
     async with (
-        tenantry.open_socket(url, tenant_id="bench", buffer=config) as sock,
+        tenantry.open_socket(
+            url, tenant_id="bench", options=tenantry.SocketOptions(buffer=config)
+        ) as sock,
         sock.events.subscribe() as batches,
     ):
         async for batch in batches:

@@ -77,7 +77,8 @@ async def burst() -> None:
             batches.append((trio.current_time(), batch))
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(events.run_auto_flush)
+        # The auto-flush runs as a task of this nursery only while events are pending.
+        events.flush_on_demand(lambda: nursery.start_soon(events.auto_flush_while_pending))
         async with events.subscribe() as channel:
             nursery.start_soon(consume, channel)
             await events.emit("connection.update", {"connection": "open"})

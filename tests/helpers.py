@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from tenantry import Batch, Socket
+from tenantry import Batch, EventStream, Socket
 
 Handler = Callable[[Socket], Awaitable[None]]
 
@@ -53,3 +53,8 @@ def collector(into: list[Batch]) -> Handler:
             await collect(batches, into)
 
     return handler
+
+
+def auto_flush(events: EventStream, nursery: trio.Nursery) -> None:
+    """Run the auto-flush of *events* in *nursery* as a socket does: a task while events wait."""
+    events.flush_on_demand(lambda: nursery.start_soon(events.auto_flush_while_pending))

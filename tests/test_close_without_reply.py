@@ -8,7 +8,14 @@ import trio.testing
 import trio_websocket
 
 from helpers import idle, living_tasks
-from tenantry import DisconnectReason, ReasonCode, TenantSpec, open_hub, open_socket
+from tenantry import (
+    DisconnectReason,
+    ReasonCode,
+    SocketOptions,
+    TenantSpec,
+    open_hub,
+    open_socket,
+)
 from tenantry.testing import MemoryConnector, open_fake_upstream
 
 
@@ -39,7 +46,9 @@ async def test_a_peer_declared_dead_is_not_asked_for_a_close_reply(
 ) -> None:
     async with open_fake_upstream() as upstream:
         connector = upstream.connector_to("/a")
-        async with open_socket(connector, tenant_id="a", keepalive=10) as sock:
+        async with open_socket(
+            connector, tenant_id="a", options=SocketOptions(keepalive=10)
+        ) as sock:
             (await upstream.wait_connections(1)).stall()  # reads nothing, answers no ping
             try:
                 await trio.sleep_forever()

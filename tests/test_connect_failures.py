@@ -23,6 +23,7 @@ from helpers import idle, living_tasks
 from tenantry import (
     ConnectFailed,
     DisconnectReason,
+    SocketOptions,
     TenantSpec,
     TenantState,
     UrlConnector,
@@ -128,7 +129,9 @@ async def test_a_server_that_never_answers_is_bounded_by_connect_timeout(
     reason, took = await connect_failure(raw_server(then="hold"))
     assert (reason.code, reason.message) == (408, "handshake timed out after 10 s")
     assert took == 10
-    reason, took = await connect_failure(raw_server(then="hold"), connect_timeout=2.5)
+    reason, took = await connect_failure(
+        raw_server(then="hold"), options=SocketOptions(connect_timeout=2.5)
+    )
     assert (reason.message, took) == ("handshake timed out after 2.5 s", 2.5)
 
 
@@ -143,7 +146,7 @@ async def test_connect_timeout_bounds_any_connector(
 
     start = trio.current_time()
     with pytest.raises(ConnectFailed, match="handshake timed out after 3 s"):
-        async with open_socket(Stuck(), tenant_id="acme", connect_timeout=3):
+        async with open_socket(Stuck(), tenant_id="acme", options=SocketOptions(connect_timeout=3)):
             pytest.fail("connected")  # pragma: no cover
     assert trio.current_time() - start == 3
 
@@ -174,7 +177,9 @@ async def test_the_timeout_ends_with_the_handshake(autojump_clock: trio.testing.
 
     async with trio.open_nursery() as nursery:
         connector = MemoryConnector(nursery, accept_then_idle)
-        async with open_socket(connector, tenant_id="acme", connect_timeout=1) as sock:
+        async with open_socket(
+            connector, tenant_id="acme", options=SocketOptions(connect_timeout=1)
+        ) as sock:
             await trio.sleep(100)  # long after the connect timeout
             assert sock.close_reason is None
         nursery.cancel_scope.cancel()
@@ -182,16 +187,10 @@ async def test_the_timeout_ends_with_the_handshake(autojump_clock: trio.testing.
 
 def test_connect_timeout_is_validated() -> None:
     with pytest.raises(ValueError, match="connect_timeout"):
-        TenantSpec("a", "ws://h/", idle, connect_timeout=0)
+        SocketOptions(connect_timeout=0)
     with pytest.raises(TypeError, match="connect_timeout"):
-        TenantSpec("a", "ws://h/", idle, connect_timeout="10")  # type: ignore[arg-type]
-    assert TenantSpec("a", "ws://h/", idle).connect_timeout == 10
-
-
-async def test_connect_timeout_is_validated_by_open_socket() -> None:
-    with pytest.raises(ValueError, match="connect_timeout"):
-        async with open_socket("ws://h/", tenant_id="a", connect_timeout=-1):
-            pytest.fail("connected")  # pragma: no cover
+        SocketOptions(connect_timeout="10")  # type: ignore[arg-type]
+    assert TenantSpec("a", "ws://h/", idle).options.connect_timeout == 10
 
 
 async def test_a_tenant_counts_logs_backs_off_and_trips_the_breaker(
@@ -200,7 +199,7 @@ async def test_a_tenant_counts_logs_backs_off_and_trips_the_breaker(
     caplog.set_level(logging.INFO, logger="tenantry")
     async with trio.open_nursery() as nursery, open_hub(seed=1) as hub:
         silent = MemoryConnector(nursery, serve_stream=raw_server(then="hold"))
-        await hub.add(TenantSpec("a", silent, idle, connect_timeout=2))
+        await hub.add(TenantSpec("a", silent, idle, options=SocketOptions(connect_timeout=2)))
         garbage = MemoryConnector(nursery, serve_stream=raw_server(UPGRADE_WITH_A_WRONG_ACCEPT))
         await hub.add(TenantSpec("b", garbage, idle))
         await trio.sleep(60)  # five failures each, then the breaker's 60 s wait

@@ -24,9 +24,9 @@ from tenantry import (
     Decision,
     DisconnectReason,
     Hub,
-    JsonProtocol,
     ReconnectPolicy,
     Socket,
+    SocketOptions,
     TenantSpec,
     TenantState,
     open_hub,
@@ -212,7 +212,9 @@ async def test_restart_closes_and_reconnects_without_counting_a_failure(
     batches: list[Batch] = []
     config = BufferConfig(always_buffer=True)
     async with running() as (upstream, hub):
-        await hub.add(spec(upstream, handler=collector(batches), buffer=config))
+        await hub.add(
+            spec(upstream, handler=collector(batches), options=SocketOptions(buffer=config))
+        )
         first = await upstream.wait_connections(1)
         await first.stream(5, keys=5)
         await trio.testing.wait_all_tasks_blocked()
@@ -324,7 +326,9 @@ async def test_state_and_gauges_agree_at_every_instant_of_every_close(
             check = StatesAgainstGauges(hub)
             trio.lowlevel.add_instrument(check)
             for tenant, handler in handlers.items():
-                await hub.add(spec(upstream, tenant, handler=handler, buffer=config))
+                await hub.add(
+                    spec(upstream, tenant, handler=handler, options=SocketOptions(buffer=config))
+                )
             for tenant in handlers:
                 await (await upstream.wait_connections(1, path=f"/{tenant}")).stream(3)
             await (await upstream.wait_connections(1, path="/remote")).close(4503)
@@ -349,7 +353,9 @@ async def test_remove_leaves_nothing_and_nothing_follows(
             await hub.add(TenantSpec("a", Hanging(), handler=idle))
         else:
             config = BufferConfig(always_buffer=True)
-            await hub.add(spec(upstream, handler=collector(batches), buffer=config))
+            await hub.add(
+                spec(upstream, handler=collector(batches), options=SocketOptions(buffer=config))
+            )
             connection = await upstream.wait_connections(1)
             await connection.stream(7, keys=7)
             if when == "backing off":
@@ -447,14 +453,11 @@ async def with_option(sock: Socket, option: int) -> None:
         ("caches", {"x": {"max_keys": 10}}, TypeError),
         ("caches", "nope", TypeError),
         ("caches", {"": CacheSpec(10)}, ValueError),
-        ("rules", "nope", TypeError),
-        ("protocol", object(), TypeError),
-        ("protocol", JsonProtocol, TypeError),  # the class, not an instance
         ("handler", plain, TypeError),
         ("handler", lambda sock: None, TypeError),
         ("handler", AsyncCallable, TypeError),  # the class: calling it makes an instance
         ("handler", functools.partial(plain), TypeError),
-        ("buffer", {"flush_interval": 1.0}, TypeError),
+        ("options", {"keepalive": 1.0}, TypeError),
         ("policy", "nope", TypeError),
     ],
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
@@ -526,13 +529,11 @@ def test_tenant_spec_validation_and_redaction() -> None:
         TenantSpec("a", 3, handler=idle)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="handler"):
         TenantSpec("a", "ws://x", handler=None)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="keepalive"):
-        TenantSpec("a", "ws://x", handler=idle, keepalive=0)
-    with pytest.raises(ValueError, match="max_bad_frames"):
-        TenantSpec("a", "ws://x", handler=idle, max_bad_frames=-1)
-    assert TenantSpec("a", "ws://x", handler=idle, max_bad_frames=0).max_bad_frames == 0
     secret = TenantSpec(
-        "a", "wss://u:pw@x/?token=abc", handler=idle, headers={"Authorization": "Bearer s3"}
+        "a",
+        "wss://u:pw@x/?token=abc",
+        handler=idle,
+        options=SocketOptions(headers={"Authorization": "Bearer s3"}),
     )
     assert "s3" not in repr(secret)
     assert "abc" not in repr(secret)
@@ -584,7 +585,12 @@ async def test_the_seed_incident_cannot_happen(autojump_clock: trio.testing.Mock
         async with open_hub(seed=7) as hub, trio.open_nursery() as sampler:
             for tenant in tenants:
                 await hub.add(
-                    spec(upstream, tenant, handler=record_flushes(delivered[tenant]), buffer=config)
+                    spec(
+                        upstream,
+                        tenant,
+                        handler=record_flushes(delivered[tenant]),
+                        options=SocketOptions(buffer=config),
+                    )
                 )
 
             async def sample() -> None:
@@ -620,7 +626,13 @@ async def test_the_logs_operators_watch_for(
             upstream.reject_next(500)
         secret = {"Authorization": "Bearer s3cret"}
         config = BufferConfig(always_buffer=True)
-        await hub.add(spec(upstream, handler=collector([]), headers=secret, buffer=config))
+        await hub.add(
+            spec(
+                upstream,
+                handler=collector([]),
+                options=SocketOptions(headers=secret, buffer=config),
+            )
+        )
         connection = await upstream.wait_connections(1)
         await connection.stream(3)
         await trio.testing.wait_all_tasks_blocked()
@@ -716,7 +728,9 @@ async def test_events_a_subscriber_never_took_are_counted_lost(
 
     config = BufferConfig(always_buffer=True, max_items=6)
     async with running() as (upstream, hub):
-        await hub.add(spec(upstream, handler=hoarder, buffer=config, grace=1.0))
+        await hub.add(
+            spec(upstream, handler=hoarder, options=SocketOptions(buffer=config, grace=1.0))
+        )
         connection = await upstream.wait_connections(1)
         await connection.stream(17, keys=17)  # batches of 6, 6 and, at close, 5
         await trio.sleep(1)

@@ -7,7 +7,13 @@ import trio
 import trio.testing
 
 from helpers import collect
-from tenantry import BufferConfig, Metrics, Socket, TenantSpec
+from tenantry import (
+    BufferConfig,
+    Metrics,
+    Socket,
+    SocketOptions,
+    TenantSpec,
+)
 from tenantry import open_hub as open_hub_
 from tenantry.lowlevel import METRIC_FAMILIES, Sample
 from tenantry.testing import open_fake_upstream
@@ -30,7 +36,12 @@ async def busy_hub_metrics(collector_out: list[str] | None = None) -> Metrics:
         config = BufferConfig(always_buffer=True)
         for tenant in ("a", "b"):
             await hub.add(
-                TenantSpec(tenant, upstream.connector_to(f"/{tenant}"), subscriber, buffer=config)
+                TenantSpec(
+                    tenant,
+                    upstream.connector_to(f"/{tenant}"),
+                    subscriber,
+                    options=SocketOptions(buffer=config),
+                )
             )
         a = await upstream.wait_connections(1, path="/a")
         await a.stream(30, keys=10)

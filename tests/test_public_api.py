@@ -57,6 +57,7 @@ TIERS = {
         "Scope",
         "Socket",
         "SocketClosed",
+        "SocketOptions",
         "TenantSpec",
         "TenantState",
         "TenantStatus",

@@ -60,6 +60,7 @@ from tenantry import (
     ReasonCode,
     ReconnectPolicy,
     RejectReason,
+    SocketOptions,
     TenantSpec,
     open_hub,
 )
@@ -354,9 +355,9 @@ def tenant(upstream: FakeUpstream, tenant_id: str, handler: Handler) -> TenantSp
         tenant_id,
         upstream.connector_to(f"/{tenant_id}"),
         handler=handler,
-        buffer=CONFIG,
-        max_message_size=MAX_MESSAGE_SIZE,
-        max_bad_frames=MAX_BAD_FRAMES,
+        options=SocketOptions(
+            buffer=CONFIG, max_message_size=MAX_MESSAGE_SIZE, max_bad_frames=MAX_BAD_FRAMES
+        ),
     )
 
 

@@ -51,7 +51,15 @@ from fleet import (
     run_virtual,
 )
 from helpers import Handler, idle
-from tenantry import Backoff, BufferConfig, ReconnectPolicy, Socket, TenantSpec, open_hub
+from tenantry import (
+    Backoff,
+    BufferConfig,
+    ReconnectPolicy,
+    Socket,
+    SocketOptions,
+    TenantSpec,
+    open_hub,
+)
 from tenantry.testing import FakeUpstream, open_fake_upstream
 
 pytestmark = pytest.mark.soak
@@ -106,7 +114,7 @@ async def scenario(bad: str | None) -> Outcome:
 
     def healthy(tenant_id: str, handler: Handler) -> TenantSpec:
         connect = upstream.connector_to(f"/{tenant_id}")
-        return TenantSpec(tenant_id, connect, handler=handler, buffer=CONFIG)
+        return TenantSpec(tenant_id, connect, handler=handler, options=SocketOptions(buffer=CONFIG))
 
     async with open_fake_upstream() as upstream, open_hub(seed=5) as hub:
         async with trio.open_nursery() as script:
@@ -119,7 +127,7 @@ async def scenario(bad: str | None) -> Outcome:
                         "bad",
                         upstream.connector_to("/bad"),
                         handler=raising if bad == "raising" else idle,
-                        buffer=CONFIG,
+                        options=SocketOptions(buffer=CONFIG),
                         policy=STORM_POLICY,
                     )
                 )

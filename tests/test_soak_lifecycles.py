@@ -162,8 +162,10 @@ async def test_lifecycles_through_every_close_path_leave_nothing_and_lose_nothin
                 tenant_id,
                 upstream.connector_to(f"/{tenant_id}"),
                 handler_for(ledger),
-                buffer=tenantry.BufferConfig(flush_interval=FLUSH_INTERVAL, always_buffer=True),
-                keepalive=KEEPALIVE,
+                options=tenantry.SocketOptions(
+                    buffer=tenantry.BufferConfig(flush_interval=FLUSH_INTERVAL, always_buffer=True),
+                    keepalive=KEEPALIVE,
+                ),
             )
             for tenant_id, ledger in ledgers.items()
         }

@@ -40,6 +40,7 @@ from tenantry import (
     EventStream,
     ReconnectPolicy,
     Socket,
+    SocketOptions,
     TenantSpec,
     open_hub,
 )
@@ -131,7 +132,13 @@ async def test_a_closed_socket_is_freed_at_once_not_by_the_collector(
             policy = ReconnectPolicy(backoff=Backoff((1.0,), jitter=0), fail_max=100)
             buffer = BufferConfig(always_buffer=True)
             await hub.add(
-                TenantSpec("a", upstream.connector_to("/a"), handler, buffer=buffer, policy=policy)
+                TenantSpec(
+                    "a",
+                    upstream.connector_to("/a"),
+                    handler,
+                    options=SocketOptions(buffer=buffer),
+                    policy=policy,
+                )
             )
             for n in range(1, 6):
                 connection = await upstream.wait_connections(n, path="/a")

@@ -22,6 +22,7 @@ from tenantry import (
     ReasonCode,
     RejectReason,
     SocketClosed,
+    SocketOptions,
     open_socket,
 )
 from tenantry._connect import open_connection
@@ -75,7 +76,9 @@ async def test_a_remote_close_delivers_everything_then_ends_the_body(
         connector = MemoryConnector(server, upstream(*frames, then=then, pause=1.0))
         before = living_tasks()
         config = BufferConfig(always_buffer=True)
-        async with open_socket(connector, tenant_id="acme", buffer=config, gauges=gauges) as sock:
+        async with open_socket(
+            connector, tenant_id="acme", options=SocketOptions(buffer=config), gauges=gauges
+        ) as sock:
             assert (gauges.sockets_alive, gauges.buffers_alive) == (1, 1)
             async with sock.events.subscribe() as channel:
                 await collect(channel, batches)
@@ -127,6 +130,22 @@ async def test_leaving_the_body_is_a_local_close(autojump_clock: trio.testing.Mo
     )
 
 
+async def test_a_socket_is_entered_once(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, upstream(then="idle"))
+        async with open_socket(connector, tenant_id="acme") as sock:
+            with pytest.raises(RuntimeError, match="entered once"):
+                async with sock:
+                    pytest.fail("entered twice")  # pragma: no cover
+            assert sock.close_reason is None  # the refused entry touched nothing
+        server.cancel_scope.cancel()
+    with pytest.raises(RuntimeError, match="entered once"):
+        async with sock:
+            pytest.fail("entered after its life")  # pragma: no cover
+    assert sock.close_reason is not None
+    assert sock.close_reason.message == "closed by owner"
+
+
 async def test_close_cancels_the_body_and_is_not_reraised(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -154,7 +173,7 @@ async def test_an_outer_cancel_still_flushes_to_listeners(
             async with open_socket(
                 connector,
                 tenant_id="acme",
-                buffer=BufferConfig(always_buffer=True, flush_interval=60),
+                options=SocketOptions(buffer=BufferConfig(always_buffer=True, flush_interval=60)),
             ) as sock:
                 sock.events.on("chats.update", seen.append)
                 await trio.sleep_forever()
@@ -201,8 +220,9 @@ async def test_bad_frames_are_counted_and_survived(
             async with open_socket(
                 connector,
                 tenant_id="acme",
-                max_message_size=200,
-                buffer=BufferConfig(always_buffer=True),
+                options=SocketOptions(
+                    max_message_size=200, buffer=BufferConfig(always_buffer=True)
+                ),
             ) as sock:
                 await trio.sleep_forever()
         server.cancel_scope.cancel()
@@ -225,7 +245,9 @@ async def test_a_flood_of_bad_frames_closes_with_a_protocol_error(
 ) -> None:
     async with trio.open_nursery() as server:
         connector = MemoryConnector(server, upstream(*["garbage"] * 10, then="idle"))
-        async with open_socket(connector, tenant_id="acme", max_bad_frames=3) as sock:
+        async with open_socket(
+            connector, tenant_id="acme", options=SocketOptions(max_bad_frames=3)
+        ) as sock:
             await trio.sleep_forever()
         server.cancel_scope.cancel()
     assert sock.close_reason is not None
@@ -309,7 +331,9 @@ async def test_keepalive_pings_keep_a_quiet_connection_open(
 ) -> None:
     async with trio.open_nursery() as server:
         connector = MemoryConnector(server, upstream(then="idle"))
-        async with open_socket(connector, tenant_id="acme", keepalive=30) as sock:
+        async with open_socket(
+            connector, tenant_id="acme", options=SocketOptions(keepalive=30)
+        ) as sock:
             await trio.sleep(3600)
             assert sock.close_reason is None
         server.cancel_scope.cancel()
@@ -338,7 +362,9 @@ async def test_headers_reach_the_server_and_never_the_repr(
     async with trio.open_nursery() as server:
         headers = {"Authorization": "Bearer s3cret"}
         async with open_socket(
-            MemoryConnector(server, handler), tenant_id="acme", headers=headers
+            MemoryConnector(server, handler),
+            tenant_id="acme",
+            options=SocketOptions(headers=headers),
         ) as sock:
             assert "s3cret" not in repr(sock)
         server.cancel_scope.cancel()
@@ -347,7 +373,7 @@ async def test_headers_reach_the_server_and_never_the_repr(
 
 async def test_validation() -> None:
     with pytest.raises(ValueError, match="keepalive"):
-        async with open_socket("ws://h/", tenant_id="a", keepalive=0):
+        async with open_socket("ws://h/", tenant_id="a", options=SocketOptions(keepalive=0)):
             pass
     with pytest.raises(ValueError, match="tenant_id"):
         async with open_socket("ws://h/", tenant_id=""):
@@ -361,9 +387,7 @@ async def test_validation() -> None:
     ("field", "value"),
     [
         ("caches", {"x": {"max_keys": 10}}),
-        ("rules", "nope"),
-        ("protocol", object()),
-        ("buffer", {"flush_interval": 1.0}),
+        ("options", {"buffer": {"flush_interval": 1.0}}),
     ],
 )
 async def test_arguments_are_checked_before_connecting(field: str, value: Any) -> None:
@@ -406,7 +430,9 @@ async def test_the_auto_flush_is_a_task_only_while_events_are_pending(
     config = BufferConfig(always_buffer=True, flush_interval=5.0)
     async with trio.open_nursery() as server:
         connector = MemoryConnector(server, late)
-        async with open_socket(connector, tenant_id="acme", buffer=config) as sock:
+        async with open_socket(
+            connector, tenant_id="acme", options=SocketOptions(buffer=config)
+        ) as sock:
             sock.events.on("chats.update", delivered.append)
             await trio.sleep(9)
             assert tasks_named("._auto_flush") == 0  # idle: no flush task
@@ -431,7 +457,9 @@ async def test_a_listener_error_in_an_interval_flush_fails_the_socket(
         connector = MemoryConnector(server, upstream(frame("chats.update", {"id": 1}), then="idle"))
 
         async def run() -> None:
-            async with open_socket(connector, tenant_id="acme", buffer=config) as sock:
+            async with open_socket(
+                connector, tenant_id="acme", options=SocketOptions(buffer=config)
+            ) as sock:
                 sockets.append(sock)
                 sock.events.on("chats.update", broken)
                 await trio.sleep_forever()
@@ -757,7 +785,9 @@ async def test_held_events_stop_the_reader_at_the_buffers_limit(
     async with trio.open_nursery() as server:
         connector = MemoryConnector(server, upstream(*frames, then="close 4503", pause=1))
         config = BufferConfig(max_items=10)
-        async with open_socket(connector, tenant_id="acme", buffer=config) as sock:
+        async with open_socket(
+            connector, tenant_id="acme", options=SocketOptions(buffer=config)
+        ) as sock:
             await trio.sleep(60)
             assert sock.buffer.stats.in_flight == 10  # held, then backpressure
             assert sock.frames_received <= 12  # and the peer waits: nothing piles up

@@ -22,6 +22,7 @@ from tenantry import (
     BufferConfig,
     ReasonCode,
     RejectReason,
+    SocketOptions,
     open_socket,
 )
 from tenantry.testing import open_fake_upstream
@@ -62,9 +63,9 @@ async def run_peer(peer_frames: list[str | bytes], last: bytes | None) -> None:
             open_socket(
                 upstream.connector,
                 tenant_id="t",
-                buffer=config,
-                max_message_size=MAX_MESSAGE_SIZE,
-                max_bad_frames=10_000,
+                options=SocketOptions(
+                    buffer=config, max_message_size=MAX_MESSAGE_SIZE, max_bad_frames=10_000
+                ),
             ) as sock,
             sock.events.subscribe() as channel,
             trio.open_nursery() as body,

@@ -10,7 +10,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from helpers import collect_timed
+from helpers import auto_flush, collect_timed
 from tenantry import Batch, BufferConfig, EventBuffer, EventStream, FlushReason
 
 
@@ -24,7 +24,7 @@ async def test_auto_flush_waits_one_interval_from_the_first_pending_event(
     events = stream(always_buffer=True, flush_interval=5.0)
     got: list[tuple[float, Batch]] = []
     async with trio.open_nursery() as nursery, events.subscribe() as channel:
-        nursery.start_soon(events.run_auto_flush)
+        auto_flush(events, nursery)
         nursery.start_soon(collect_timed, channel, got)
         await trio.sleep(100)  # idle: nothing is ever flushed
         await events.emit("chats.update", {"id": 1})
@@ -43,7 +43,7 @@ async def test_flush_rate_is_bounded_by_the_interval(
 ) -> None:
     events = stream(always_buffer=True, flush_interval=5.0)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(events.run_auto_flush)
+        auto_flush(events, nursery)
         for i in range(600):  # an event every 0.1 s for a minute
             await events.emit("chats.update", {"id": i % 7})
             await trio.sleep(0.1)
@@ -71,7 +71,7 @@ async def test_a_buffering_block_is_published_when_it_ends(
     events = stream()
     got: list[tuple[float, Batch]] = []
     async with trio.open_nursery() as nursery, events.subscribe() as channel:
-        nursery.start_soon(events.run_auto_flush)
+        auto_flush(events, nursery)
         nursery.start_soon(collect_timed, channel, got)
         await trio.sleep(1)
         with events.buffer.buffering():
@@ -116,7 +116,7 @@ async def test_concurrent_publishers_keep_batch_order(
             await trio.sleep(0.01 * (i % 5))
 
     async with trio.open_nursery() as nursery, events.subscribe(max_pending=1) as channel:
-        nursery.start_soon(events.run_auto_flush)
+        auto_flush(events, nursery)
         nursery.start_soon(collect_timed, channel, got)
         async with trio.open_nursery() as feeders:
             feeders.start_soon(feed, 0)
@@ -168,7 +168,7 @@ async def test_a_raising_listener_fails_the_owning_scope(
     events.on("x", lambda data: 1 / 0)
     with pytest.RaisesGroup(ZeroDivisionError):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(events.run_auto_flush)
+            auto_flush(events, nursery)
             events.buffer.emit("x", 1)
             await trio.sleep(60)
 
@@ -306,7 +306,7 @@ async def test_on_demand_auto_flush_runs_only_while_events_are_pending(
             await trio.sleep(0.1)
         await trio.sleep(10)
         assert starts == 12  # one task per interval: it ends each time the buffer is empty
-        assert events.buffer.stats.flushes[FlushReason.INTERVAL] == 12  # as with run_auto_flush
+        assert events.buffer.stats.flushes[FlushReason.INTERVAL] == 12
         with events.buffer.buffering():
             await events.emit("chats.update", {"id": 1})
         await trio.testing.wait_all_tasks_blocked()

@@ -16,6 +16,7 @@ from tenantry import (
     ReasonCode,
     RejectReason,
     Socket,
+    SocketOptions,
     open_socket,
 )
 from tenantry.lowlevel import Gauges
@@ -38,7 +39,9 @@ async def test_events_streamed_before_a_close_are_all_delivered(
             nursery.start_soon(script)
             config = BufferConfig(always_buffer=True, flush_interval=1.0)
             async with (
-                open_socket(upstream.connector, tenant_id="t", buffer=config) as sock,
+                open_socket(
+                    upstream.connector, tenant_id="t", options=SocketOptions(buffer=config)
+                ) as sock,
                 sock.events.subscribe() as channel,
             ):
                 await collect(channel, batches)
@@ -65,7 +68,9 @@ async def test_a_stalled_upstream_times_out_with_408(
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(script)
-            async with open_socket(upstream.connector, tenant_id="t", keepalive=30) as sock:
+            async with open_socket(
+                upstream.connector, tenant_id="t", options=SocketOptions(keepalive=30)
+            ) as sock:
                 await trio.sleep_forever()
             closed_at = trio.current_time()
     assert sock.close_reason is not None
@@ -190,9 +195,7 @@ async def client_side(
             upstream.connector,
             tenant_id="t",
             gauges=gauges,
-            keepalive=10,
-            max_bad_frames=3,
-            buffer=config,
+            options=SocketOptions(keepalive=10, max_bad_frames=3, buffer=config),
         ) as sock:
             sock.events.on("chats.update", listener)
             async with sock.events.subscribe() as channel:

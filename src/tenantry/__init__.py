@@ -26,6 +26,7 @@ from ._connect import Connector, UrlConnector
 from ._events import Batch, Event, FlushReason
 from ._hub import Hub, open_hub
 from ._metrics import Metrics
+from ._options import SocketOptions
 from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, WireProtocol
 from ._public import publish as _publish
 from ._reasons import DEFAULT_DECISIONS, Decision, DisconnectReason, ReasonCode, default_decide
@@ -77,6 +78,7 @@ __all__ = [
     "Scope",
     "Socket",
     "SocketClosed",
+    "SocketOptions",
     "TenantSpec",
     "TenantState",
     "TenantStatus",

@@ -31,8 +31,8 @@ not HTTP, or a wrong Sec-WebSocket-Accept      `HandshakeFailed` (400, "invalid 
                                                response: ..." saying what was wrong)
 =============================================  ==========================================
 
-A server that never answers is bounded by the caller (`open_socket`'s
-*connect_timeout*), around the whole attempt, whatever the connector.
+A server that never answers is bounded by the caller (`open_socket`, by
+`SocketOptions.connect_timeout`), around the whole attempt, whatever the connector.
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ class Hub:
     async def _stop_all(self) -> None:
         """Remove every tenant, shielded but bounded: each socket's own grace, plus slack."""
         self._adds_send.close()
-        bound = max((t.spec.grace for t in self._tenants.values()), default=0.0) + 5.0
+        bound = max((t.spec.options.grace for t in self._tenants.values()), default=0.0) + 5.0
         with trio.move_on_after(bound, shield=True) as scope:
             async with trio.open_nursery() as nursery:
                 for tenant_id in list(self._tenants):

@@ -3,15 +3,17 @@
 Theory of operation
 ===================
 
-`open_socket` is an async context manager. Inside it there is one nursery,
-and everything the connection needs is a task in that nursery or an object
-only its tasks touch: the WebSocket (and trio-websocket's reader task), the
-*reader* (frames -> events -> buffer), the *writer* (the outbox of `send`;
-started by the first send),
-the keepalive, the buffer's auto-flush (a task only while events are
-pending), the cache janitor (a task only while a socket cache has a
-deadline), the socket-scoped caches (each built when first read), the
-subscribers and the listeners. When the ``async with`` exits,
+`open_socket` is an async context manager: it checks its arguments, builds a
+`Socket` and enters it. The Socket's own ``async with`` is the connection's
+whole life, from the handshake to its caches being dropped. Inside it there
+is one nursery, and everything the connection needs is a task in that
+nursery or an object only its tasks touch: the WebSocket (and
+trio-websocket's reader task), the *reader* (frames -> events -> buffer),
+the *writer* (the outbox of `send`; started by the first send), the
+keepalive, the buffer's auto-flush (a task only while events are pending),
+the cache janitor (a task only while a socket cache has a deadline), the
+socket-scoped caches (each built when first read), the subscribers and the
+listeners. When the ``async with`` exits,
 none of them exists any more -- by structure, not by a ``destroy()`` someone
 must remember (the seed's orphaned flush timers had nowhere else to live).
 
@@ -56,18 +58,19 @@ import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
 from typing import Any, final
 
 import trio
 import trio_websocket
 
-from ._buffer import BufferConfig, EventBuffer, InvalidEvent
+from ._buffer import EventBuffer, InvalidEvent
 from ._cache_specs import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope, check_cache_specs
 from ._connect import Connector, HandshakeFailed, as_connector, describe_transport_error
 from ._gauges import Gauges
+from ._options import SocketOptions
 from ._protocol import (
-    DEFAULT_MAX_MESSAGE_SIZE,
     CloseRequested,
     FrameRejected,
     JsonProtocol,
@@ -76,16 +79,8 @@ from ._protocol import (
     preview,
 )
 from ._reasons import DisconnectReason, ReasonCode
-from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._stream import EventStream
-from ._validate import (
-    check_count,
-    check_headers,
-    check_instance,
-    check_name,
-    check_protocol,
-    check_seconds,
-)
+from ._validate import check_instance, check_name
 
 __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
 
@@ -131,24 +126,28 @@ class _Outgoing:
 
 @final
 class Socket:
-    """One live connection, as seen from inside its `open_socket` block."""
+    """One live connection, as seen from inside its `open_socket` block.
+
+    `open_socket` builds it and enters it, once: its ``async with`` connects,
+    starts its tasks, and at exit runs the ordered shutdown, closes the
+    WebSocket and drops its caches.
+    """
 
     __slots__ = (
-        "_bad_frame_window",
         "_body",
         "_buffer",
         "_caches",
         "_close_reason",
+        "_connector",
         "_error",
         "_events",
         "_flushing",
         "_frames",
+        "_gauges",
         "_global_caches",
-        "_grace",
-        "_keepalive",
-        "_max_bad_frames",
-        "_max_pending_sends",
+        "_life",
         "_nursery",
+        "_options",
         "_outbox",
         "_outbox_send",
         "_protocol",
@@ -165,33 +164,30 @@ class Socket:
 
     def __init__(
         self,
-        ws: trio_websocket.WebSocketConnection,
+        connector: Connector,
         *,
         tenant_id: str,
-        protocol: WireProtocol,
+        options: SocketOptions,
         caches: CacheSet,
-        buffer: EventBuffer,
-        keepalive: float,
-        grace: float,
-        max_bad_frames: int,
-        bad_frame_window: float,
-        max_pending_sends: int,
         tenant_caches: CacheSet | None,
         global_caches: CacheSet | None,
+        gauges: Gauges,
     ) -> None:
-        self._ws = ws
+        self._connector = connector
         self._tenant_id = tenant_id
-        self._protocol = protocol
+        self._options = options
+        protocol = options.protocol
+        if protocol is None:
+            protocol = JsonProtocol(max_message_size=options.max_message_size)
+        self._protocol: WireProtocol = protocol
         self._caches = caches
         self._tenant_caches = tenant_caches
         self._global_caches = global_caches
-        self._buffer = buffer
-        self._events = EventStream(buffer)
-        self._keepalive = keepalive
-        self._grace = grace
-        self._max_bad_frames = max_bad_frames
-        self._bad_frame_window = bad_frame_window
-        self._max_pending_sends = max_pending_sends
+        self._gauges = gauges
+        self._buffer = EventBuffer(options.buffer, options.rules, tenant_id=tenant_id)
+        self._events = EventStream(self._buffer)
+        self._life: AbstractAsyncContextManager[Socket] | None = None  # entered once
+        self._ws: trio_websocket.WebSocketConnection | None = None  # while connected
         # The outbox and its writer task come with the first send: many sockets never send.
         self._outbox_send: trio.MemorySendChannel[_Outgoing] | None = None
         self._outbox: trio.MemoryReceiveChannel[_Outgoing] | None = None
@@ -300,20 +296,74 @@ class Socket:
         state = "open" if self._close_reason is None else f"closed ({self._close_reason})"
         return f"<Socket tenant={self._tenant_id!r} {state}>"
 
+    # -- the scope ---------------------------------------------------------------
+
+    async def __aenter__(self) -> Socket:
+        """Connect and start the socket's tasks; `open_socket` enters it, once."""
+        if self._life is not None:
+            raise RuntimeError("a Socket is entered once, by open_socket")
+        self._life = self._live()
+        return await self._life.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        """Shut down in order, close the connection, drop the caches; see `open_socket`."""
+        if self._life is None:  # pragma: no cover - an exit without an entry
+            raise RuntimeError("a Socket is exited only after it was entered")
+        return await self._life.__aexit__(exc_type, exc, traceback)
+
+    @asynccontextmanager
+    async def _live(self) -> AsyncIterator[Socket]:
+        """The socket's whole life, from the handshake to its caches being dropped."""
+        gauges = self._gauges
+        body_error: Exception | None = None
+        counted = False
+        try:
+            async with _connect(self._connector, self._options) as ws:
+                gauges.sockets_alive += 1
+                gauges.buffers_alive += 1
+                counted = True
+                async with trio.open_nursery() as nursery:
+                    self._start(nursery, ws)
+                    try:
+                        with self._caches.janitor(nursery), self._body:
+                            yield self
+                    except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
+                        body_error = None if self._is_own_close(exc) else exc
+                    finally:
+                        await self._finish()
+                        nursery.cancel_scope.cancel()
+                reason = self._close_reason
+                if reason is not None and reason.code == ReasonCode.CONNECTION_LOST:
+                    await trio.aclose_forcefully(ws)  # a peer declared dead answers no close
+        finally:
+            if counted:  # counted until the WebSocket is closed: the scope's whole life
+                gauges.sockets_alive -= 1
+                gauges.buffers_alive -= 1
+            self._caches.clear()  # the last step: after the WebSocket is closed
+        if body_error is not None:
+            raise body_error
+        if self._error is not None:
+            raise self._error
+
     # -- tasks -----------------------------------------------------------------
 
-    def _start(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
-        nursery.start_soon(self._read)
-        nursery.start_soon(self._keep_alive)
+    def _start(self, nursery: trio.Nursery, ws: trio_websocket.WebSocketConnection) -> None:
+        self._nursery, self._ws = nursery, ws
+        nursery.start_soon(self._read, ws)
+        nursery.start_soon(self._keep_alive, ws)
         self._events.flush_on_demand(self._start_auto_flush)
 
-    async def _read(self) -> None:
+    async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
         decode, buffer, events = self._protocol.decode, self._buffer, self._events
         with self._reading:
             try:
                 while True:
-                    frame = await self._ws.get_message()
+                    frame = await ws.get_message()
                     self._frames += 1
                     try:
                         event_type, data = decode(frame)
@@ -343,18 +393,23 @@ class Socket:
                     self._read_done.set()
 
     def _open_outbox(self) -> trio.MemorySendChannel[_Outgoing]:
-        if self._nursery is None:  # pragma: no cover - the socket starts before anyone can send
+        nursery, ws = self._nursery, self._ws
+        if nursery is None or ws is None:  # pragma: no cover - it starts before anyone can send
             raise RuntimeError("socket used before it started")
         self._outbox_send, self._outbox = trio.open_memory_channel[_Outgoing](
-            self._max_pending_sends
+            self._options.max_pending_sends
         )
-        self._nursery.start_soon(self._write, self._outbox)
+        nursery.start_soon(self._write, ws, self._outbox)
         return self._outbox_send
 
-    async def _write(self, outbox: trio.MemoryReceiveChannel[_Outgoing]) -> None:
+    async def _write(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        outbox: trio.MemoryReceiveChannel[_Outgoing],
+    ) -> None:
         async for outgoing in outbox:
             try:
-                await self._ws.send_message(outgoing.frame)
+                await ws.send_message(outgoing.frame)
                 outgoing.written = True
             except trio_websocket.ConnectionClosed as closed:
                 # Often before the reader reaches the close frame: the close begins here,
@@ -363,24 +418,25 @@ class Socket:
             finally:
                 outgoing.done.set()
 
-    async def _keep_alive(self) -> None:
+    async def _keep_alive(self, ws: trio_websocket.WebSocketConnection) -> None:
         # Frames count as signs of life, so the reader never reads the clock:
         # only an interval without any frame costs a ping. An interval the
         # reader spent waiting for the application is no silence of the peer's.
+        keepalive = self._options.keepalive
         while True:
             heard = self._frames
-            await trio.sleep(self._keepalive)
+            await trio.sleep(keepalive)
             if self._frames != heard or self._stalled:
                 continue
             with trio.move_on_after(KEEPALIVE_GRACE):
                 try:
-                    await self._ws.ping()
+                    await ws.ping()
                 except trio_websocket.ConnectionClosed as closed:
                     self._begin_close(_transport_reason(closed.reason))
                     return
                 continue
             if self._frames == heard:
-                silence = self._keepalive + KEEPALIVE_GRACE
+                silence = keepalive + KEEPALIVE_GRACE
                 reason = f"no frame and no pong for {silence:g} s"
                 self._begin_close(DisconnectReason(ReasonCode.CONNECTION_LOST, reason, remote=True))
                 return
@@ -409,7 +465,10 @@ class Socket:
         """
         if self._close_reason is not None:
             return self._close_reason
-        ended = self._ws.closed
+        nursery, ws = self._nursery, self._ws
+        if nursery is None or ws is None:  # pragma: no cover - it starts before anyone can close it
+            raise RuntimeError("socket closed before it started")
+        ended = ws.closed
         if ended is not None:
             reason = _transport_reason(ended)
             self._read_done = trio.Event()
@@ -423,15 +482,13 @@ class Socket:
             reason,
             extra={"tenant": self._tenant_id, "code": reason.code, "remote": reason.remote},
         )
-        if self._nursery is None:  # pragma: no cover - the socket starts before anyone can close it
-            raise RuntimeError("socket closed before it started")
-        self._nursery.start_soon(self._shutdown)
+        nursery.start_soon(self._shutdown)
         return reason
 
     async def _shutdown(self) -> None:
         """Steps 1-5 of the ordered shutdown (see the module docstring), after `_begin_close`."""
         try:
-            deadline = trio.current_time() + self._grace
+            deadline = trio.current_time() + self._options.grace
             if self._read_done is not None:  # the peer's last frames are still being read
                 with trio.move_on_at(deadline, shield=True):
                     await self._read_done.wait()
@@ -483,7 +540,7 @@ class Socket:
     async def _finish(self) -> None:
         """Run from the body's exit: make sure the ordered shutdown ran, then wait for it."""
         self.close("closed by owner")
-        with trio.move_on_after(self._grace + KEEPALIVE_GRACE, shield=True):
+        with trio.move_on_after(self._options.grace + KEEPALIVE_GRACE, shield=True):
             await self._shut_down.wait()
 
     def _closed_error(self) -> SocketClosed:
@@ -522,13 +579,14 @@ class Socket:
         if recent is None:
             recent = self._recent_rejections = deque()
         recent.append(now)
-        while recent and recent[0] <= now - self._bad_frame_window:
+        window = self._options.bad_frame_window
+        while recent and recent[0] <= now - window:
             recent.popleft()
-        if len(recent) > self._max_bad_frames:
+        if len(recent) > self._options.max_bad_frames:
             self._begin_close(
                 DisconnectReason(
                     ReasonCode.PROTOCOL_ERROR,
-                    f"{len(recent)} bad frames within {self._bad_frame_window:g} s",
+                    f"{len(recent)} bad frames within {window:g} s",
                     remote=False,
                 )
             )
@@ -539,21 +597,11 @@ async def open_socket(
     connect: str | Connector,
     *,
     tenant_id: str,
-    protocol: WireProtocol | None = None,
+    options: SocketOptions | None = None,
     caches: Mapping[str, CacheSpec] = BAILEYS_CACHE_SPECS,
     tenant_caches: CacheSet | None = None,
     global_caches: CacheSet | None = None,
-    buffer: BufferConfig | None = None,
-    rules: EventRules = DEFAULT_EVENT_RULES,
-    keepalive: float = 30.0,
-    headers: Mapping[str, str] | None = None,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    grace: float = 5.0,
-    max_bad_frames: int = 20,
-    bad_frame_window: float = 60.0,
-    max_pending_sends: int = 16,
     gauges: Gauges | None = None,
-    connect_timeout: float = 10.0,
 ) -> AsyncIterator[Socket]:
     """Connect, and own everything the connection needs until the block ends.
 
@@ -561,29 +609,17 @@ async def open_socket(
         connect: A ``ws://``/``wss://`` URL, or a connector such as
             `tenantry.testing.MemoryConnector`.
         tenant_id: Stamped on batches, logs and cache names.
-        protocol: Frames to events; `JsonProtocol` by default.
+        options: How the connection runs (protocol, buffer, keepalive,
+            headers, limits, timeouts); `SocketOptions` with its defaults
+            when None.
         caches: Cache specs; those of `Scope.SOCKET` are built for this socket
             and dropped when it closes.
-        tenant_caches, global_caches: Caches owned by the tenant and the hub,
-            passed through for handlers (`Socket.tenant_caches`).
-        buffer, rules: The event buffer's configuration and consolidation table.
-        keepalive: Ping interval in seconds. A ping goes out after an
-            interval without any frame; no pong within 5 s closes the socket
-            with reason 408. A silent peer is so detected after between
-            ``keepalive + 5`` and ``2 * keepalive + 5`` seconds of silence.
-        headers: Sent with the handshake (e.g. an auth token). Never logged;
-            a name or value that cannot be sent (a line break, say) raises
-            `ValueError` here, naming the header but never showing a value.
-        max_message_size: Larger frames are rejected (and counted); the
-            transport itself refuses frames over four times this size.
-        grace: Bound, in seconds, on the final flush and drain at close.
-        max_bad_frames, bad_frame_window: More than this many rejected frames
-            within this many seconds close the socket (reason 400).
-        max_pending_sends: Frames `Socket.send` may queue before it waits.
+        tenant_caches: Caches owned by the tenant, passed through for
+            handlers (`Socket.tenant_caches`).
+        global_caches: Caches owned by the hub, passed through for handlers
+            (`Socket.global_caches`).
         gauges: Counts this socket and its buffer from the handshake until the
             WebSocket is closed, as the block exits.
-        connect_timeout: Bound, in seconds, on the whole attempt to connect:
-            TCP connect, TLS handshake and WebSocket upgrade.
 
     Raises:
         ConnectFailed: anything that failed before the connection was made;
@@ -603,88 +639,28 @@ async def open_socket(
     outside: no reply could be read.
     """
     check_name(tenant_id, "tenant_id")
-    keepalive = check_seconds(keepalive, "keepalive")
-    grace = check_seconds(grace, "grace")
-    bad_frame_window = check_seconds(bad_frame_window, "bad_frame_window")
-    check_count(max_message_size, "max_message_size", minimum=1)
-    check_count(max_bad_frames, "max_bad_frames", minimum=0)
-    check_count(max_pending_sends, "max_pending_sends", minimum=1)
-    connect_timeout = check_seconds(connect_timeout, "connect_timeout")
-    headers = {} if headers is None else check_headers(headers, "headers")
-    _check_parts(protocol, caches, buffer, rules)
-    connector = as_connector(connect)
-    protocol = JsonProtocol(max_message_size=max_message_size) if protocol is None else protocol
-    socket_caches = CacheSet(caches, Scope.SOCKET, label=tenant_id)
-    event_buffer = EventBuffer(buffer, rules, tenant_id=tenant_id)
-    gauges = Gauges() if gauges is None else gauges
-
-    body_error: Exception | None = None
-    counted = False
-    try:
-        async with _connect(
-            connector,
-            headers=headers,
-            max_message_size=4 * max_message_size,
-            connect_timeout=connect_timeout,
-        ) as ws:
-            gauges.sockets_alive += 1
-            gauges.buffers_alive += 1
-            counted = True
-            sock = Socket(
-                ws,
-                tenant_id=tenant_id,
-                protocol=protocol,
-                caches=socket_caches,
-                buffer=event_buffer,
-                keepalive=keepalive,
-                grace=grace,
-                max_bad_frames=max_bad_frames,
-                bad_frame_window=bad_frame_window,
-                max_pending_sends=max_pending_sends,
-                tenant_caches=tenant_caches,
-                global_caches=global_caches,
-            )
-            async with trio.open_nursery() as nursery:
-                sock._start(nursery)  # noqa: SLF001 - the scope that owns the socket starts it
-                try:
-                    with socket_caches.janitor(nursery), sock._body:  # noqa: SLF001
-                        yield sock
-                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
-                    body_error = None if sock._is_own_close(exc) else exc  # noqa: SLF001
-                finally:
-                    await sock._finish()  # noqa: SLF001
-                    nursery.cancel_scope.cancel()
-            if sock.close_reason and sock.close_reason.code == ReasonCode.CONNECTION_LOST:
-                await trio.aclose_forcefully(ws)  # a peer declared dead answers no close
-    finally:
-        if counted:  # counted until the WebSocket is closed: the scope's whole life
-            gauges.sockets_alive -= 1
-            gauges.buffers_alive -= 1
-        socket_caches.clear()  # the last step: after the WebSocket is closed
-    if body_error is not None:
-        raise body_error
-    if sock._error is not None:  # noqa: SLF001
-        raise sock._error  # noqa: SLF001
-
-
-def _check_parts(protocol: object, caches: object, buffer: object, rules: object) -> None:
-    """The checks `TenantSpec` makes of the same fields: refused before anything is built."""
-    check_protocol(protocol, "protocol")
     check_cache_specs(caches, "caches")
-    if buffer is not None:
-        check_instance(buffer, "buffer", BufferConfig)
-    check_instance(rules, "rules", EventRules)
+    if options is None:
+        options = SocketOptions()
+    check_instance(options, "options", SocketOptions)
+    sock = Socket(
+        as_connector(connect),
+        tenant_id=tenant_id,
+        options=options,
+        caches=CacheSet(caches, Scope.SOCKET, label=tenant_id),
+        tenant_caches=tenant_caches,
+        global_caches=global_caches,
+        gauges=Gauges() if gauges is None else gauges,
+    )
+    async with sock:
+        yield sock
 
 
 @asynccontextmanager
 async def _connect(
-    connector: Connector,
-    *,
-    headers: Mapping[str, str],
-    max_message_size: int,
-    connect_timeout: float,
+    connector: Connector, options: SocketOptions
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-    """``connector.open()``, bounded by *connect_timeout*; failing to connect is `ConnectFailed`.
+    """``connector.open()``, bounded by the connect timeout; failing to connect is `ConnectFailed`.
 
     Whatever fails before the connection is yielded (an exception group
     included) becomes a `ConnectFailed` whose reason says what. The bound is
@@ -692,6 +668,11 @@ async def _connect(
     connected: it bounds any connector, through every step it takes.
     """
     connected = False
+    connect_timeout = options.connect_timeout
+    headers = {} if options.headers is None else options.headers
+    # Frames up to four times the limit reach the protocol, which rejects and counts them;
+    # the transport refuses larger ones itself (close code 1009, counted by the reader).
+    max_message_size = 4 * options.max_message_size
     with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as connecting:
         try:
             async with connector.open(headers=headers, max_message_size=max_message_size) as ws:

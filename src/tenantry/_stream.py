@@ -50,7 +50,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, final
+from typing import Any, final
 
 import trio
 
@@ -262,35 +262,30 @@ class EventStream:
                 if scope.cancelled_caught:
                     return
 
-    async def run_auto_flush(self) -> NoReturn:
-        """The auto-flush task: start it in the owner's nursery.
-
-        It flushes when the oldest pending event has waited
-        ``flush_interval`` seconds, publishes batches made by ``buffering()``
-        blocks as they end and batches held until a consumer came, and
-        otherwise sleeps: it never wakes for an empty buffer.
-        """
-        while True:
-            await self._auto_flush_round(forever=True)
-
     def flush_on_demand(self, start: Callable[[], object]) -> None:
         """Run the auto-flush as a task only while events are pending.
 
-        Instead of a `run_auto_flush` task for the stream's whole life,
         *start* is called whenever work appears (an event becomes pending, a
         ``buffering()`` block makes a batch, a consumer comes for held
-        batches) and no such task exists; it must
-        start one in the owner's nursery that awaits
-        `auto_flush_while_pending`.
+        batches) and no auto-flush task exists; it must start one in the
+        owner's nursery that awaits `auto_flush_while_pending`, for example
+        ``stream.flush_on_demand(lambda: nursery.start_soon(stream.auto_flush_while_pending))``.
+        An idle stream so has no task at all.
         """
         self._start_flusher = start
         if self._buffer.next_flush_at is not None or self._buffer.ready:
             self._wake(0.0)
 
     async def auto_flush_while_pending(self) -> None:
-        """The task `flush_on_demand` starts: the auto-flush, until nothing is pending."""
+        """The task `flush_on_demand` starts: the auto-flush, until nothing is pending.
+
+        It flushes when the oldest pending event has waited
+        ``flush_interval`` seconds, publishes batches made by ``buffering()``
+        blocks as they end and batches held until a consumer came, and
+        returns once the buffer is empty.
+        """
         try:
-            while await self._auto_flush_round(forever=False):
+            while await self._auto_flush_round():
                 pass
         finally:
             self._flusher_running = False
@@ -444,22 +439,21 @@ class EventStream:
         if self._buffer.ready:  # held batches: the auto-flush publishes them
             self._wake(0.0)
 
-    async def _auto_flush_round(self, *, forever: bool) -> bool:
+    async def _auto_flush_round(self) -> bool:
         """Publish, flush what is due, or sleep until it is due.
 
-        Returns False at once if nothing is pending and not *forever*.
+        Returns False at once if nothing is pending.
         """
         buffer = self._buffer
         if buffer.ready:  # most wakeups find nothing made yet: skip the lock
             await self.publish_ready()
         due = buffer.next_flush_at
-        if due is None and not forever:
+        if due is None:
             return False
-        if due is not None and buffer.clock() >= due:
+        if buffer.clock() >= due:
             buffer.flush(FlushReason.INTERVAL)
             return True
-        delay = math.inf if due is None else due - buffer.clock()
-        with trio.CancelScope(deadline=trio.current_time() + delay) as self._nap:
+        with trio.CancelScope(deadline=trio.current_time() + due - buffer.clock()) as self._nap:
             await trio.sleep_forever()
         return True
 

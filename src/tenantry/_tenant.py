@@ -41,25 +41,18 @@ import trio
 from ._accounting import Totals
 from ._backoff import SplitMix64
 from ._breaker import BreakerState
-from ._buffer import BufferConfig
 from ._cache_specs import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope, cache_specs
 from ._connect import Connector, as_connector
 from ._gauges import Gauges
-from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, WireProtocol
+from ._options import SocketOptions
 from ._reasons import Decision, DisconnectReason, ReasonCode, default_decide
 from ._reconnect import NextStep, ReconnectPolicy
-from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._socket import ConnectFailed, Socket, open_socket
 from ._status import TenantState, TenantStatus
 from ._validate import (
     async_function,
     instance_of,
     nonempty_name,
-    nonnegative_count,
-    optional_headers,
-    optional_protocol,
-    positive_count,
-    seconds,
 )
 
 __all__ = ["TenantSpec"]
@@ -67,10 +60,6 @@ __all__ = ["TenantSpec"]
 logger = logging.getLogger("tenantry.tenant")
 
 Handler = Callable[[Socket], Awaitable[None]]
-
-
-def _redacted_headers(headers: Mapping[str, str] | None) -> str:
-    return "None" if headers is None else "{" + ", ".join(f"{k!r}: '***'" for k in headers) + "}"
 
 
 @final
@@ -92,47 +81,30 @@ class TenantSpec:
         caches: `CacheSpec` by cache name: `Scope.TENANT` ones live as long as
             the tenant (across reconnects), `Scope.SOCKET` ones as long as a
             connection.
-        headers: Sent with every handshake; redacted in the repr, never logged.
-            A name or value that cannot be sent (a token read from a file
-            with its newline, say) raises `ValueError` here, naming the
-            header but never showing the value.
-        connect_timeout: Bound, in seconds, on each attempt to connect (TCP,
-            TLS and WebSocket handshake); an attempt that takes longer fails
-            like a refused one: logged, counted, backed off.
+        options: How each connection runs (`SocketOptions`: protocol,
+            buffer, keepalive, headers, limits, timeouts), passed to
+            `open_socket` for each connection.
 
-    The other fields are passed to `open_socket` for each connection.
+    *policy*, *caches* and *options* are keyword-only.
 
     Raises:
         TypeError, ValueError: a field that could never work (a handler that
-            is not async, a cache spec that is not a `CacheSpec`, rules that
-            are not `EventRules`, ...), naming the field.
+            is not async, a cache spec that is not a `CacheSpec`, options that
+            are not `SocketOptions`, ...), naming the field.
     """
 
     tenant_id: str = attrs.field(validator=nonempty_name)
     connect: Connector = attrs.field(converter=as_connector)
     handler: Handler = attrs.field(validator=async_function)
     policy: ReconnectPolicy = attrs.field(
-        factory=ReconnectPolicy, validator=instance_of(ReconnectPolicy)
+        factory=ReconnectPolicy, validator=instance_of(ReconnectPolicy), kw_only=True
     )
     caches: Mapping[str, CacheSpec] = attrs.field(
-        default=BAILEYS_CACHE_SPECS, validator=cache_specs, repr=False
+        default=BAILEYS_CACHE_SPECS, validator=cache_specs, repr=False, kw_only=True
     )
-    buffer: BufferConfig = attrs.field(factory=BufferConfig, validator=instance_of(BufferConfig))
-    rules: EventRules = attrs.field(
-        default=DEFAULT_EVENT_RULES, validator=instance_of(EventRules), repr=False
+    options: SocketOptions = attrs.field(
+        factory=SocketOptions, validator=instance_of(SocketOptions), kw_only=True
     )
-    protocol: WireProtocol | None = attrs.field(
-        default=None, validator=optional_protocol, repr=False
-    )
-    keepalive: float = attrs.field(default=30.0, validator=seconds)
-    headers: Mapping[str, str] | None = attrs.field(
-        default=None, repr=_redacted_headers, validator=optional_headers
-    )
-    max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
-    grace: float = attrs.field(default=5.0, validator=seconds)
-    max_bad_frames: int = attrs.field(default=20, validator=nonnegative_count)
-    bad_frame_window: float = attrs.field(default=60.0, validator=seconds)
-    connect_timeout: float = attrs.field(default=10.0, validator=seconds)
 
 
 class _Kind(enum.Enum):
@@ -265,20 +237,11 @@ class Tenant:
             async with open_socket(
                 spec.connect,
                 tenant_id=spec.tenant_id,
-                protocol=spec.protocol,
+                options=spec.options,
                 caches=spec.caches,
                 tenant_caches=self._caches,
                 global_caches=self._global_caches,
-                buffer=spec.buffer,
-                rules=spec.rules,
-                keepalive=spec.keepalive,
-                headers=spec.headers,
-                max_message_size=spec.max_message_size,
-                grace=spec.grace,
-                max_bad_frames=spec.max_bad_frames,
-                bad_frame_window=spec.bad_frame_window,
                 gauges=self._gauges,
-                connect_timeout=spec.connect_timeout,
             ) as sock:
                 self._connected(sock)
                 await spec.handler(sock)

@@ -49,6 +49,7 @@ from .._buffer import BufferConfig
 from .._events import Batch, FlushReason
 from .._hub import Hub, open_hub
 from .._metrics import Metrics
+from .._options import SocketOptions
 from .._socket import Socket
 from .._tenant import TenantSpec
 from ..testing import FakeUpstream, UpstreamConnection, open_fake_upstream
@@ -197,8 +198,10 @@ class _Soak:
             connect,
             self._handler(tenant),
             caches=self.caches,
-            buffer=BufferConfig(flush_interval=self.config.flush_interval, always_buffer=True),
-            keepalive=self.config.keepalive,
+            options=SocketOptions(
+                buffer=BufferConfig(flush_interval=self.config.flush_interval, always_buffer=True),
+                keepalive=self.config.keepalive,
+            ),
         )
 
     def _handler(self, tenant: _Tenant) -> Callable[[Socket], Awaitable[None]]:

@@ -1,0 +1,90 @@
+"""One connection's options: the one place a per-connection setting is declared.
+
+`open_socket` takes a `SocketOptions` for one connection; `TenantSpec`
+holds one and passes it to `open_socket` for each of the tenant's
+connections. A setting added here reaches both, checked once, at
+construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import final
+
+import attrs
+
+from ._buffer import BufferConfig
+from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, WireProtocol
+from ._rules import DEFAULT_EVENT_RULES, EventRules
+from ._validate import (
+    instance_of,
+    nonnegative_count,
+    optional_headers,
+    optional_protocol,
+    positive_count,
+    seconds,
+)
+
+__all__ = ["SocketOptions"]
+
+
+def _redacted_headers(headers: Mapping[str, str] | None) -> str:
+    """The headers' names, never their values (often a token)."""
+    return "None" if headers is None else "{" + ", ".join(f"{k!r}: '***'" for k in headers) + "}"
+
+
+@final
+@attrs.frozen(kw_only=True)
+class SocketOptions:
+    """How one connection runs: its protocol, buffer, limits and timeouts.
+
+    Every field is checked here, so a setting that could never work raises
+    `TypeError` or `ValueError` naming the field before anything connects.
+    The repr shows header names but never their values.
+
+    Raises:
+        TypeError, ValueError: a field that could never work (a protocol
+            without ``decode``/``encode``, rules that are not `EventRules`, a
+            header that cannot be sent, a time that is not > 0, ...),
+            naming the field.
+    """
+
+    protocol: WireProtocol | None = attrs.field(
+        default=None, validator=optional_protocol, repr=False
+    )
+    """Frames to events and events to frames; None is a `JsonProtocol` that
+    rejects frames over `max_message_size`."""
+    buffer: BufferConfig = attrs.field(factory=BufferConfig, validator=instance_of(BufferConfig))
+    """How the socket's event buffer buffers and when it flushes."""
+    rules: EventRules = attrs.field(
+        default=DEFAULT_EVENT_RULES, validator=instance_of(EventRules), repr=False
+    )
+    """How buffered events merge, per event type."""
+    keepalive: float = attrs.field(default=30.0, validator=seconds)
+    """Ping interval in seconds. A ping goes out after an interval without any
+    frame; no pong within 5 s closes the socket with reason 408. A silent peer
+    is so detected after between ``keepalive + 5`` and ``2 * keepalive + 5``
+    seconds of silence."""
+    headers: Mapping[str, str] | None = attrs.field(
+        default=None, validator=optional_headers, repr=_redacted_headers
+    )
+    """Sent with every handshake (e.g. an auth token). Never logged, and
+    redacted in the repr. A name or value that cannot be sent (a token read
+    from a file with its newline, say) raises `ValueError` here, naming the
+    header but never showing the value."""
+    max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
+    """Larger frames are rejected (and counted); the transport itself refuses
+    frames over four times this size."""
+    grace: float = attrs.field(default=5.0, validator=seconds)
+    """Bound, in seconds, on the final flush and drain at close."""
+    max_bad_frames: int = attrs.field(default=20, validator=nonnegative_count)
+    """More than this many rejected frames within `bad_frame_window` seconds
+    close the socket (reason 400)."""
+    bad_frame_window: float = attrs.field(default=60.0, validator=seconds)
+    """The window, in seconds, over which `max_bad_frames` counts."""
+    max_pending_sends: int = attrs.field(default=16, validator=positive_count)
+    """Frames `Socket.send` may queue before it waits."""
+    connect_timeout: float = attrs.field(default=10.0, validator=seconds)
+    """Bound, in seconds, on each whole attempt to connect: TCP connect, TLS
+    handshake and WebSocket upgrade. An attempt that takes longer fails like
+    a refused one (`ConnectFailed`, reason 408)."""
