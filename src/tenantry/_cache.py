@@ -3,9 +3,9 @@
 Theory of operation
 ===================
 
-The seed's fork declared a key limit on every cache and wrote "LRU eviction
-when the limit is reached"; the cache library underneath throws
-``ECACHEFULL`` instead, so a full cache refused every new key. A
+A NodeCache configured with a key limit (``maxKeys``) is often documented as
+"LRU eviction when the limit is reached"; NodeCache throws ``ECACHEFULL``
+instead, so a full cache refuses every new key. A
 `BoundedCache` has a hard limit and makes room: a `set` on a full cache
 removes exactly one entry, an expired one if there is any, else the least
 recently used one.

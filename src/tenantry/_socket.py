@@ -13,7 +13,7 @@ pending), the cache janitor (a task only while a socket cache has a
 deadline), the socket-scoped caches (each built when first read), the
 subscribers and the listeners. When the ``async with`` exits,
 none of them exists any more -- by structure, not by a ``destroy()`` someone
-must remember (the seed's orphaned flush timers had nowhere else to live).
+must remember (a flush timer has nowhere else to live, so none is orphaned).
 
 Every way a socket can end runs the same *ordered shutdown*:
 
@@ -564,9 +564,12 @@ async def open_socket(
         protocol: Frames to events; `JsonProtocol` by default.
         caches: Cache specs; those of `Scope.SOCKET` are built for this socket
             and dropped when it closes.
-        tenant_caches, global_caches: Caches owned by the tenant and the hub,
+        tenant_caches: Caches owned by the tenant (they survive reconnects),
             passed through for handlers (`Socket.tenant_caches`).
-        buffer, rules: The event buffer's configuration and consolidation table.
+        global_caches: Caches owned by the hub (shared by all tenants),
+            passed through for handlers (`Socket.global_caches`).
+        buffer: The event buffer's configuration (`BufferConfig`).
+        rules: The event buffer's consolidation table (`EventRules`).
         keepalive: Ping interval in seconds. A ping goes out after an
             interval without any frame; no pong within 5 s closes the socket
             with reason 408. A silent peer is so detected after between
@@ -577,8 +580,10 @@ async def open_socket(
         max_message_size: Larger frames are rejected (and counted); the
             transport itself refuses frames over four times this size.
         grace: Bound, in seconds, on the final flush and drain at close.
-        max_bad_frames, bad_frame_window: More than this many rejected frames
-            within this many seconds close the socket (reason 400).
+        max_bad_frames: More than this many rejected frames within
+            *bad_frame_window* seconds close the socket (reason 400).
+        bad_frame_window: The window, in seconds, over which rejected frames
+            are counted against *max_bad_frames*.
         max_pending_sends: Frames `Socket.send` may queue before it waits.
         gauges: Counts this socket and its buffer from the handshake until the
             WebSocket is closed, as the block exits.

@@ -13,10 +13,10 @@ a deadline) and the *supervisor* loop::
             wait NextStep.delay               # backoff / circuit open / stopped
         if a command ended the attempt: restart at once, or leave the loop
 
-The loop is sequential, so there is never more than one socket: the seed's
-"is starting" flag has nothing to guard. Leaving the loop ends the tenant's
-scope, so no reconnect can be scheduled after a removal: the seed's
-pending-close counter has nothing to count. Reconnect decisions are the
+The loop is sequential, so there is never more than one socket: no "is
+starting" flag is needed. Leaving the loop ends the tenant's scope, so no
+reconnect can be scheduled after a removal: no pending-close counter is
+needed. Reconnect decisions are the
 pure `Reconnector`'s; this module only does the waiting and the I/O.
 
 A command (restart, stop) that finds a live socket closes it the ordinary
@@ -152,10 +152,17 @@ class TenantState(enum.Enum):
 @final
 @attrs.frozen
 class TenantStatus:
-    """A snapshot of one tenant (`Hub.status`)."""
+    """A snapshot of one tenant (`Hub.status`).
+
+    Times are on Trio's clock (`trio.current_time`, seconds of the run that
+    holds the hub, `trio.testing.MockClock` in tests), not wall-clock time:
+    compare them with ``trio.current_time()``, never with `time.time`.
+    """
 
     tenant_id: str
+    """The tenant's id, as in its `TenantSpec`."""
     state: TenantState
+    """Where the supervisor loop is (`TenantState`)."""
     breaker: str
     """The breaker's state: ``closed``, ``open`` or ``half_open``."""
     failures: int
@@ -165,10 +172,13 @@ class TenantStatus:
     connections: int
     """Successful handshakes so far."""
     last_disconnect: DisconnectReason | None
+    """Why the last connection or attempt ended; None before the first ended."""
     last_disconnect_at: float | None
-    """When (Trio's clock) the last connection or attempt ended."""
+    """When the last connection or attempt ended, on Trio's clock
+    (``trio.current_time()``); None before the first ended."""
     next_retry_at: float | None
-    """When the next attempt is due, while backing off or waiting for the breaker."""
+    """When the next attempt is due, on Trio's clock (``trio.current_time()``),
+    while backing off or waiting for the breaker; None otherwise."""
     cache_utilization: Mapping[str, float]
     """Live tenant and socket caches by name: keys / max_keys."""
     buffer: BufferStats | None
