@@ -69,7 +69,7 @@ class BufferConfig:
         flush_interval: No pending event waits longer than this (seconds).
         max_items: Reaching this many pending items flushes at once.
         always_buffer: Buffer every bufferable event, not only inside
-            `EventBuffer.buffering` (the fork's throughput mode).
+            `EventBuffer.buffering` (a throughput mode: fewer, larger batches).
         history_max_keys: Size of the cache that de-duplicates history-sync
             entities across flushes.
     """
