@@ -89,6 +89,7 @@ class BufferStats:
     """
 
     received: int
+    """Events taken by `EventBuffer.emit`."""
     delivered: int
     """Events a consumer received (settled as delivered by the buffer's owner)."""
     merged: int
@@ -96,12 +97,15 @@ class BufferStats:
     lost: int
     """Events no consumer received, and none ever will (settled as lost)."""
     pending: int
+    """Items held now, waiting for the next flush."""
     in_flight: int
     """Events in batches made but not yet settled: waiting to be published, or
     published and not yet received."""
     flushes: Mapping[FlushReason, int]
     """Batches made, by reason. An empty buffer never flushes."""
     history_cache_size: int
+    """History-sync entity keys remembered for de-duplication (at most
+    `BufferConfig.history_max_keys`)."""
     history_duplicates: int
     """History-sync entities dropped as already seen."""
 

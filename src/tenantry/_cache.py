@@ -113,9 +113,11 @@ class CacheStats:
     """
 
     name: str
+    """The cache's name, with its tenant where it has one (``acme/msg_retry``)."""
     size: int
     """Live (unexpired) entries."""
     max_keys: int
+    """The hard limit on entries."""
     utilization: float
     """``size / max_keys``, between 0 and 1."""
     hits: int
@@ -123,6 +125,7 @@ class CacheStats:
     misses: int
     """Lookups that found nothing or an expired entry."""
     sets: int
+    """Accepted writes (`~BoundedCache.set`), new keys and replacements alike."""
     deletes: int
     """Entries removed by `~BoundedCache.delete` or `~BoundedCache.take`."""
     evictions: int
