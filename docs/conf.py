@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import importlib
+import inspect
 import pkgutil
 import re
 from collections.abc import Mapping
@@ -160,7 +161,7 @@ def _default_text(value: object) -> str:
     return next((name for name in constants if getattr(tenantry, name) is value), repr(value))
 
 
-def _attrs_signature(  # noqa: PLR0917 - Sphinx passes event arguments by position
+def _signature(  # noqa: PLR0917 - Sphinx passes event arguments by position
     app: Sphinx,
     what: str,
     name: str,
@@ -169,14 +170,36 @@ def _attrs_signature(  # noqa: PLR0917 - Sphinx passes event arguments by positi
     signature: str | None,
     return_annotation: str | None,
 ) -> tuple[str | None, str | None] | None:
-    """An attrs class's defaults as values (its generated __init__ has no source).
+    """Signatures as a reader would write the call.
 
-    Without this they read ``attr_dict['keepalive'].default``, or ``NOTHING``
-    for a factory.
+    An enum is not called: it gets no ``(value)``. An attrs class's generated
+    __init__ has no source to preserve, so its defaults would read
+    ``attr_dict['keepalive'].default``, or ``NOTHING`` for a factory: they
+    are shown as values. A default written as a private constant
+    (``DEFAULT_MAX_MESSAGE_SIZE``) is shown as its value.
     """
-    if what not in {"class", "exception"} or not signature or not attrs.has(obj):
+    if not signature:
         return None
-    for field in attrs.fields(obj):
+    if isinstance(obj, type) and issubclass(obj, enum.Enum):
+        return "", return_annotation
+    if what in {"class", "exception"} and attrs.has(obj):
+        signature = _attrs_defaults(obj, signature)
+    function = obj.__init__ if isinstance(obj, type) else obj
+    names = getattr(inspect.unwrap(function), "__globals__", {})
+    signature = re.sub(
+        r"(?<= = )([A-Z][A-Z0-9_]+)\b",
+        lambda match: (
+            match.group(1)
+            if match.group(1) in tenantry.__all__ or match.group(1) not in names
+            else repr(names[match.group(1)])
+        ),
+        signature,
+    )
+    return signature, return_annotation
+
+
+def _attrs_defaults(cls: Any, signature: str) -> str:
+    for field in attrs.fields(cls):
         if field.default is attrs.NOTHING:
             continue
         written = rf"(?:(?<=\()|(?<=, )){field.alias}(: [^=]*?)? = "
@@ -189,11 +212,11 @@ def _attrs_signature(  # noqa: PLR0917 - Sphinx passes event arguments by positi
             ),
             signature,
         )
-    return signature, return_annotation
+    return signature
 
 
 def setup(app: Sphinx) -> None:
     _public_attr_docs()
     app.connect("autodoc-process-docstring", _plain_attribute_docstring, priority=100)
     app.connect("autodoc-process-docstring", _append_table)
-    app.connect("autodoc-process-signature", _attrs_signature)
+    app.connect("autodoc-process-signature", _signature)
