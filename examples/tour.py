@@ -1,9 +1,10 @@
 """A tour of what tenantry guarantees so far: run it with ``nox -s demo``.
 
-It replays the seed's own cache checks (a 5,000-key cache that receives 6,000
-keys, LRU survival of a key that was read), shows expiry and the janitor on
-Trio's mock clock (hours of virtual time in milliseconds of real time),
-prints the capacity plan of the seed's cache limits for 100 tenants, and
+It overflows a cache as a NodeCache user would test one (a 5,000-key cache
+that receives 6,000 keys, LRU survival of a key that was read), shows expiry
+and the janitor on Trio's mock clock (hours of virtual time in milliseconds
+of real time), prints the capacity plan of the Baileys default cache limits
+for 100 tenants, and
 consolidates a burst of 10,000 events into a handful of batches.
 """
 
@@ -18,8 +19,8 @@ import tenantry
 import tenantry.lowlevel
 
 
-def seed_overflow() -> None:
-    print("1. The seed's overflow test: 6,000 keys into user_devices (max 5,000)")
+def overflow() -> None:
+    print("1. An overflow test: 6,000 keys into user_devices (max 5,000)")
     cache: tenantry.BoundedCache[str, str] = tenantry.BoundedCache(
         "user_devices", max_keys=5_000, ttl=300.0
     )
@@ -28,7 +29,7 @@ def seed_overflow() -> None:
     cache.get("key_0")  # read: becomes the most recently used
     for i in range(5_000, 6_000):
         cache.set(f"key_{i}", f"value_{i}")
-    print(f"   size after overflow: {len(cache):,} (the seed's library threw ECACHEFULL here)")
+    print(f"   size after overflow: {len(cache):,} (NodeCache throws ECACHEFULL here)")
     print(f"   key_0 (read before the overflow) survives: {'key_0' in cache}")
     print(f"   key_1 (oldest unread) was evicted:         {'key_1' not in cache}")
     print(f"   {cache.stats}\n")
@@ -59,7 +60,7 @@ async def expiry_on_the_mock_clock() -> None:
 
 
 def capacity() -> None:
-    print("3. Worst case of the seed's cache limits")
+    print("3. Worst case of the Baileys default cache limits")
     for name, spec in tenantry.BAILEYS_CACHE_SPECS.items():
         ttl = "never" if spec.ttl is None else f"{spec.ttl:,.0f} s"
         print(f"   {name:<20} {spec.max_keys:>7,} keys  ttl {ttl:<10} scope {spec.scope.value}")
@@ -102,7 +103,7 @@ async def burst() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="   log: %(levelname)s %(message)s")
-    seed_overflow()
+    overflow()
     trio.run(expiry_on_the_mock_clock, clock=trio.testing.MockClock(autojump_threshold=0))
     capacity()
     trio.run(burst, clock=trio.testing.MockClock(autojump_threshold=0))

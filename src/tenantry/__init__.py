@@ -92,3 +92,6 @@ __all__ = [
 ]
 
 _publish(globals(), __all__, __name__)
+
+# The building blocks' tier comes with the package, as trio.lowlevel does with trio.
+from . import lowlevel as lowlevel  # noqa: E402

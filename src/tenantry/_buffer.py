@@ -6,12 +6,12 @@ Theory of operation
 A connection that comes back online receives a burst -- a history sync, the
 messages queued while it was away, a receipt for each of them. Handing each
 event to the application one by one is slow and makes it see states that are
-already stale. The seed's upstream library therefore *buffers*: while
-buffering, events are held and merged by the rules of their type (see
+already stale. Baileys, a WhatsApp Web library, therefore *buffers*:
+while buffering, events are held and merged by the rules of their type (see
 `tenantry.EventRules`), and a flush hands the application one consolidated
-`Batch`. Its fork added an auto-flush every 5 seconds and a forced flush at
-1,000 pending items, after an incident where buffering was left on and
-events waited forever.
+`Batch`. Production deployments of it add an auto-flush every 5 seconds and
+a forced flush at 1,000 pending items, so that buffering left on cannot make
+events wait forever.
 
 This module is the pure part: an `EventBuffer` holds pending events and turns
 them into batches; it reads a clock but never sleeps, and it delivers
@@ -22,10 +22,10 @@ batch became ready, so that the task feeding events -- a socket's reader --
 publishes it before reading more, and a slow subscriber slows the reader
 instead of growing memory.
 
-Two defects of the seed's buffer are absent by construction. Its ``destroy``
-threw pending events away: here `EventBuffer.close` makes a final batch of
-everything pending. Its fork's forced final flush was a no-op when the
-nesting counter was already zero: here `EventBuffer.flush` flushes whatever
+Two defects of such a hand-managed buffer are absent by construction. A
+``destroy`` that throws pending events away: here `EventBuffer.close` makes a
+final batch of everything pending. A forced final flush that is a no-op when
+the nesting counter is already zero: here `EventBuffer.flush` flushes whatever
 the depth, and the depth is a context manager that cannot leak.
 
 Counting: ``received == delivered + merged + lost + pending + in_flight``
@@ -63,13 +63,13 @@ class InvalidEvent(ValueError):
 @final
 @attrs.frozen
 class BufferConfig:
-    """How an `EventBuffer` buffers; defaults are the seed's fork's.
+    """How an `EventBuffer` buffers; the defaults are the Baileys defaults.
 
     Args:
         flush_interval: No pending event waits longer than this (seconds).
         max_items: Reaching this many pending items flushes at once.
         always_buffer: Buffer every bufferable event, not only inside
-            `EventBuffer.buffering` (the fork's throughput mode).
+            `EventBuffer.buffering` (a throughput mode: fewer, larger batches).
         history_max_keys: Size of the cache that de-duplicates history-sync
             entities across flushes.
     """
@@ -89,6 +89,7 @@ class BufferStats:
     """
 
     received: int
+    """Events taken by `EventBuffer.emit`."""
     delivered: int
     """Events a consumer received (settled as delivered by the buffer's owner)."""
     merged: int
@@ -96,12 +97,15 @@ class BufferStats:
     lost: int
     """Events no consumer received, and none ever will (settled as lost)."""
     pending: int
+    """Items held now, waiting for the next flush."""
     in_flight: int
     """Events in batches made but not yet settled: waiting to be published, or
     published and not yet received."""
     flushes: Mapping[FlushReason, int]
     """Batches made, by reason. An empty buffer never flushes."""
     history_cache_size: int
+    """History-sync entity keys remembered for de-duplication (at most
+    `BufferConfig.history_max_keys`)."""
     history_duplicates: int
     """History-sync entities dropped as already seen."""
 

@@ -3,9 +3,9 @@
 Theory of operation
 ===================
 
-The seed's fork declared a key limit on every cache and wrote "LRU eviction
-when the limit is reached"; the cache library underneath throws
-``ECACHEFULL`` instead, so a full cache refused every new key. A
+A NodeCache configured with a key limit (``maxKeys``) is often documented as
+"LRU eviction when the limit is reached"; NodeCache throws ``ECACHEFULL``
+instead, so a full cache refuses every new key. A
 `BoundedCache` has a hard limit and makes room: a `set` on a full cache
 removes exactly one entry, an expired one if there is any, else the least
 recently used one.
@@ -113,9 +113,11 @@ class CacheStats:
     """
 
     name: str
+    """The cache's name, with its tenant where it has one (``acme/msg_retry``)."""
     size: int
     """Live (unexpired) entries."""
     max_keys: int
+    """The hard limit on entries."""
     utilization: float
     """``size / max_keys``, between 0 and 1."""
     hits: int
@@ -123,6 +125,7 @@ class CacheStats:
     misses: int
     """Lookups that found nothing or an expired entry."""
     sets: int
+    """Accepted writes (`~BoundedCache.set`), new keys and replacements alike."""
     deletes: int
     """Entries removed by `~BoundedCache.delete` or `~BoundedCache.take`."""
     evictions: int

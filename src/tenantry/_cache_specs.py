@@ -1,8 +1,9 @@
 """Declared cache limits, the scope that owns each cache, and capacity planning.
 
-The seed's fix was, at heart, a table: every cache gets a name, a key limit
-and a TTL, and the limits add up to a worst case one can provision for
-(32,500 keys per tenant, 3.26 million for 100 tenants). tenantry keeps that
+Bounding a multi-tenant deployment's memory is, at heart, a table: every
+cache gets a name, a key limit and a TTL, and the limits add up to a worst
+case one can provision for (with the Baileys defaults, 32,500 keys per
+tenant, 3.26 million for 100 tenants). tenantry keeps that
 table as data, adds the *scope* that owns each cache (and so destroys it),
 and computes the worst case instead of writing it in a comment.
 """
@@ -77,8 +78,8 @@ def cache_specs(_: object, attribute: attrs.Attribute[Any], value: object) -> No
 
 BAILEYS_CACHE_SPECS: Mapping[str, CacheSpec] = MappingProxyType(
     {
-        # Limits: the seed's DEFAULT_CACHE_MAX_KEYS. TTLs: its upstream's
-        # DEFAULT_CACHE_TTLS and per-cache constructors.
+        # Limits: a production Baileys deployment's DEFAULT_CACHE_MAX_KEYS.
+        # TTLs: Baileys' DEFAULT_CACHE_TTLS and per-cache constructors.
         "signal_store": CacheSpec(10_000, 300.0, Scope.TENANT),  # keys outlive a connection
         "msg_retry": CacheSpec(10_000, 3_600.0, Scope.SOCKET),
         "call_offer": CacheSpec(500, 300.0, Scope.SOCKET),
@@ -88,7 +89,8 @@ BAILEYS_CACHE_SPECS: Mapping[str, CacheSpec] = MappingProxyType(
         "lid_global": CacheSpec(10_000, 259_200.0, Scope.GLOBAL),
     }
 )
-"""The seed's cache limits, by cache name: 32,500 keys per tenant plus 10,000 global."""
+"""The Baileys defaults: the caches of a production WhatsApp Web (Baileys) multi-tenant
+deployment, by name. 32,500 keys per tenant plus 10,000 global."""
 
 
 @final

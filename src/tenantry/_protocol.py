@@ -100,7 +100,7 @@ class JsonProtocol:
     """Text frames ``{"type": str, "data": ...}``, one event each.
 
     A frame ``{"type": "stream:error", "code": N}`` (optionally with a
-    ``"text"``) asks to close with reason N, as the seed's library reports
+    ``"text"``) asks to close with reason N, as WhatsApp Web reports
     restart-required (515) and service-unavailable (503).
 
     Args:

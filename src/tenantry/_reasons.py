@@ -4,7 +4,7 @@ Theory of operation
 ===================
 
 Every way a socket can end is translated, in one place, into a
-`DisconnectReason`: a numeric code from the seed's library (HTTP-like: 401
+`DisconnectReason`: a numeric code as WhatsApp Web (Baileys) uses (HTTP-like: 401
 logged out, 408 connection lost, 515 restart required, ...), its name, a
 message, and whether the peer or the network ended it (*remote*) or this
 side did (*local*). A reconnect policy then maps a reason to a `Decision`:
@@ -52,7 +52,7 @@ __all__ = [
 
 
 class ReasonCode(enum.IntEnum):
-    """The disconnect codes of the seed's library, and tenantry's one addition."""
+    """WhatsApp Web's (Baileys') disconnect codes, and tenantry's one addition."""
 
     PROTOCOL_ERROR = 400
     """tenantry: the peer sent too many frames that could not be decoded."""

@@ -18,7 +18,7 @@ only three kinds of input and never does I/O:
   a rejected handshake, a close, or a handler error (``failed=True``).
 
 An attempt is a *failure* unless it produced a stable connection. That is
-the seed's storm in one rule: a server that accepts and closes at once
+a reconnect storm's cure in one rule: a server that accepts and closes at once
 produces failures, so the delays grow and the breaker opens, however
 "normal" each close looks. The reason then picks the `Decision` (the table
 in ``_reasons.py``, or the policy's own ``decide``):
@@ -62,9 +62,10 @@ class ReconnectPolicy:
 
     Args:
         backoff: The delay schedule.
-        fail_max, reset_timeout: The circuit breaker each tenant gets: open
-            after *fail_max* consecutive failures, half-open after
-            *reset_timeout* seconds.
+        fail_max: The circuit breaker each tenant gets opens after this
+            many consecutive failures.
+        reset_timeout: Seconds the open breaker waits before it lets one
+            attempt through (half-open).
         stable_after: Seconds a connection must stay up to count as a
             success; earlier closes are failures.
         decide: Reason -> `Decision`; `default_decide` (stop on 401, 403 and

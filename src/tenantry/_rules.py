@@ -1,6 +1,6 @@
 """Consolidation rules: how buffered events of each type merge, as a table.
 
-The seed's upstream library hard-codes, event type by event type, how a burst
+Baileys, a WhatsApp Web library, hard-codes, event type by event type, how a burst
 of events (a history sync, the messages queued while offline) collapses into
 one consolidated batch. tenantry keeps the same rules as data: a table from
 event type to a `Rule` (a kind, a key, and for entity events the entity the
@@ -184,4 +184,4 @@ DEFAULT_EVENT_RULES = EventRules(
         "groups.update": Rule(RuleKind.UPDATE, "id", "groups"),
     }
 )
-"""The seed's upstream library's buffered event types and how they merge."""
+"""The Baileys defaults: WhatsApp Web's buffered event types and how they merge."""

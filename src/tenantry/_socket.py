@@ -15,7 +15,7 @@ the cache janitor (a task only while a socket cache has a deadline), the
 socket-scoped caches (each built when first read), the subscribers and the
 listeners. When the ``async with`` exits,
 none of them exists any more -- by structure, not by a ``destroy()`` someone
-must remember (the seed's orphaned flush timers had nowhere else to live).
+must remember (a flush timer has nowhere else to live, so none is orphaned).
 
 Every way a socket can end runs the same *ordered shutdown*:
 

@@ -38,12 +38,19 @@ class TenantState(enum.Enum):
 @final
 @attrs.frozen
 class TenantStatus:
-    """A snapshot of one tenant (`Hub.status`)."""
+    """A snapshot of one tenant (`Hub.status`).
+
+    Times are on Trio's clock (`trio.current_time`, seconds of the run that
+    holds the hub, `trio.testing.MockClock` in tests), not wall-clock time:
+    compare them with ``trio.current_time()``, never with `time.time`.
+    """
 
     tenant_id: str
+    """The tenant's id, as in its `TenantSpec`."""
     state: TenantState
+    """Where the supervisor loop is (`TenantState`)."""
     breaker: BreakerState
-    """The circuit breaker's state."""
+    """The circuit breaker's state (`BreakerState`)."""
     failures: int
     """Failed attempts since the last stable connection."""
     breaker_trips: int
@@ -51,10 +58,13 @@ class TenantStatus:
     connections: int
     """Successful handshakes so far."""
     last_disconnect: DisconnectReason | None
+    """Why the last connection or attempt ended; None before the first ended."""
     last_disconnect_at: float | None
-    """When (Trio's clock) the last connection or attempt ended."""
+    """When the last connection or attempt ended, on Trio's clock
+    (``trio.current_time()``); None before the first ended."""
     next_retry_at: float | None
-    """When the next attempt is due, while backing off or waiting for the breaker."""
+    """When the next attempt is due, on Trio's clock (``trio.current_time()``),
+    while backing off or waiting for the breaker; None otherwise."""
     cache_utilization: Mapping[str, float]
     """Live tenant and socket caches by name: keys / max_keys."""
     buffer: BufferStats | None

@@ -13,10 +13,10 @@ a deadline) and the *supervisor* loop::
             wait NextStep.delay               # backoff / circuit open / stopped
         if a command ended the attempt: restart at once, or leave the loop
 
-The loop is sequential, so there is never more than one socket: the seed's
-"is starting" flag has nothing to guard. Leaving the loop ends the tenant's
-scope, so no reconnect can be scheduled after a removal: the seed's
-pending-close counter has nothing to count. Reconnect decisions are the
+The loop is sequential, so there is never more than one socket: no "is
+starting" flag is needed. Leaving the loop ends the tenant's scope, so no
+reconnect can be scheduled after a removal: no pending-close counter is
+needed. Reconnect decisions are the
 pure `Reconnector`'s; this module only does the waiting and the I/O.
 
 A command (restart, stop) that finds a live socket closes it the ordinary

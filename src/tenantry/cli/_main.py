@@ -94,8 +94,9 @@ def _add_soak(commands: Any) -> None:
         help="a fleet of tenants under faults; checks the invariants",
         description="Run tenants on one hub against an embedded fake upstream that injects "
         "faults, then report flush rates, buffers, events, reconnects, caches and memory, "
-        "and check tenantry's invariants. Exit status 1 names any that broke; Ctrl-C stops "
-        "the traffic early and reports what ran.",
+        "and check tenantry's invariants (listed in the design chapter of the documentation, "
+        "docs/design.rst). Exit status 1 names any that broke; Ctrl-C stops the traffic "
+        "early and reports what ran.",
         epilog="faults:\n" + "\n".join(f"  {f.value:<10} {f.description}" for f in Fault),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -145,7 +146,12 @@ def _add_soak(commands: Any) -> None:
         default=defaults.spared,
         help="fraction of tenants never faulted, the control group (default: %(default)s)",
     )
-    soak.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    soak.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="random seed of traffic, faults and jitter (default: %(default)s)",
+    )
     soak.add_argument(
         "--cache-scale",
         type=float,
@@ -203,7 +209,12 @@ def _add_upstream(commands: Any) -> None:
         "--fault-every", type=duration, help="mean time between faults per connection (none)"
     )
     upstream.add_argument("--faults", type=faults, default=defaults.faults, help="default: all")
-    upstream.add_argument("--seed", type=int, default=defaults.seed, help="default: %(default)s")
+    upstream.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="random seed of traffic and faults (default: %(default)s)",
+    )
     upstream.add_argument("--duration", type=duration, help="stop after this long (default: never)")
     _add_output_options(upstream)
     upstream.set_defaults(run=_upstream)
