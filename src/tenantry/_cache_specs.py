@@ -179,8 +179,9 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
         self._scope = scope
         self._specs = {name: spec for name, spec in specs.items() if spec.scope is scope}
         self._prefix = "" if label is None else f"{label}/"
-        # The clock of where the set is made, as when caches were built eagerly;
-        # Trio's is looked up again when a cache is built, to keep no bound method per set.
+        # Caches are built on first read, maybe elsewhere: they keep the clock of where
+        # the set is made. Inside Trio that is Trio's, looked up when each cache is built
+        # (no bound method kept per set); outside, the one resolved here.
         self._clock = clock if clock is not None or _in_trio_run() else resolve_clock(None)
         self._caches: dict[str, BoundedCache[Any, Any]] = {}
         self._on_build: Callable[[BoundedCache[Any, Any]], object] | None = None
