@@ -56,7 +56,7 @@ __all__ = ["NextStep", "ReconnectPolicy", "Reconnector"]
 
 
 @final
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class ReconnectPolicy:
     """How a tenant reconnects. One policy may serve many tenants.
 
