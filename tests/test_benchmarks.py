@@ -57,7 +57,7 @@ def test_socket_benchmark_runs(bench: Bench) -> None:
     assert re.search(r"1 connection\(s\) x 300 events", out)
     assert re.search(r"3 connection\(s\) x 100 events", out)
     assert out.count("upstream alone (client discards bytes)") == 2
-    assert out.count("HARNESS-LIMITED") + out.count("harness check: ok") == 2
+    assert len(re.findall("HARNESS-LIMITED|HARNESS CHECK FAILED|harness check: ok", out)) == 2
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -93,13 +93,15 @@ def test_close_benchmark_runs(bench: Bench) -> None:
     assert re.search(r"socket of a dead peer \(408\) +\d+\.\d{3} s\n", out)
 
 
-def socket_report(raw: float, alone: float, capsys: pytest.CaptureFixture[str]) -> str:
+def socket_report(
+    raw: float, alone: float, upstream: float, capsys: pytest.CaptureFixture[str]
+) -> str:
     """What bench_socket.py's report says of one round with these rates (events/s)."""
     module = runpy.run_path(str(BENCHMARKS / "bench_socket.py"))
     rates = {"raw trio-websocket": [raw], "tenantry default": [raw / 2], "tenantry buffered": [raw]}
-    cpu = {name: [1e-5] for name in rates}
+    cpu = {"raw trio-websocket": [1e-5], "tenantry default": [4e-5], "tenantry buffered": [1e-5]}
     module["report"](
-        1000, 1, 1, names=list(rates), rates=rates, cpu=cpu, shares=[0.1], alone=[alone]
+        1000, 1, 1, names=list(rates), rates=rates, cpu=cpu, shares=[upstream], alone=[alone]
     )
     return capsys.readouterr().out
 
@@ -107,12 +109,17 @@ def socket_report(raw: float, alone: float, capsys: pytest.CaptureFixture[str]) 
 def test_socket_benchmark_says_when_the_harness_is_the_limit(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert "harness check: ok" in socket_report(60_000, 1_000_000, capsys)
-    slow_client = socket_report(40_000, 1_000_000, capsys)
-    assert "HARNESS-LIMITED: ratios measure the upstream" in slow_client
-    slow_upstream = socket_report(60_000, 100_000, capsys)
+    ok = socket_report(60_000, 1_000_000, 0.1, capsys)
+    assert "harness check: ok" in ok
+    assert re.search(r"  tenantry default +30,000 +0\.50 +40\.00 +0\.25\n", ok)
+    assert re.search(r"  client CPU during the raw loop +60% of a core\n", ok)
+    slow_upstream = socket_report(60_000, 100_000, 0.1, capsys)
     assert "HARNESS-LIMITED: ratios measure the upstream" in slow_upstream
-    assert re.search(r"  tenantry default +30,000 +0\.50 +10\.00\n", slow_upstream)
+    busy_upstream = socket_report(60_000, 1_000_000, 0.9, capsys)
+    assert "HARNESS-LIMITED: ratios measure the upstream" in busy_upstream
+    slow_client = socket_report(40_000, 1_000_000, 0.1, capsys)
+    assert "HARNESS CHECK FAILED: the raw loop reached 40,000 events/s" in slow_client
+    assert "HARNESS-LIMITED" not in slow_client
 
 
 def test_socket_benchmark_reads_a_py_spy_profile(bench: Bench, tmp_path: Path) -> None:
