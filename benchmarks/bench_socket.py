@@ -1,7 +1,7 @@
 """Receive throughput over loopback TCP: tenantry against the trio-websocket loop it is built on.
 
 Every contender receives the same stream of small JSON events
-(``{"type": "messages.upsert", "data": {...}}``, about 240 bytes each, every
+(``{"type": "messages.upsert", "data": {...}}``, about 260 bytes each, every
 message its own key) from the same upstream, at 1 and at ``--many``
 connections, in interleaved rounds (A B C D A B C D ...) after an uncounted
 short run of each in-process contender; the figures are medians over the
@@ -104,7 +104,7 @@ Result = tuple[int, float, float]
 
 
 def event(i: int) -> str:
-    """The *i*-th event: a ``messages.upsert`` of about 240 bytes, with its own key."""
+    """The *i*-th event: a ``messages.upsert`` of about 260 bytes, with its own key."""
     return json.dumps(
         {
             "type": "messages.upsert",
