@@ -44,8 +44,29 @@ def test_buffer_benchmark_runs(bench: Bench) -> None:
 # socket to the garbage collector when the server closes first.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_socket_benchmark_runs(bench: Bench) -> None:
-    out = bench("bench_socket.py", "--events", "300", "--rounds", "1")
-    assert "median ratio" in out
+    pytest.importorskip("websockets")
+    out = bench("bench_socket.py", "--events", "300", "--rounds", "1", "--many", "3")
+    for contender in (
+        "raw trio-websocket",
+        "tenantry default",
+        "tenantry buffered",
+        "websockets (asyncio)",
+        "json floor",
+    ):
+        assert len(re.findall(rf"  {re.escape(contender)} +[\d,]+ +\d+\.\d\d +\d", out)) == 2
+    assert re.search(r"1 connection\(s\) x 300 events", out)
+    assert re.search(r"3 connection\(s\) x 100 events", out)
+    assert out.count("upstream alone (client discards bytes)") == 2
+    assert len(re.findall("HARNESS-LIMITED|HARNESS CHECK FAILED|harness check: ok", out)) == 2
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_socket_benchmark_profiles(bench: Bench) -> None:
+    out = bench("bench_socket.py", "--profile", "default", "--connections", "2", "--events", "200")
+    assert "profile of tenantry default, 2 connection(s), 200 events" in out
+    for category in ("wsproto", "trio scheduling", "tenantry stream", "batch objects"):
+        assert re.search(rf"  {category} +\d+\.\d%", out)
+    assert "top functions by own time:" in out
 
 
 def test_scale_benchmark_runs(bench: Bench) -> None:
@@ -70,3 +91,45 @@ def test_close_benchmark_runs(bench: Bench) -> None:
     out = bench("bench_close.py", "--tenants", "3", "--rounds", "1")
     assert re.search(r"hub of 3 tenants cancelled +\d+\.\d{3} s\n", out)
     assert re.search(r"socket of a dead peer \(408\) +\d+\.\d{3} s\n", out)
+
+
+def socket_report(
+    raw: float, alone: float, upstream: float, capsys: pytest.CaptureFixture[str]
+) -> str:
+    """What bench_socket.py's report says of one round with these rates (events/s)."""
+    module = runpy.run_path(str(BENCHMARKS / "bench_socket.py"))
+    rates = {"raw trio-websocket": [raw], "tenantry default": [raw / 2], "tenantry buffered": [raw]}
+    cpu = {"raw trio-websocket": [1e-5], "tenantry default": [4e-5], "tenantry buffered": [1e-5]}
+    module["report"](
+        1000, 1, 1, names=list(rates), rates=rates, cpu=cpu, shares=[upstream], alone=[alone]
+    )
+    return capsys.readouterr().out
+
+
+def test_socket_benchmark_says_when_the_harness_is_the_limit(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ok = socket_report(60_000, 1_000_000, 0.1, capsys)
+    assert "harness check: ok" in ok
+    assert re.search(r"  tenantry default +30,000 +0\.50 +40\.00 +0\.25\n", ok)
+    assert re.search(r"  client CPU during the raw loop +60% of a core\n", ok)
+    slow_upstream = socket_report(60_000, 100_000, 0.1, capsys)
+    assert "HARNESS-LIMITED: ratios measure the upstream" in slow_upstream
+    busy_upstream = socket_report(60_000, 1_000_000, 0.9, capsys)
+    assert "HARNESS-LIMITED: ratios measure the upstream" in busy_upstream
+    slow_client = socket_report(40_000, 1_000_000, 0.1, capsys)
+    assert "HARNESS CHECK FAILED: the raw loop reached 40,000 events/s" in slow_client
+    assert "HARNESS-LIMITED" not in slow_client
+
+
+def test_socket_benchmark_reads_a_py_spy_profile(bench: Bench, tmp_path: Path) -> None:
+    samples = tmp_path / "raw.txt"
+    samples.write_text(
+        "<module> (b.py:1);run_in_process (bench_socket.py:2);f (wsproto/x.py:3) 3\n"
+        "run_in_process (bench_socket.py:2);g (tenantry/_stream.py:4);h (contextlib.py:5) 1\n"
+        "<module> (b.py:1);import_it (<frozen importlib._bootstrap>:1) 50\n"
+    )
+    out = bench("bench_socket.py", "--collapsed", str(samples))
+    assert f"py-spy samples from {samples}: 4\n" in out
+    assert re.search(r"  wsproto +75\.0%", out)
+    assert re.search(r"  tenantry stream +25\.0%", out)
