@@ -13,15 +13,15 @@ buffering, events are held and merged by the rules of their type (see
 1,000 pending items, after an incident where buffering was left on and
 events waited forever.
 
-This module is the pure part: an `EventBuffer` holds pending events, in the
-stores of the plans it compiles from the rule table when it first holds
-events (see ``_plans``), and turns them into batches; it reads a clock but never sleeps, and it delivers
-nothing itself. Batches it makes wait in its *ready* queue until the owner
-takes them (`EventBuffer.take_ready`) and publishes them; `EventStream` does
-that, and runs the auto-flush task. `EventBuffer.emit` returns True when a
-batch became ready, so that the task feeding events -- a socket's reader --
-publishes it before reading more, and a slow subscriber slows the reader
-instead of growing memory.
+This module is the pure part: an `EventBuffer` holds pending events (in the
+stores of plans it compiles from the rule table, once, when it first holds
+events: see the consolidation plans) and turns them into batches; it reads a
+clock but never sleeps, and it delivers nothing itself. Batches it makes wait
+in its *ready* queue until the owner takes them (`EventBuffer.take_ready`)
+and publishes them; `EventStream` does that, and runs the auto-flush task.
+`EventBuffer.emit` returns True when a batch became ready, so that the task
+feeding events -- a socket's reader -- publishes it before reading more, and
+a slow subscriber slows the reader instead of growing memory.
 
 Two defects of the seed's buffer are absent by construction. Its ``destroy``
 threw pending events away: here `EventBuffer.close` makes a final batch of

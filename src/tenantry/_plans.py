@@ -1,4 +1,4 @@
-"""Compiled consolidation plans: a rule table turned into stores and merge steps.
+"""Consolidation plans: a rule table compiled into stores and merge steps.
 
 Theory of operation
 ===================
