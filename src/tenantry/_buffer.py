@@ -13,14 +13,15 @@ while buffering, events are held and merged by the rules of their type (see
 a forced flush at 1,000 pending items, so that buffering left on cannot make
 events wait forever.
 
-This module is the pure part: an `EventBuffer` holds pending events and turns
-them into batches; it reads a clock but never sleeps, and it delivers
-nothing itself. Batches it makes wait in its *ready* queue until the owner
-takes them (`EventBuffer.take_ready`) and publishes them; `EventStream` does
-that, and runs the auto-flush task. `EventBuffer.emit` returns True when a
-batch became ready, so that the task feeding events -- a socket's reader --
-publishes it before reading more, and a slow subscriber slows the reader
-instead of growing memory.
+This module is the pure part: an `EventBuffer` holds pending events (in the
+stores of plans it compiles from the rule table, once, when it first holds
+events: see the consolidation plans) and turns them into batches; it reads a
+clock but never sleeps, and it delivers nothing itself. Batches it makes wait
+in its *ready* queue until the owner takes them (`EventBuffer.take_ready`)
+and publishes them; `EventStream` does that, and runs the auto-flush task.
+`EventBuffer.emit` returns True when a batch became ready, so that the task
+feeding events -- a socket's reader -- publishes it before reading more, and
+a slow subscriber slows the reader instead of growing memory.
 
 Two defects of such a hand-managed buffer are absent by construction. A
 ``destroy`` that throws pending events away: here `EventBuffer.close` makes a
@@ -50,7 +51,17 @@ import trio
 from ._cache import BoundedCache
 from ._clock import Clock, resolve_clock
 from ._events import Batch, FlushReason
-from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, Rule, RuleKind, message_key
+from ._plans import (
+    AppendPlan,
+    Drain,
+    HistoryPlan,
+    ImmediatePlan,
+    KeyedPlan,
+    Plans,
+    compile_rules,
+    key_getter,
+)
+from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, RuleKind
 from ._validate import positive_count, seconds
 
 __all__ = ["BufferConfig", "BufferStats", "EventBuffer", "InvalidEvent"]
@@ -110,39 +121,6 @@ class BufferStats:
     """History-sync entities dropped as already seen."""
 
 
-# What `EventBuffer.emit` does with a type: its `RuleKind` as a small int, so
-# that the hot path compares ints instead of loading enum members.
-_UPSERT, _UPDATE, _DELETE, _APPEND_PER_KEY, _LAST_WINS, _FIRST_WINS = 1, 2, 3, 4, 5, 6
-_APPEND, _HISTORY, _IMMEDIATE = 7, 8, 9
-_CODES = {
-    RuleKind.UPSERT: _UPSERT,
-    RuleKind.UPDATE: _UPDATE,
-    RuleKind.DELETE: _DELETE,
-    RuleKind.APPEND_PER_KEY: _APPEND_PER_KEY,
-    RuleKind.LAST_WINS: _LAST_WINS,
-    RuleKind.FIRST_WINS: _FIRST_WINS,
-    RuleKind.APPEND: _APPEND,
-    RuleKind.HISTORY: _HISTORY,
-    RuleKind.IMMEDIATE: _IMMEDIATE,
-}
-
-# Each type's plan: (code, key, store, store, store). The stores are the dicts
-# (or list) holding that type's pending events; an entity's upsert, update and
-# delete plans share its three dicts so that they can merge and cancel.
-_Plan = tuple[Any, ...]
-
-
-class _Entity:
-    """The pending upserts, updates and deletes of one entity, by key."""
-
-    __slots__ = ("deletes", "updates", "upserts")
-
-    def __init__(self) -> None:
-        self.upserts: dict[Any, Any] = {}
-        self.updates: dict[Any, Any] = {}
-        self.deletes: dict[Any, Any] = {}
-
-
 class _History:
     """The one pending history item: its entities by key, and its other fields."""
 
@@ -182,6 +160,7 @@ class EventBuffer:
         "_holding",
         "_in_flight",
         "_interval",
+        "_keyed",
         "_lost",
         "_max_items",
         "_merged",
@@ -193,6 +172,7 @@ class EventBuffer:
         "_rules",
         "_seq",
         "_tenant_id",
+        "_unkeyed",
         "_unknown",
         "_wakeup",
     )
@@ -221,11 +201,12 @@ class EventBuffer:
         # The plans hold this buffer's pending events, and a socket that never
         # buffers never needs them: they are compiled when holding first begins.
         self._rules = rules
-        self._plans: dict[str, _Plan] = {}
-        # Canonical batch order: (type, function giving its pending items). The
-        # history type's is None: `flush` takes it, as a bound method here would
-        # make a reference cycle that keeps a closed buffer until the collector runs.
-        self._order: list[tuple[str, Callable[[], tuple[Any, ...]] | None]] = []
+        self._plans: Plans | None = None
+        # The compiled plans' parts, read on every emit and flush: keyed types'
+        # plans, the others', and the canonical batch order (`Plans`).
+        self._keyed: dict[str, KeyedPlan] = {}
+        self._unkeyed: dict[str, AppendPlan | HistoryPlan | ImmediatePlan] = {}
+        self._order: list[tuple[str, Drain | None]] = []
         self._history: _History | None = None
         self._unknown: dict[str, list[Any]] = {}
 
@@ -245,7 +226,7 @@ class EventBuffer:
 
     # -- feeding ---------------------------------------------------------
 
-    def emit(self, event_type: str, data: Any) -> bool:  # noqa: PLR0915 - the hot path, inlined
+    def emit(self, event_type: str, data: Any) -> bool:
         """Take one event. Returns True if a batch is now ready to publish.
 
         Raises:
@@ -255,76 +236,27 @@ class EventBuffer:
         """
         if not self._holding:
             return self._emit_straight(event_type, data)
-        plan = self._plans.get(event_type)
+        plan = self._keyed.get(event_type)
         if plan is None:
-            return self._emit_unknown(event_type, data)
-        code = plan[0]
-        if code == _IMMEDIATE:
-            return self._emit_now(event_type, data)
-        if code >= _APPEND:
-            return self._emit_unkeyed(plan, event_type, data)
-        spec, store = plan[1], plan[2]
+            return self._emit_unkeyed(event_type, data)
         if data.__class__ is not dict and not isinstance(data, Mapping):
             raise InvalidEvent(f"{event_type} data must be a mapping, got {type(data).__name__}")
         try:
-            if spec is message_key:
-                k = data["key"]
-                key = (k["remoteJid"], k["id"], bool(k.get("fromMe", False)))
-            elif spec.__class__ is str:
-                key = data[spec]
-            else:
-                key = spec(data)
-            existing = store.get(key)  # hashes the key: the last step that can fail
+            key = plan.key(data)
+            existing = plan.store.get(key)  # hashes the key: the last step that can fail
         except Exception as exc:
             raise InvalidEvent(f"{event_type} event without a valid key: {exc!r}") from exc
         self._received += 1
-        if code == _UPSERT:
-            if existing is None:
-                existing = plan[3].pop(key, None)  # a pending update it absorbs
-                if existing is None:
-                    store[key] = data
-                    self._pending += 1
-                    if self._pending == 1 or self._pending >= self._max_items:
-                        return self._added_edge()
-                    return False
-            store[key] = {**existing, **data}
-            self._merged += 1
-            return False
-        if code == _UPDATE:
-            if existing is None:
-                store = plan[3]
-                existing = store.get(key)
-                if existing is None:
-                    store[key] = data
-                    return self._added()
-            store[key] = {**existing, **data}
-            self._merged += 1
-            return False
-        if code == _APPEND_PER_KEY:
-            if existing is None:
-                store[key] = [data]
-                return self._added()
-            existing.append(data)
-            return self._added()
-        if code == _DELETE:
-            cancelled = 0
-            if existing is not None:
-                del store[key]
-                cancelled = 1
-            cancelled += plan[3].pop(key, None) is not None
-            deletes = plan[4]
-            cancelled += key in deletes
-            deletes[key] = data
-            self._merged += cancelled
-            self._pending -= cancelled
-            return self._added()
-        if existing is not None:  # LAST_WINS or FIRST_WINS
-            if code == _LAST_WINS:
-                store[key] = data
-            self._merged += 1
-            return False
-        store[key] = data
-        return self._added()
+        merged = plan.put(key, data, existing)
+        if merged:
+            self._merged += merged
+            if not plan.cancels:
+                return False  # folded into a pending event of its key
+            self._pending -= merged  # a delete cancelled them, and is held itself
+        self._pending += 1  # as `_added`, inlined on the hot path
+        if self._pending == 1 or self._pending >= self._max_items:
+            return self._added_edge()
+        return False
 
     @contextlib.contextmanager
     def buffering(self) -> Iterator[None]:
@@ -337,7 +269,7 @@ class EventBuffer:
             raise trio.ClosedResourceError("the event buffer is closed")
         self._depth += 1
         self._holding = True
-        if not self._plans:  # the first time; an empty table compiles to nothing again
+        if self._plans is None:
             self._compile()
         try:
             yield
@@ -515,7 +447,7 @@ class EventBuffer:
                     f"{event_type} data must be a mapping, got {type(data).__name__}"
                 )
             try:
-                hash(_key_of(rule.key, data))
+                hash(key_getter(rule.key)(data))
             except Exception as exc:
                 raise InvalidEvent(f"{event_type} event without a valid key: {exc!r}") from exc
         elif rule.kind is RuleKind.HISTORY:
@@ -533,13 +465,19 @@ class EventBuffer:
             items.append(data)
         return self._added()
 
-    def _emit_unkeyed(self, plan: _Plan, event_type: str, data: Any) -> bool:
-        if plan[0] == _APPEND:
+    def _emit_unkeyed(self, event_type: str, data: Any) -> bool:
+        """Take an event of a type held without a key: appended, history, or unknown."""
+        plan = self._unkeyed.get(event_type)
+        if plan is None:
+            return self._emit_unknown(event_type, data)
+        if isinstance(plan, ImmediatePlan):
+            return self._emit_now(event_type, data)
+        if isinstance(plan, AppendPlan):
             self._received += 1
-            plan[2].append(data)
+            plan.items.append(data)
             return self._added()
         merging = self._history is not None
-        self._absorb_history(plan[2], event_type, data)
+        self._absorb_history(plan.parts, event_type, data)
         self._received += 1
         if merging:
             self._merged += 1
@@ -592,61 +530,9 @@ class EventBuffer:
             self._wakeup(delay)
 
     def _compile(self) -> None:
-        """Turn the rule table into plans and the canonical batch order."""
-        rules = self._rules
-        entities: dict[str, _Entity] = {}
-        by_entity: dict[str, dict[RuleKind, str]] = {}
-        for event_type, rule in rules.items():
-            if rule.entity is not None:
-                by_entity.setdefault(rule.entity, {})[rule.kind] = event_type
-        for event_type, rule in rules.items():
-            if rule.entity is None:
-                self._plans[event_type] = self._plan_for(rule)
-                self._order.extend(self._takers(event_type, rule))
-                continue
-            if rule.entity in entities:
-                continue  # planned with the first type of its entity
-            entity = entities[rule.entity] = _Entity()
-            for kind in (RuleKind.DELETE, RuleKind.UPSERT, RuleKind.UPDATE):
-                member = by_entity[rule.entity].get(kind)
-                if member is None:
-                    continue
-                self._plans[member] = self._entity_plan(kind, rules[member], entity)
-                store = {RuleKind.DELETE: entity.deletes, RuleKind.UPSERT: entity.upserts}.get(
-                    kind, entity.updates
-                )
-                self._order.append((member, _drain_dict(store)))
-
-    @staticmethod
-    def _entity_plan(kind: RuleKind, rule: Rule, entity: _Entity) -> _Plan:
-        if kind is RuleKind.UPSERT:
-            return (_UPSERT, rule.key, entity.upserts, entity.updates)
-        if kind is RuleKind.UPDATE:
-            return (_UPDATE, rule.key, entity.upserts, entity.updates)
-        return (_DELETE, rule.key, entity.upserts, entity.updates, entity.deletes)
-
-    def _plan_for(self, rule: Rule) -> _Plan:
-        if rule.kind is RuleKind.IMMEDIATE:
-            return (_IMMEDIATE,)
-        if rule.kind is RuleKind.HISTORY:
-            return (_HISTORY, None, rule.parts)
-        if rule.kind is RuleKind.APPEND:
-            return (_APPEND, None, [])
-        return (_CODES[rule.kind], rule.key, {})
-
-    def _takers(
-        self, event_type: str, rule: Rule
-    ) -> list[tuple[str, Callable[[], tuple[Any, ...]] | None]]:
-        plan = self._plans[event_type]
-        if rule.kind is RuleKind.IMMEDIATE:
-            return []
-        if rule.kind is RuleKind.HISTORY:
-            return [(event_type, None)]  # taken by `flush` itself
-        if rule.kind is RuleKind.APPEND:
-            return [(event_type, _drain_list(plan[2]))]
-        if rule.kind is RuleKind.APPEND_PER_KEY:
-            return [(event_type, _drain_grouped(plan[2]))]
-        return [(event_type, _drain_dict(plan[2]))]
+        """Turn the rule table into plans: this buffer's stores and the batch order."""
+        plans = self._plans = compile_rules(self._rules)
+        self._keyed, self._unkeyed, self._order = plans.keyed, plans.unkeyed, plans.order
 
 
 def _history_entities(
@@ -660,11 +546,8 @@ def _history_entities(
     try:
         fields = dict(data.items())
         keyed = [
-            (
-                part,
-                [((part, _key_of(spec, item)), item) for item in fields.pop(part, None) or ()],
-            )
-            for part, spec in parts
+            (part, [((part, key(item)), item) for item in fields.pop(part, None) or ()])
+            for part, key in [(part, key_getter(spec)) for part, spec in parts]
         ]
         for _, items in keyed:
             for key, _ in items:
@@ -672,38 +555,3 @@ def _history_entities(
     except Exception as exc:
         raise InvalidEvent(f"{event_type} event with an invalid entity: {exc!r}") from exc
     return fields, keyed
-
-
-def _key_of(spec: KeySpec, data: Any) -> Any:
-    if spec is message_key:
-        return message_key(data)
-    if isinstance(spec, str):
-        return data[spec]
-    return spec(data)
-
-
-def _drain_dict(store: dict[Any, Any]) -> Callable[[], tuple[Any, ...]]:
-    def take() -> tuple[Any, ...]:
-        items = tuple(store.values())
-        store.clear()
-        return items
-
-    return take
-
-
-def _drain_list(store: list[Any]) -> Callable[[], tuple[Any, ...]]:
-    def take() -> tuple[Any, ...]:
-        items = tuple(store)
-        store.clear()
-        return items
-
-    return take
-
-
-def _drain_grouped(store: dict[Any, list[Any]]) -> Callable[[], tuple[Any, ...]]:
-    def take() -> tuple[Any, ...]:
-        items = tuple(item for group in store.values() for item in group)
-        store.clear()
-        return items
-
-    return take
