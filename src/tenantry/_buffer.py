@@ -72,7 +72,7 @@ class InvalidEvent(ValueError):
 
 
 @final
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class BufferConfig:
     """How an `EventBuffer` buffers; the defaults are the Baileys defaults.
 
