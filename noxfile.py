@@ -19,6 +19,7 @@ TEST_DEPS = [
     "hypothesis>=6.100",
     "cachetools>=5.3",
     "trustme>=1.1",
+    "websockets>=13",  # a peer we did not write: the benchmarks' reference client
 ]
 RUFF = "ruff==0.17.6"
 MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100", "trustme>=1.1"]

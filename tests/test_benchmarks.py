@@ -44,7 +44,6 @@ def test_buffer_benchmark_runs(bench: Bench) -> None:
 # socket to the garbage collector when the server closes first.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_socket_benchmark_runs(bench: Bench) -> None:
-    pytest.importorskip("websockets")
     out = bench("bench_socket.py", "--events", "300", "--rounds", "1", "--many", "3")
     for contender in (
         "raw trio-websocket",
