@@ -23,7 +23,7 @@ TEST_DEPS = [
 RUFF = "ruff==0.17.6"
 MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100", "trustme>=1.1"]
 DOCS_DEPS = ["sphinx>=8,<10", "furo>=2024.8.6"]
-BENCH_DEPS = ["cachetools>=5.3"]
+BENCH_DEPS = ["cachetools>=5.3", "websockets>=13"]
 COVERAGE = "coverage>=7.4"
 
 
@@ -79,6 +79,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_buffer.py")
     session.run("python", "benchmarks/bench_socket.py")
     session.run("python", "benchmarks/bench_scale.py")
+    session.run("python", "benchmarks/bench_idle.py", "--profile")
     session.run("python", "benchmarks/bench_soak.py")
     session.run("python", "benchmarks/bench_soak.py", "--default-gc")
 

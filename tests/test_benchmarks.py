@@ -70,3 +70,19 @@ def test_close_benchmark_runs(bench: Bench) -> None:
     out = bench("bench_close.py", "--tenants", "3", "--rounds", "1")
     assert re.search(r"hub of 3 tenants cancelled +\d+\.\d{3} s\n", out)
     assert re.search(r"socket of a dead peer \(408\) +\d+\.\d{3} s\n", out)
+
+
+def test_idle_benchmark_runs(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("websockets")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it shares bench_scale.py's helpers
+    out = bench(
+        "bench_idle.py",
+        *("--connections", "4", "--rounds", "1", "--idle", "0.1", "--settle", "0.1"),
+        "--profile",
+    )
+    for kind in ("tenantry", "trio-websocket", "websockets"):
+        assert re.search(rf"\n  {kind} +\d+\.\d +\d+\.\d +\d+\.\d{{3}} ", out), kind
+    for figure in ("RSS per idle connection", "connect all"):
+        assert re.search(rf"tenantry / trio-websocket, {figure}: \d+\.\d\dx \(target", out)
+    assert "cProfile of the connect phase" in out
+    assert "bytes held per idle tenant" in out
