@@ -22,10 +22,14 @@ Figures per client, the median of ``--rounds`` interleaved rounds:
 * RSS per idle connection: (RSS with all connected - RSS before the first
   connection) / connections, each read after ``gc.collect()``;
 * connect all: from the first connection started until every one is up
-  (tenantry: every handler has subscribed), with the CPU time the client and
-  the upstream spent on it; the upstream's CPU as a share of that wall time
-  says whether it could be the limit (near 100 %: it is);
-* CPU while idle for ``--idle`` seconds, as a share of one core.
+  (tenantry: every handler has subscribed), with the CPU time the client
+  (and, of it, the garbage collector) and the upstream spent on it; the
+  upstream's CPU as a share of that wall time says whether it could be the
+  limit (near 100 %: it is). "All started": when the last connection was
+  started (tenantry: the last `Hub.add` returned);
+* tasks per idle connection, in the client's event loop;
+* CPU while idle for ``--idle`` seconds, as a share of one core, and the
+  garbage collector's share of that time.
 
 Then tenantry's ratios to raw trio-websocket, with the targets. ``--profile``
 also runs one tenantry client under cProfile (the connect phase: where the
@@ -159,6 +163,10 @@ class Probe:
             self._profile = cProfile.Profile()
             self._profile.enable()
 
+    def all_started(self) -> None:
+        """Just after the last connection was started (tenantry: the last `Hub.add` returned)."""
+        self.figures["started_s"] = time.perf_counter() - self._mark[0]
+
     def connected(self) -> None:
         """Just after every connection is up."""
         if self._profile is not None:
@@ -176,11 +184,12 @@ class Probe:
             self._snapshot = tracemalloc.take_snapshot()
             tracemalloc.stop()
         self._start()
+        self._gc.start()
 
     def idled(self) -> None:
         """After ``--idle`` seconds more."""
         wall, cpu, _ = self._since()
-        self.figures.update(idle_s=wall, idle_cpu_s=cpu)
+        self.figures.update(idle_s=wall, idle_cpu_s=cpu, idle_gc_s=self._gc.stop())
 
     def report(self) -> None:
         """The figures as one JSON line, after any profile."""
@@ -202,8 +211,10 @@ class GcTime:
         gc.callbacks.append(self._note)
 
     def stop(self) -> float:
+        """The time spent since `start`."""
         gc.callbacks.remove(self._note)
-        return self._spent
+        spent, self._spent = self._spent, 0.0
+        return spent
 
     def _note(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -279,6 +290,7 @@ async def with_tenantry(probe: Probe, url: str) -> None:
                 await hub.add(
                     tenantry.TenantSpec(f"c{i:05d}", path(url, i), handler, options=options)
                 )
+            probe.all_started()
 
         await phases(probe, lambda: nursery.start_soon(add_all), countdown.done)
         nursery.cancel_scope.cancel()
@@ -309,6 +321,7 @@ async def with_trio_websocket(probe: Probe, url: str) -> None:
         def start_all() -> None:
             for i in range(args.connections):
                 nursery.start_soon(hold, i)
+            probe.all_started()
 
         await phases(probe, start_all, countdown.done)
         nursery.cancel_scope.cancel()
@@ -328,6 +341,7 @@ async def with_websockets(probe: Probe, url: str) -> None:
 
     def start_all() -> None:
         tasks.update(asyncio.create_task(hold(i)) for i in range(args.connections))
+        probe.all_started()
 
     await asyncio.sleep(args.settle)
     try:
@@ -451,11 +465,13 @@ def derived(figures: dict[str, Any]) -> dict[str, float]:
     return {
         "rss": (after - before) / n if before and after else float("nan"),
         "connect": figures["connect_s"],
+        "started": figures["started_s"],
         "connect_cpu": figures["connect_cpu_s"],
         "connect_gc": figures["connect_gc_s"],
         "upstream_cpu": figures["upstream_connect_cpu_s"],
         "upstream_share": figures["upstream_connect_cpu_s"] / figures["connect_s"],
         "idle": figures["idle_cpu_s"] / figures["idle_s"],
+        "idle_gc": figures["idle_gc_s"] / figures["idle_s"],
         "tasks": (figures["tasks_connected"] - figures["tasks_before"]) / n,
     }
 
@@ -464,11 +480,13 @@ COLUMNS = (
     ("rss", "RSS/conn KB", "{:.1f}"),
     ("tasks", "tasks/conn", "{:.1f}"),
     ("connect", "connect all s", "{:.3f}"),
+    ("started", "all started s", "{:.3f}"),
     ("connect_cpu", "its CPU s", "{:.3f}"),
     ("connect_gc", "its GC s", "{:.3f}"),
     ("upstream_cpu", "upstream CPU s", "{:.3f}"),
     ("upstream_share", "upstream busy", "{:.0%}"),
     ("idle", "idle CPU", "{:.3%}"),
+    ("idle_gc", "of it GC", "{:.3%}"),
 )
 
 
@@ -482,9 +500,9 @@ def load() -> str:
 
 
 def table(medians: dict[str, dict[str, float]]) -> None:
-    print(f"  {'client':<16}" + "".join(f"{head:>14}" for _, head, _ in COLUMNS))
+    print(f"  {'client':<16}" + "".join(f"{head:>15}" for _, head, _ in COLUMNS))
     for kind, row in medians.items():
-        print(f"  {kind:<16}" + "".join(f"{fmt.format(row[k]):>14}" for k, _, fmt in COLUMNS))
+        print(f"  {kind:<16}" + "".join(f"{fmt.format(row[k]):>15}" for k, _, fmt in COLUMNS))
 
 
 def parent(args: argparse.Namespace) -> list[str]:
