@@ -132,3 +132,18 @@ def test_socket_benchmark_reads_a_py_spy_profile(bench: Bench, tmp_path: Path) -
     assert f"py-spy samples from {samples}: 4\n" in out
     assert re.search(r"  wsproto +75\.0%", out)
     assert re.search(r"  tenantry stream +25\.0%", out)
+
+
+def test_idle_benchmark_runs(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it shares bench_scale.py's helpers
+    out = bench(
+        "bench_idle.py",
+        *("--connections", "4", "--rounds", "1", "--idle", "0.1", "--settle", "0.1"),
+        "--profile",
+    )
+    for kind in ("tenantry", "trio-websocket", "websockets"):
+        assert re.search(rf"\n  {kind} +\d+\.\d +\d+\.\d +\d+\.\d{{3}} ", out), kind
+    for figure in ("RSS per idle connection", "connect all"):
+        assert re.search(rf"tenantry / trio-websocket, {figure}: \d+\.\d\dx \(target", out)
+    assert "cProfile of the connect phase" in out
+    assert "bytes held per idle tenant" in out
