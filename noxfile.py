@@ -81,6 +81,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_socket.py")
     session.run("python", "benchmarks/bench_scale.py")
     session.run("python", "benchmarks/bench_idle.py", "--profile")
+    session.run("python", "benchmarks/bench_close.py")
     session.run("python", "benchmarks/bench_soak.py")
     session.run("python", "benchmarks/bench_soak.py", "--default-gc")
 
