@@ -9,6 +9,7 @@ import trio
 from tenantry import Batch, EventStream, Socket
 
 Handler = Callable[[Socket], Awaitable[None]]
+StreamServer = Callable[[trio.abc.Stream], Awaitable[None]]
 
 
 class FakeClock:
@@ -58,3 +59,20 @@ def collector(into: list[Batch]) -> Handler:
 def auto_flush(events: EventStream, nursery: trio.Nursery) -> None:
     """Run the auto-flush of *events* in *nursery* as a socket does: a task while events wait."""
     events.flush_on_demand(lambda: nursery.start_soon(events.auto_flush_while_pending))
+
+
+def raw_server(answer: bytes = b"", *, read: bool = True, then: str = "close") -> StreamServer:
+    """A server that reads the request (or not), writes *answer*, then closes or holds."""
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        try:
+            if read:
+                await stream.receive_some()
+            if answer:
+                await stream.send_all(answer)
+            if then == "hold":
+                await trio.sleep_forever()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    return serve

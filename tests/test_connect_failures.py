@@ -10,7 +10,7 @@ import datetime
 import functools
 import logging
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 import pytest
@@ -19,7 +19,7 @@ import trio.testing
 import trio_websocket
 import trustme
 
-from helpers import idle, living_tasks
+from helpers import StreamServer, idle, living_tasks, raw_server
 from tenantry import (
     ConnectFailed,
     DisconnectReason,
@@ -33,29 +33,10 @@ from tenantry import (
 from tenantry.lowlevel import Gauges
 from tenantry.testing import MemoryConnector
 
-StreamServer = Callable[[trio.abc.Stream], Awaitable[None]]
-
 UPGRADE_WITH_A_WRONG_ACCEPT = (
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n"
 )
-
-
-def raw_server(answer: bytes = b"", *, read: bool = True, then: str = "close") -> StreamServer:
-    """A server that reads the request (or not), writes *answer*, then closes or holds."""
-
-    async def serve(stream: trio.abc.Stream) -> None:
-        try:
-            if read:
-                await stream.receive_some()
-            if answer:
-                await stream.send_all(answer)
-            if then == "hold":
-                await trio.sleep_forever()
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    return serve
 
 
 async def connect_failure(server: StreamServer, **kwargs: object) -> tuple[DisconnectReason, float]:

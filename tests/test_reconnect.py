@@ -451,3 +451,61 @@ def test_jittered_delays_from_a_seed_are_reproducible() -> None:
 def test_policy_validation_names_the_field(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises((TypeError, ValueError), match=field):
         ReconnectPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+# -- Retry-After -----------------------------------------------------------------------
+
+RATE_LIMITED = DisconnectReason.from_handshake_status(429)
+
+
+@given(
+    outcomes=st.lists(
+        st.tuples(
+            st.sampled_from([429, 503, 401, 515]),
+            st.none() | st.floats(allow_nan=True, allow_infinity=True),
+        ),
+        max_size=12,
+    ),
+    max_retry_after=st.floats(0.001, 1e6),
+)
+def test_retry_after_lengthens_the_wait_up_to_max_retry_after_and_never_shortens_it(
+    outcomes: list[tuple[int, float | None]], max_retry_after: float
+) -> None:
+    policy = ReconnectPolicy(max_retry_after=max_retry_after)
+    told, plain = (policy.reconnector(clock=FakeClock(), random=Fixed(0.3)) for _ in range(2))
+    for status, retry_after in outcomes:
+        reason = DisconnectReason.from_handshake_status(status)
+        got = told.disconnected(reason, retry_after=retry_after)
+        without = plain.disconnected(reason)
+        assert (got.decision, got.failures, got.breaker) == (
+            without.decision,
+            without.failures,
+            without.breaker,
+        )
+        if got.decision is Decision.STOP or retry_after is None or not retry_after > 0:
+            assert got.delay == without.delay
+        else:
+            assert got.delay == max(without.delay, min(retry_after, max_retry_after))
+
+
+def test_retry_after_applies_to_an_immediate_reconnect_and_a_backoff_alike() -> None:
+    clock, policy = make(
+        ReconnectPolicy(backoff=Backoff(jitter=0), fail_max=10, max_retry_after=60)
+    )
+    machine = policy.reconnector(clock=clock, random=Fixed(0.5))
+    assert machine.disconnected(RATE_LIMITED, retry_after=7).delay == 7
+    assert machine.disconnected(RATE_LIMITED, retry_after=0.5).delay == 2  # the backoff's longer
+    assert machine.disconnected(RATE_LIMITED, retry_after=86400).delay == 60
+    restart = DisconnectReason(ReasonCode.RESTART_REQUIRED)
+    assert machine.disconnected(restart, retry_after=-3).delay == 0
+    assert machine.disconnected(restart, retry_after=3).delay == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(0, ValueError), (-1, ValueError), (math.nan, ValueError), ("9", TypeError)],
+)
+def test_max_retry_after_is_validated(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_retry_after"):
+        ReconnectPolicy(max_retry_after=value)  # type: ignore[arg-type]
+    assert ReconnectPolicy().max_retry_after == 300

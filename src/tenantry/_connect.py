@@ -26,10 +26,15 @@ the transport ended before the answer          `HandshakeFailed` (408, "connecti
                                                during handshake", or "connection lost
                                                during handshake: ..." for a reset)
 an HTTP error, body complete                   `trio_websocket.ConnectionRejected`
-an HTTP error, body cut short by the close     `HandshakeFailed` (the HTTP status)
+an HTTP error, body cut short by the close,    `HandshakeFailed` (the HTTP status, with
+or longer than `MAX_REJECTION` bytes           the response's status, headers and body)
 not HTTP, or a wrong Sec-WebSocket-Accept      `HandshakeFailed` (400, "invalid handshake
                                                response: ..." saying what was wrong)
 =============================================  ==========================================
+
+A rejection keeps its status, its headers and at most `MAX_REJECTION_BODY`
+bytes of its body, for the caller to read (a ``Retry-After``, an error
+code), never to log: a ``Set-Cookie`` or an echoed token may be among them.
 
 A server that never answers is bounded by the caller (`open_socket`, by
 `SocketOptions.connect_timeout`), around the whole attempt, whatever the connector.
@@ -37,6 +42,8 @@ A server that never answers is bounded by the caller (`open_socket`, by
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import math
 import re
 import ssl
@@ -46,6 +53,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol, final
 
 import attrs
+import h11
 import trio
 import trio_websocket
 import wsproto.utilities
@@ -58,9 +66,12 @@ __all__ = [
     "HandshakeFailed",
     "UrlConnector",
     "as_connector",
+    "attempt_headers",
     "encode_headers",
     "open_connection",
     "redact_url",
+    "rejection_of",
+    "retry_after",
 ]
 
 Connection = trio_websocket.WebSocketConnection
@@ -68,16 +79,40 @@ Connection = trio_websocket.WebSocketConnection
 CLOSE_TIMEOUT = 5.0
 """Seconds a connection's close handshake may take when its block ends."""
 
+MAX_REJECTION_BODY = 4096
+"""Bytes of a rejected handshake's body that are kept; the rest is dropped."""
+
+MAX_REJECTION = 65536
+"""Bytes of a rejected handshake's answer (head and body) read before giving up on the rest."""
+
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})[ \r]")
 """The start of an HTTP response: its status code."""
 
+Headers = tuple[tuple[str, str], ...]
+"""A response's headers: (name in lower case, value decoded as Latin-1) pairs, in order."""
+
 
 class HandshakeFailed(trio_websocket.HandshakeError):
-    """The opening handshake failed; ``reason`` says why, as a disconnect reason."""
+    """The opening handshake failed; ``reason`` says why, as a disconnect reason.
 
-    def __init__(self, reason: DisconnectReason) -> None:
+    A rejection whose body was cut short (or too long to read) keeps the
+    response's ``status``, ``headers`` and the start of its ``body`` as a
+    `trio_websocket.ConnectionRejected` does; none of them is in ``str()``.
+    """
+
+    def __init__(
+        self,
+        reason: DisconnectReason,
+        *,
+        status: int | None = None,
+        headers: Headers = (),
+        body: bytes = b"",
+    ) -> None:
         super().__init__(str(reason))
         self.reason = reason
+        self.status = status
+        self.headers = headers
+        self.body = body
 
 
 class Connector(Protocol):
@@ -174,7 +209,7 @@ async def _handshake(
         )
         watched.handshake_done()
         return connection
-    raise HandshakeFailed(watched.failure or DisconnectReason(ReasonCode.CONNECTION_LOST))
+    raise watched.failure or HandshakeFailed(DisconnectReason(ReasonCode.CONNECTION_LOST))
 
 
 async def _close(connection: Connection) -> None:
@@ -231,20 +266,22 @@ class _WatchedStream(trio.abc.Stream):
     it meets the end of the transport first (end of file, a reset, a failed
     send), it returns quietly, and ``wrap_client_stream`` would wait for the
     answer forever. This stream sees that end, keeps why (`failure`), and
-    cancels the wait (*waiting*). It keeps the start of the response as well,
-    so that a rejection whose body runs until the connection closes keeps its
-    HTTP status. After `handshake_done` it only passes calls on.
+    cancels the wait (*waiting*). It keeps the start of the response as well
+    (up to `MAX_REJECTION` bytes), so that a rejection whose body runs until
+    the connection closes keeps its HTTP status, headers and body; and it
+    ends the wait for a rejection longer than that, whose body trio-websocket
+    would otherwise gather whole. After `handshake_done` it only passes calls on.
     """
 
     def __init__(self, stream: trio.abc.Stream, waiting: trio.CancelScope) -> None:
         self._stream = stream
         self._waiting: trio.CancelScope | None = waiting
-        self._head = b""
-        self.failure: DisconnectReason | None = None
+        self._head = bytearray()
+        self.failure: HandshakeFailed | None = None
 
     def handshake_done(self) -> None:
         self._waiting = None
-        self._head = b""
+        self._head = bytearray()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
@@ -265,8 +302,12 @@ class _WatchedStream(trio.abc.Stream):
         if self._waiting is not None:
             if not data:
                 self._ended(trio.BrokenResourceError("end of file"))
-            elif len(self._head) < 16:
-                self._head += data[:16]
+            elif len(self._head) < MAX_REJECTION:
+                self._head += data[: MAX_REJECTION - len(self._head)]
+            else:
+                status = _STATUS_LINE.match(self._head)
+                if status is not None and status[1] != b"101":  # a rejection without end
+                    self._ended(trio.BrokenResourceError("rejection too long"))
         return data
 
     async def aclose(self) -> None:
@@ -278,11 +319,95 @@ class _WatchedStream(trio.abc.Stream):
             return
         status = _STATUS_LINE.match(self._head)
         if status is not None and status[1] != b"101":
-            self.failure = DisconnectReason.from_handshake_status(int(status[1]))
+            code = int(status[1])
+            headers, body = rejection_of(bytes(self._head))
+            reason = DisconnectReason.from_handshake_status(code)
+            self.failure = HandshakeFailed(reason, status=code, headers=headers, body=body)
         else:
             message = describe_transport_error(error, during="handshake")
-            self.failure = DisconnectReason(ReasonCode.CONNECTION_LOST, message)
+            self.failure = HandshakeFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, message))
         self._waiting.cancel()
+
+
+def rejection_of(answer: bytes) -> tuple[Headers, bytes]:
+    """The headers and the start of the body of the HTTP response that *answer* begins.
+
+    As far as *answer* goes: a head cut short gives no headers, a body cut
+    short what there is of it (dechunked), at most `MAX_REJECTION_BODY` bytes.
+    """
+    parser = h11.Connection(h11.CLIENT)
+    parser.send(h11.Request(method="GET", target="/", headers=[("Host", "upstream")]))
+    parser.send(h11.EndOfMessage())
+    parser.receive_data(answer)
+    body = bytearray()
+    headers: Headers = ()
+    try:
+        event = parser.next_event()
+        if not isinstance(event, h11.Response):
+            return (), b""
+        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
+        while len(body) < MAX_REJECTION_BODY:
+            event = parser.next_event()
+            if not isinstance(event, h11.Data):
+                break
+            body += event.data
+    except h11.RemoteProtocolError:
+        pass  # what was read so far stands
+    return headers, bytes(body[:MAX_REJECTION_BODY])
+
+
+def retry_after(status: int, headers: Headers, *, now: float) -> float | None:
+    """Seconds a 429 or 503 asks the client to wait (``Retry-After``), else None.
+
+    The header is a number of seconds or an HTTP date, compared with *now*
+    (seconds since the epoch, as `time.time` gives them); a date in the past
+    is 0. A missing or unreadable header is None.
+    """
+    if status not in (429, 503):
+        return None
+    value = next((v.strip() for k, v in headers if k.lower() == "retry-after"), None)
+    if value is None:
+        return None
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": an HTTP date is in GMT
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+HeadersFactory = Callable[[], Awaitable[Mapping[str, str]]]
+"""An async callable that makes the headers for one attempt (a fresh token, say)."""
+
+
+async def attempt_headers(headers: Mapping[str, str] | HeadersFactory | None) -> Mapping[str, str]:
+    """The headers for this attempt: *headers*, or what its callable returns now.
+
+    A callable that raises, or returns headers that cannot be sent, fails
+    the attempt with `HandshakeFailed` (408; the error is its cause). The
+    message names the error's type or the header, never a value: the
+    error's text may hold the token it failed to fetch.
+    """
+    if headers is None:
+        return {}
+    if isinstance(headers, Mapping):
+        return headers
+    try:
+        made = await headers()
+    except Exception as error:
+        message = f"headers could not be made: {type(error).__name__}"
+        raise HandshakeFailed(_local_failure(message)) from error
+    try:
+        return check_headers(made, "headers")
+    except (TypeError, ValueError) as error:
+        raise HandshakeFailed(_local_failure(f"headers could not be made: {error}")) from None
+
+
+def _local_failure(message: str) -> DisconnectReason:
+    return DisconnectReason(ReasonCode.CONNECTION_LOST, message, remote=False)
 
 
 def encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:

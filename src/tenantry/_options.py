@@ -14,6 +14,7 @@ from typing import final
 import attrs
 
 from ._buffer import BufferConfig
+from ._connect import HeadersFactory
 from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, WireProtocol
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._validate import (
@@ -28,9 +29,13 @@ from ._validate import (
 __all__ = ["SocketOptions"]
 
 
-def _redacted_headers(headers: Mapping[str, str] | None) -> str:
-    """The headers' names, never their values (often a token)."""
-    return "None" if headers is None else "{" + ", ".join(f"{k!r}: '***'" for k in headers) + "}"
+def _redacted_headers(headers: Mapping[str, str] | HeadersFactory | None) -> str:
+    """The headers' names, never their values (often a token); a callable by its name only."""
+    if headers is None:
+        return "None"
+    if not isinstance(headers, Mapping):  # a partial's repr would show its arguments
+        return f"<{getattr(headers, '__qualname__', type(headers).__name__)}>"
+    return "{" + ", ".join(f"{k!r}: '***'" for k in headers) + "}"
 
 
 @final
@@ -65,13 +70,17 @@ class SocketOptions:
     frame; no pong within 5 s closes the socket with reason 408. A silent peer
     is so detected after between ``keepalive + 5`` and ``2 * keepalive + 5``
     seconds of silence."""
-    headers: Mapping[str, str] | None = attrs.field(
+    headers: Mapping[str, str] | HeadersFactory | None = attrs.field(
         default=None, validator=optional_headers, repr=_redacted_headers
     )
-    """Sent with every handshake (e.g. an auth token). Never logged, and
-    redacted in the repr. A name or value that cannot be sent (a token read
-    from a file with its newline, say) raises `ValueError` here, naming the
-    header but never showing the value."""
+    """Sent with every handshake (e.g. an auth token): a mapping, or an async
+    function of no arguments that returns one, awaited once per attempt
+    within `connect_timeout` (a token that expires is then fetched fresh for
+    each attempt). Never logged, and redacted in the repr. A name or value
+    that cannot be sent (a token read from a file with its newline, say)
+    raises `ValueError` here, naming the header but never showing the value;
+    a function that raises or returns such headers fails that attempt
+    (`ConnectFailed`, reason 408), and the tenant retries as for any failure."""
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
     """Larger frames are rejected (and counted); the transport itself refuses
     frames over four times this size."""

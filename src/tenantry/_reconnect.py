@@ -15,7 +15,9 @@ only three kinds of input and never does I/O:
   and every other method settles first, so a status or a metrics scrape
   sees the reset as soon as it is due, with no timer to keep;
 * `Reconnector.disconnected` -- an attempt ended, with a `DisconnectReason`:
-  a rejected handshake, a close, or a handler error (``failed=True``).
+  a rejected handshake, a close, or a handler error (``failed=True``); and,
+  for a rejection that said when to come back (a 429 or 503 with
+  ``Retry-After``), that wait in seconds (``retry_after``).
 
 An attempt is a *failure* unless it produced a stable connection. That is
 a reconnect storm's cure in one rule: a server that accepts and closes at once
@@ -30,6 +32,10 @@ STOP           no further attempt (nothing is counted)
 RECONNECT      wait ``backoff.delay(failures)``, or until the breaker allows
 RECONNECT_NOW  no backoff delay; the breaker still counts, and waits if open
 =============  =============================================================
+
+A ``retry_after`` lengthens either wait to at least itself, bounded by the
+policy's ``max_retry_after`` (a server cannot park a tenant for a day); it
+never shortens one.
 
 So even a peer that answers every connection with 515 ("restart required")
 gets ``fail_max`` immediate retries, then the breaker's timeout. A restart
@@ -72,6 +78,8 @@ class ReconnectPolicy:
             440, at once on 515) unless given. In a hub, a ``decide`` that
             raises (or returns something else) is logged with its traceback
             and the default decision applies.
+        max_retry_after: The longest wait, in seconds, that a rejection's
+            ``Retry-After`` (a 429 or 503) may impose before the next attempt.
     """
 
     backoff: Backoff = attrs.field(factory=Backoff, validator=attrs.validators.instance_of(Backoff))
@@ -81,6 +89,7 @@ class ReconnectPolicy:
     decide: Callable[[DisconnectReason], Decision] = attrs.field(
         default=default_decide, validator=attrs.validators.is_callable()
     )
+    max_retry_after: float = attrs.field(default=300.0, validator=seconds)
 
     def reconnector(
         self, *, clock: Clock | None = None, random: RandomSource | None = None
@@ -173,8 +182,15 @@ class Reconnector:
             return None
         return self._connected_at + self.policy.stable_after
 
-    def disconnected(self, reason: DisconnectReason, *, failed: bool = False) -> NextStep:
-        """An attempt ended with *reason*; *failed* forces a failure (a handler error)."""
+    def disconnected(
+        self, reason: DisconnectReason, *, failed: bool = False, retry_after: float | None = None
+    ) -> NextStep:
+        """An attempt ended with *reason*; *failed* forces a failure (a handler error).
+
+        *retry_after*: seconds the server asked to wait (a rejection's
+        ``Retry-After``); the delay is then at least that, up to the policy's
+        ``max_retry_after``. Negative or NaN counts as 0.
+        """
         self.settle()
         was_stable = self._stable
         self._stable, self._connected_at = False, None  # the next attempt starts unproven
@@ -194,6 +210,8 @@ class Reconnector:
         state = self._breaker.state
         if state is BreakerState.OPEN:
             delay = max(delay, self._breaker.wait())
+        if retry_after is not None and retry_after > 0:  # False for NaN
+            delay = max(delay, min(retry_after, self.policy.max_retry_after))
         return NextStep(decision, delay, self._failures, failure=failure, breaker=state)
 
     def restarted(self) -> NextStep:

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -67,7 +68,15 @@ import trio_websocket
 
 from ._buffer import EventBuffer, InvalidEvent
 from ._cache_specs import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope, check_cache_specs
-from ._connect import Connector, HandshakeFailed, as_connector, describe_transport_error
+from ._connect import (
+    MAX_REJECTION_BODY,
+    Connector,
+    HandshakeFailed,
+    as_connector,
+    attempt_headers,
+    describe_transport_error,
+    retry_after,
+)
 from ._gauges import Gauges
 from ._options import SocketOptions
 from ._protocol import (
@@ -106,13 +115,38 @@ class ConnectFailed(Exception):
 
     For example 403 for a handshake rejected with HTTP 403, 400 for an answer
     that is not a valid upgrade, 408 for a server that could not be reached,
-    a TLS error, a connection closed during the handshake, or a handshake
-    that took longer than *connect_timeout*.
+    a TLS error, a connection closed during the handshake, a handshake
+    that took longer than *connect_timeout*, or headers that could not be
+    made (`SocketOptions.headers` raised or returned headers that cannot be sent).
+
+    When the server answered with an HTTP error, the answer is kept for the
+    caller to read; it is never logged nor shown by ``str()`` or ``repr()``
+    (a ``Set-Cookie`` or an echoed token may be in it):
+
+    ===============  ==============================================================
+    ``status``       the HTTP status (int), or None if there was no HTTP answer
+    ``headers``      the response's headers: (name in lower case, value) pairs
+    ``body``         the start of the response's body, at most 4 KiB (bytes)
+    ``retry_after``  seconds a 429 or 503 asked to wait (``Retry-After``, as a number
+                     of seconds or an HTTP date; a past date is 0), else None
+    ===============  ==============================================================
     """
 
-    def __init__(self, reason: DisconnectReason) -> None:
+    def __init__(
+        self,
+        reason: DisconnectReason,
+        *,
+        status: int | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(str(reason))
         self.reason = reason
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.retry_after = retry_after
 
 
 class _Outgoing:
@@ -665,15 +699,19 @@ async def _connect(
     Whatever fails before the connection is yielded (an exception group
     included) becomes a `ConnectFailed` whose reason says what. The bound is
     a cancel scope around the whole block whose deadline is lifted once
-    connected: it bounds any connector, through every step it takes.
+    connected: it bounds any connector, through every step it takes, and
+    the headers' callable, awaited first.
     """
     connected = False
     connect_timeout = options.connect_timeout
-    headers = {} if options.headers is None else options.headers
     # Frames up to four times the limit reach the protocol, which rejects and counts them;
     # the transport refuses larger ones itself (close code 1009, counted by the reader).
     max_message_size = 4 * options.max_message_size
     with trio.CancelScope(deadline=trio.current_time() + connect_timeout) as connecting:
+        try:
+            headers = await attempt_headers(options.headers)
+        except HandshakeFailed as error:  # the headers' callable failed: its error is the cause
+            raise ConnectFailed(error.reason) from error.__cause__
         try:
             async with connector.open(headers=headers, max_message_size=max_message_size) as ws:
                 connecting.deadline = math.inf
@@ -703,9 +741,13 @@ def _transport_reason(ended: trio_websocket.CloseReason | None) -> DisconnectRea
 
 def _connect_failed(error: Exception) -> ConnectFailed:
     if isinstance(error, trio_websocket.ConnectionRejected):
-        return ConnectFailed(DisconnectReason.from_handshake_status(error.status_code))
+        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in error.headers)
+        reason = DisconnectReason.from_handshake_status(error.status_code)
+        return _rejected(reason, error.status_code, headers, error.body or b"")
     if isinstance(error, HandshakeFailed):
-        return ConnectFailed(error.reason)
+        if error.status is None:
+            return ConnectFailed(error.reason)
+        return _rejected(error.reason, error.status, error.headers, error.body)
     if isinstance(error, trio.BrokenResourceError):
         message = describe_transport_error(error, during="connect")
     elif isinstance(error, (OSError, trio_websocket.HandshakeError)):
@@ -713,3 +755,15 @@ def _connect_failed(error: Exception) -> ConnectFailed:
     else:  # a connector's own error
         message = f"could not connect: {type(error).__name__}: {error}"
     return ConnectFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, message))
+
+
+def _rejected(
+    reason: DisconnectReason, status: int, headers: tuple[tuple[str, str], ...], body: bytes
+) -> ConnectFailed:
+    return ConnectFailed(
+        reason,
+        status=status,
+        headers=headers,
+        body=body[:MAX_REJECTION_BODY],
+        retry_after=retry_after(status, headers, now=time.time()),
+    )

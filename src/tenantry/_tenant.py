@@ -232,6 +232,7 @@ class Tenant:
         spec = self.spec
         self._state = TenantState.CONNECTING
         failed = False
+        retry_after: float | None = None
         sock: Socket | None = None
         try:
             async with open_socket(
@@ -246,7 +247,7 @@ class Tenant:
                 self._connected(sock)
                 await spec.handler(sock)
         except ConnectFailed as failure:
-            reason = failure.reason
+            reason, retry_after = failure.reason, failure.retry_after
         except Exception as exc:  # a handler's bug never leaves the tenant
             logger.exception(
                 "handler failed: tenant %s",
@@ -264,7 +265,7 @@ class Tenant:
             self._state = TenantState.STOPPED  # replaced at once below, unless it is stopping
             if sock is not None:
                 self._ended.add_socket(sock)
-        return self._disconnected(reason, failed=failed)
+        return self._disconnected(reason, failed=failed, retry_after=retry_after)
 
     def _decide(self, reason: DisconnectReason) -> Decision:
         """The policy's ``decide``; if it fails, the error is logged and the default applies."""
@@ -295,12 +296,14 @@ class Tenant:
             extra={"tenant": self.tenant_id, "connections": self._reconnector.connections},
         )
 
-    def _disconnected(self, reason: DisconnectReason, *, failed: bool) -> NextStep:
+    def _disconnected(
+        self, reason: DisconnectReason, *, failed: bool, retry_after: float | None
+    ) -> NextStep:
         self._last, self._last_at = reason, trio.current_time()
         if self._command is not None:
             return self._reconnector.restarted()
         self._reconnects[reason.label] += 1
-        step = self._reconnector.disconnected(reason, failed=failed)
+        step = self._reconnector.disconnected(reason, failed=failed, retry_after=retry_after)
         logger.info(
             "connection closed: tenant %s, %s",
             self.tenant_id,

@@ -172,6 +172,8 @@ def _header_value_problem(text: object) -> str | None:
 
 
 def optional_headers(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """attrs validator: `check_headers`, or None."""
-    if value is not None:
+    """attrs validator: `check_headers`, `check_async_function` for a callable, or None."""
+    if callable(value) and not isinstance(value, Mapping):
+        check_async_function(value, attribute.name)
+    elif value is not None:
         check_headers(value, attribute.name)
