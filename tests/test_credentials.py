@@ -13,6 +13,7 @@ import functools
 import itertools
 import logging
 import math
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 
 import hypothesis.strategies as st
@@ -20,6 +21,7 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+import trustme
 from hypothesis import given
 
 from helpers import StreamServer, idle, raw_server
@@ -30,6 +32,7 @@ from tenantry import (
     SocketOptions,
     TenantSpec,
     TenantState,
+    UrlConnector,
     open_hub,
     open_socket,
 )
@@ -381,3 +384,42 @@ def test_a_headers_callable_must_be_async_and_is_not_shown() -> None:
     options = SocketOptions(headers=functools.partial(returns, {"Authorization": TOKEN}))
     assert "headers=<partial>" in repr(options)
     assert "headers=<TokenIssuer.headers>" in repr(SocketOptions(headers=TokenIssuer(1).headers))
+
+
+# -- TLS: a private CA and a client certificate, as the tutorial shows ----------------
+
+
+async def test_a_client_certificate_through_an_ssl_context_reaches_the_server() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    server_context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: no certificate, no service
+    ca.configure_trust(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    ca.issue_cert("acme@clients.example").configure_cert(client_context)
+    peers: list[object] = []
+
+    async def handle(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await stream.do_handshake()
+            peers.append(stream.getpeercert())
+            async with trio.open_nursery() as nursery:
+                request = await trio_websocket.wrap_server_stream(nursery, stream)
+                await request.accept()
+                await trio.sleep_forever()
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as server:
+        listeners = await trio.open_ssl_over_tcp_listeners(0, server_context, host="127.0.0.1")
+        transport = listeners[0].transport_listener
+        assert isinstance(transport, trio.SocketListener)
+        port = transport.socket.getsockname()[1]
+        server.start_soon(trio.serve_listeners, handle, listeners)
+        connector = UrlConnector(f"wss://127.0.0.1:{port}/", ssl_context=client_context)
+        with trio.fail_after(10):
+            async with open_socket(connector, tenant_id="acme") as sock:
+                assert sock.close_reason is None
+        server.cancel_scope.cancel()
+    assert "acme@clients.example" in repr(peers)
