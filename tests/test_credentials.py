@@ -351,6 +351,7 @@ async def test_headers_that_cannot_be_made_fail_the_attempt_and_say_why_without_
         connector = MemoryConnector(nursery, accept)
         failed = await failure_from(connector, options)
         assert (failed.reason.code, failed.reason.message, failed.status) == (408, message, None)
+        assert isinstance(failed.__cause__, RuntimeError) == message.endswith("RuntimeError")
         async with open_hub(seed=1) as hub:  # a tenant retries, and the hub carries on
             await hub.add(TenantSpec("a", connector, idle, options=options))
             await trio.sleep(10)
