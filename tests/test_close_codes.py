@@ -282,3 +282,17 @@ async def test_a_gateway_stops_on_its_own_authentication_failed_code(
         if s.name == "tenantry_reconnects_total"
     }
     assert reconnects == {"session_timed_out": 1, "other": 1, "authentication_failed": 1}
+
+
+async def test_a_local_reason_given_to_close_records_the_code_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fake_upstream() as upstream:
+        async with open_socket(upstream.connector_to("/a"), tenant_id="a") as sock:
+            sock.close(DisconnectReason(428, "restart", remote=False), code=4000)
+        async with open_socket(upstream.connector_to("/b"), tenant_id="b") as given:
+            given.close(DisconnectReason(428, "restart", remote=False, raw_code=4001))
+    assert sock.close_reason is not None
+    assert sock.close_reason.raw_code == 4000
+    assert given.close_reason is not None
+    assert given.close_reason.raw_code == 4001  # kept as given

@@ -201,7 +201,7 @@ def test_close_codes_are_frozen_and_keyword_only() -> None:
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         codes.fold = True  # type: ignore[misc]
     with pytest.raises(TypeError):
-        CloseCodes({4004: "authentication_failed"})  # type: ignore[misc]
+        CloseCodes({4004: "authentication_failed"})  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="fold"):
         CloseCodes(fold=1)  # type: ignore[arg-type]
 

@@ -101,8 +101,9 @@ class CloseOrigin(enum.Enum):
     """The connection dropped, timed out or could not be made; no code was
     sent (``raw_code`` is None, or 1006 for an abnormal closure)."""
     LOCAL = "local"
-    """This side ended the connection; ``raw_code`` is the close code it sent
-    with `~tenantry.Socket.close`, if it chose one."""
+    """This side ended the connection; ``raw_code`` is the close code given to
+    `~tenantry.Socket.close` (None when tenantry itself ended it, e.g. on too
+    many bad frames)."""
 
 
 class Decision(enum.Enum):
@@ -294,7 +295,7 @@ class DisconnectReason:
         return cls(status, message, origin=CloseOrigin.HTTP_STATUS, raw_code=status)
 
 
-def _names(value: object) -> Mapping[int, str]:
+def _names(value: Mapping[int, str]) -> Mapping[int, str]:
     """*value* as a read-only copy of valid code names, else raise naming the field."""
     if not isinstance(value, Mapping):
         raise TypeError(f"names must be a mapping of codes to names, got {type(value).__name__}")

@@ -27,7 +27,8 @@ Every way a socket can end runs the same *ordered shutdown*:
    each has drained (`EventStream.aclose`);
 4. fail pending sends with `SocketClosed`;
 5. cancel the body of the ``async with`` (like a cancel scope: not re-raised);
-6. cancel the remaining tasks; close the WebSocket (shielded, bounded);
+6. cancel the remaining tasks; close the WebSocket (shielded, bounded)
+   with the close code and text `Socket.close` chose (1000 by default);
 7. drop the socket caches.
 
 Steps 1-3 share one *grace* period. Steps 1-5 run in a task of their own
@@ -85,7 +86,7 @@ from ._protocol import (
     WireProtocol,
     preview,
 )
-from ._reasons import Decision, DisconnectReason, ReasonCode
+from ._reasons import CloseOrigin, Decision, DisconnectReason, ReasonCode
 from ._stream import EventStream
 from ._validate import check_instance, check_name
 
@@ -299,8 +300,10 @@ class Socket:
         """Begin the ordered shutdown; the ``async with`` body is then cancelled.
 
         Args:
-            reason: A `DisconnectReason` (kept as given), or a message for a
-                local 428 (connection closed) whose ``raw_code`` is *code*.
+            reason: A `DisconnectReason` (kept as given, but for the
+                ``raw_code`` of a local one without: *code*), or a message
+                for a local 428 (connection closed) whose ``raw_code`` is
+                *code*.
             code: The WebSocket close code to send: 1000 (normal), one of
                 RFC 6455's other codes a client may send (1001-1003,
                 1007-1014), or 3000-4999 (registered and private codes,
@@ -327,6 +330,8 @@ class Socket:
             text = reason.message
             if decision is not None:
                 reason = attrs.evolve(reason, decision=decision)
+            if reason.origin is CloseOrigin.LOCAL and reason.raw_code is None:
+                reason = attrs.evolve(reason, raw_code=code)
         elif reason is None or isinstance(reason, str):
             text = reason or ""
             reason = DisconnectReason(
@@ -535,7 +540,13 @@ class Socket:
             "socket closing: tenant %s, %s",
             self._tenant_id,
             reason,
-            extra={"tenant": self._tenant_id, "code": reason.code, "remote": reason.remote},
+            extra={
+                "tenant": self._tenant_id,
+                "code": reason.code,
+                "remote": reason.remote,
+                "origin": reason.origin.value,
+                "raw_code": reason.raw_code,
+            },
         )
         nursery.start_soon(self._shutdown)
         return reason
@@ -709,7 +720,8 @@ async def open_socket(
     code.
 
     The WebSocket closes with a close handshake (bounded) after a normal
-    local or remote close. A peer declared dead (reason 408) is not asked
+    local or remote close, sending the code `Socket.close` was given (1000
+    by default). A peer declared dead (reason 408) is not asked
     for one, and neither is any peer when the block is cancelled from
     outside: no reply could be read.
     """

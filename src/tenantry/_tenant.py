@@ -311,6 +311,9 @@ class Tenant:
                 "code": reason.code,
                 "reason": reason.name,
                 "remote": reason.remote,
+                "origin": reason.origin.value,
+                "raw_code": reason.raw_code,
+                "decision": step.decision.value,
                 "failure": step.failure,
             },
         )
