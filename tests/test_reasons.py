@@ -54,6 +54,7 @@ def test_names() -> None:
     assert DisconnectReason(ReasonCode.MULTIDEVICE_MISMATCH).name == "multidevice_mismatch"
     assert DisconnectReason(799).name == "code_799"
     assert DisconnectReason(799).label == "other"  # a closed set of metric labels
+    assert DisconnectReason(-1).label == DisconnectReason(10**80).label == "other"
     assert DisconnectReason(ReasonCode.CONNECTION_LOST).label == "connection_lost"
     assert DisconnectReason(1009).label == DisconnectReason(1009).name == "message_too_big"
     assert str(DisconnectReason(428, remote=False)) == "428 connection_closed (local)"

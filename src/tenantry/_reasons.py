@@ -190,8 +190,9 @@ def _default_name(reason: Any) -> str:
     return _builtin_name(reason.code)
 
 
-def _reason_name(_: object, attribute: attrs.Attribute[str], value: object) -> None:
-    _check_name(value, attribute.name)
+def _reason_name(reason: DisconnectReason, attribute: attrs.Attribute[str], value: object) -> None:
+    if value != _builtin_name(reason.code):  # ``code_<N>`` for any int, even a negative one
+        _check_name(value, attribute.name)
 
 
 def _origin_matches_side(reason: DisconnectReason, _: object, origin: CloseOrigin) -> None:
