@@ -19,6 +19,7 @@ import tenantry
 TIERS = {
     "tenantry": [
         "BAILEYS_CACHE_SPECS",
+        "BAILEYS_CLOSE_CODES",
         "DEFAULT_DECISIONS",
         "DEFAULT_EVENT_RULES",
         "Backoff",
@@ -31,6 +32,8 @@ TIERS = {
         "CacheSpec",
         "CacheStats",
         "CapacityPlan",
+        "CloseCodes",
+        "CloseOrigin",
         "CloseRequested",
         "ConnectFailed",
         "Connector",

@@ -426,6 +426,49 @@ def test_a_custom_decide() -> None:
     assert policy.reconnector(clock=clock).disconnected(CLOSED_503).decision is Decision.STOP
 
 
+@pytest.mark.parametrize(
+    ("reason", "decision"),
+    [
+        (DisconnectReason(428, remote=False, decision=Decision.STOP), Decision.STOP),
+        (DisconnectReason(401, decision=Decision.RECONNECT), Decision.RECONNECT),
+        (DisconnectReason(503, decision=Decision.RECONNECT_NOW), Decision.RECONNECT_NOW),
+    ],
+    ids=str,
+)
+def test_a_reasons_own_decision_overrides_the_policy(
+    reason: DisconnectReason, decision: Decision
+) -> None:
+    asked: list[DisconnectReason] = []
+
+    def decide(reason: DisconnectReason) -> Decision:
+        asked.append(reason)
+        return Decision.STOP if decision is not Decision.STOP else Decision.RECONNECT
+
+    clock, _ = make()
+    machine = ReconnectPolicy(decide=decide).reconnector(clock=clock, random=Fixed(0.5))
+    assert machine.disconnected(reason).decision is decision
+    assert asked == []
+
+
+def test_reconnect_now_by_decision_skips_the_delay_but_a_short_connection_still_fails() -> None:
+    clock, policy = make()
+    machine = policy.reconnector(clock=clock, random=Fixed(0.5))
+    now = DisconnectReason(428, remote=False, decision=Decision.RECONNECT_NOW)
+    machine.connected()
+    clock.now += 1
+    step = machine.disconnected(now)
+    assert (step.decision, step.delay, step.failure, step.failures) == (
+        Decision.RECONNECT_NOW,
+        0,
+        True,
+        1,
+    )
+    machine.connected()
+    clock.now += 600  # a stable connection: no failure
+    step = machine.disconnected(now)
+    assert (step.delay, step.failure, step.failures) == (0, False, 0)
+
+
 def test_jittered_delays_from_a_seed_are_reproducible() -> None:
     def run(seed: int) -> list[float]:
         clock = FakeClock()

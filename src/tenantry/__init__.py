@@ -29,7 +29,16 @@ from ._metrics import Metrics
 from ._options import SocketOptions
 from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, WireProtocol
 from ._public import publish as _publish
-from ._reasons import DEFAULT_DECISIONS, Decision, DisconnectReason, ReasonCode, default_decide
+from ._reasons import (
+    BAILEYS_CLOSE_CODES,
+    DEFAULT_DECISIONS,
+    CloseCodes,
+    CloseOrigin,
+    Decision,
+    DisconnectReason,
+    ReasonCode,
+    default_decide,
+)
 from ._reconnect import ReconnectPolicy
 from ._rules import DEFAULT_EVENT_RULES, EventRules, KeySpec, Rule, RuleKind, message_key
 from ._socket import ConnectFailed, Socket, SocketClosed, open_socket
@@ -40,6 +49,7 @@ from ._version import __version__ as __version__
 
 __all__ = [
     "BAILEYS_CACHE_SPECS",
+    "BAILEYS_CLOSE_CODES",
     "DEFAULT_DECISIONS",
     "DEFAULT_EVENT_RULES",
     "Backoff",
@@ -52,6 +62,8 @@ __all__ = [
     "CacheSpec",
     "CacheStats",
     "CapacityPlan",
+    "CloseCodes",
+    "CloseOrigin",
     "CloseRequested",
     "ConnectFailed",
     "Connector",

@@ -16,6 +16,7 @@ import attrs
 from ._buffer import BufferConfig
 from ._connect import HeadersFactory
 from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, WireProtocol
+from ._reasons import BAILEYS_CLOSE_CODES, CloseCodes
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._validate import (
     instance_of,
@@ -97,3 +98,9 @@ class SocketOptions:
     """Bound, in seconds, on each whole attempt to connect: TCP connect, TLS
     handshake and WebSocket upgrade. An attempt that takes longer fails like
     a refused one (`ConnectFailed`, reason 408)."""
+    close_codes: CloseCodes = attrs.field(
+        default=BAILEYS_CLOSE_CODES, validator=instance_of(CloseCodes)
+    )
+    """The protocol's close codes: how the peer's close codes become reason
+    codes, and their names (metric labels). The default is WhatsApp Web's,
+    where close 4000 + N means reason N."""

@@ -16,7 +16,7 @@ from typing import Any, Protocol, final
 
 import attrs
 
-from ._reasons import DisconnectReason
+from ._reasons import CloseOrigin, DisconnectReason
 from ._validate import check_count, check_name, positive_count
 
 __all__ = ["CloseRequested", "FrameRejected", "JsonProtocol", "RejectReason", "WireProtocol"]
@@ -146,4 +146,5 @@ class JsonProtocol:
                 RejectReason.BAD_SHAPE, preview(frame, self.preview_chars)
             ) from None
         text = message.get("text")
-        return DisconnectReason(code, text if isinstance(text, str) else "stream:error")
+        detail = text if isinstance(text, str) else "stream:error"
+        return DisconnectReason(code, detail, origin=CloseOrigin.PROTOCOL, raw_code=code)

@@ -22,8 +22,10 @@ only three kinds of input and never does I/O:
 An attempt is a *failure* unless it produced a stable connection. That is
 a reconnect storm's cure in one rule: a server that accepts and closes at once
 produces failures, so the delays grow and the breaker opens, however
-"normal" each close looks. The reason then picks the `Decision` (the table
-in ``_reasons.py``, or the policy's own ``decide``):
+"normal" each close looks. The reason then picks the `Decision`: its own
+``decision``, if it carries one (a handler's or a protocol's
+``Socket.close(decision=...)``), else the policy's ``decide`` (by default the
+table in ``_reasons.py``):
 
 =============  =============================================================
 decision       next step
@@ -75,7 +77,8 @@ class ReconnectPolicy:
         stable_after: Seconds a connection must stay up to count as a
             success; earlier closes are failures.
         decide: Reason -> `Decision`; `default_decide` (stop on 401, 403 and
-            440, at once on 515) unless given. In a hub, a ``decide`` that
+            440, at once on 515) unless given. A reason that carries its
+            own ``decision`` (see `Socket.close`) is not passed to it. In a hub, a ``decide`` that
             raises (or returns something else) is logged with its traceback
             and the default decision applies.
         max_retry_after: The longest wait, in seconds, that a rejection's
@@ -190,11 +193,15 @@ class Reconnector:
         *retry_after*: seconds the server asked to wait (a rejection's
         ``Retry-After``); the delay is then at least that, up to the policy's
         ``max_retry_after``. Negative or NaN counts as 0.
+
+        The reason's own ``decision``, if it has one, overrides the policy's ``decide``.
         """
         self.settle()
         was_stable = self._stable
         self._stable, self._connected_at = False, None  # the next attempt starts unproven
-        decision = self.policy.decide(reason)
+        decision = reason.decision
+        if decision is None:
+            decision = self.policy.decide(reason)
         if decision is Decision.STOP:
             return NextStep(
                 decision, math.inf, self._failures, failure=False, breaker=self._breaker.state

@@ -27,7 +27,8 @@ Every way a socket can end runs the same *ordered shutdown*:
    each has drained (`EventStream.aclose`);
 4. fail pending sends with `SocketClosed`;
 5. cancel the body of the ``async with`` (like a cancel scope: not re-raised);
-6. cancel the remaining tasks; close the WebSocket (shielded, bounded);
+6. cancel the remaining tasks; close the WebSocket (shielded, bounded)
+   with the close code and text `Socket.close` chose (1000 by default);
 7. drop the socket caches.
 
 Steps 1-3 share one *grace* period. Steps 1-5 run in a task of their own
@@ -63,12 +64,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any, final
 
+import attrs
 import trio
 import trio_websocket
 
 from ._buffer import EventBuffer, InvalidEvent
 from ._cache_specs import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope, check_cache_specs
 from ._connect import (
+    CLOSE_TIMEOUT,
     MAX_REJECTION_BODY,
     Connector,
     HandshakeFailed,
@@ -87,7 +90,7 @@ from ._protocol import (
     WireProtocol,
     preview,
 )
-from ._reasons import DisconnectReason, ReasonCode
+from ._reasons import CloseOrigin, Decision, DisconnectReason, ReasonCode
 from ._stream import EventStream
 from ._validate import check_instance, check_name
 
@@ -171,6 +174,7 @@ class Socket:
         "_body",
         "_buffer",
         "_caches",
+        "_close_frame",
         "_close_reason",
         "_connector",
         "_error",
@@ -233,6 +237,7 @@ class Socket:
         self._nursery: trio.Nursery | None = None
         self._shut_down = trio.Event()
         self._close_reason: DisconnectReason | None = None
+        self._close_frame = (1000, "")  # the WebSocket close code and text this side sends
         self._error: Exception | None = None
         self._rejected: dict[RejectReason, int] | None = None  # until the first rejection
         self._recent_rejections: deque[float] | None = None  # until the first rejection
@@ -314,16 +319,63 @@ class Socket:
         if not outgoing.written:
             raise self._closed_error()
 
-    def close(self, reason: DisconnectReason | str | None = None) -> None:
+    def close(
+        self,
+        reason: DisconnectReason | str | None = None,
+        *,
+        code: int = 1000,
+        decision: Decision | None = None,
+    ) -> None:
         """Begin the ordered shutdown; the ``async with`` body is then cancelled.
 
-        *reason* is a `DisconnectReason` (its ``remote`` is kept as given) or
-        a message for a local 428 (connection closed). Idempotent: the first
-        reason wins, and if the peer's close frame (or a drop) has already
-        reached the transport, the peer's reason does.
+        Args:
+            reason: A `DisconnectReason` (kept as given, but for the
+                ``raw_code`` of a local one without: *code*), or a message
+                for a local 428 (connection closed) whose ``raw_code`` is
+                *code*.
+            code: The WebSocket close code to send: 1000 (normal), one of
+                RFC 6455's other codes a client may send (1001-1003,
+                1007-1014), or 3000-4999 (registered and private codes,
+                e.g. one a gateway reads as "keep the session for a
+                resume"). The close frame carries it and the reason's
+                message (up to 123 bytes of UTF-8).
+            decision: What the tenant does next, overriding its policy's
+                ``decide`` (``Decision.RECONNECT_NOW``, ``Decision.STOP``,
+                ...); it becomes the reason's ``decision``. None lets the
+                policy decide.
+
+        Idempotent: the first reason wins, and if the peer's close frame (or
+        a drop) has already reached the transport, the peer's reason does
+        (and no close frame is sent).
+
+        Raises:
+            TypeError, ValueError: a *reason*, *code* or *decision* that could
+                never be sent, naming it.
         """
-        if not isinstance(reason, DisconnectReason):
-            reason = _local_close(reason or "closed locally")
+        code = _check_close_code(code)
+        if decision is not None:
+            check_instance(decision, "decision", Decision)
+        if isinstance(reason, DisconnectReason):
+            text = reason.message
+            if decision is not None:
+                reason = attrs.evolve(reason, decision=decision)
+            if reason.origin is CloseOrigin.LOCAL and reason.raw_code is None:
+                reason = attrs.evolve(reason, raw_code=code)
+        elif reason is None or isinstance(reason, str):
+            text = reason or ""
+            reason = DisconnectReason(
+                ReasonCode.CONNECTION_CLOSED,
+                text or "closed locally",
+                remote=False,
+                raw_code=code,
+                decision=decision,
+            )
+        else:
+            raise TypeError(
+                f"reason must be a DisconnectReason, a str or None, got {type(reason).__name__}"
+            )
+        if self._close_reason is None:
+            self._close_frame = (code, _close_text(text))
         self._begin_close(reason)
 
     def __repr__(self) -> str:
@@ -374,6 +426,8 @@ class Socket:
                 reason = self._close_reason
                 if reason is not None and reason.code == ReasonCode.CONNECTION_LOST:
                     await trio.aclose_forcefully(ws)  # a peer declared dead answers no close
+                else:
+                    await self._close_websocket(ws)
         finally:
             if counted:  # counted until the WebSocket is closed: the scope's whole life
                 gauges.sockets_alive -= 1
@@ -415,7 +469,7 @@ class Socket:
             except trio_websocket.ConnectionClosed as closed:
                 code = None if closed.reason is None else closed.reason.code
                 message = None if closed.reason is None else closed.reason.reason
-                self._begin_close(_transport_reason(closed.reason))
+                self._begin_close(self._transport_reason(closed.reason))
                 if code in _REFUSED_BY_TRANSPORT:  # a bad frame too: count it as one
                     self._reject(_REFUSED_BY_TRANSPORT[code], message or "")
             except CloseRequested as request:
@@ -448,7 +502,7 @@ class Socket:
             except trio_websocket.ConnectionClosed as closed:
                 # Often before the reader reaches the close frame: the close begins here,
                 # with the peer's reason, so that the failed send can carry it.
-                self._begin_close(_transport_reason(closed.reason))
+                self._begin_close(self._transport_reason(closed.reason))
             finally:
                 outgoing.done.set()
 
@@ -466,7 +520,7 @@ class Socket:
                 try:
                     await ws.ping()
                 except trio_websocket.ConnectionClosed as closed:
-                    self._begin_close(_transport_reason(closed.reason))
+                    self._begin_close(self._transport_reason(closed.reason))
                     return
                 continue
             if self._frames == heard:
@@ -504,17 +558,24 @@ class Socket:
             raise RuntimeError("socket closed before it started")
         ended = ws.closed
         if ended is not None:
-            reason = _transport_reason(ended)
+            reason = self._transport_reason(ended)
             self._read_done = trio.Event()
         else:
             self._reading.cancel()
+            reason = self._options.close_codes.named(reason)
         self._close_reason = reason
         log = logger.info if reason.remote or self._error is None else logger.error
         log(
             "socket closing: tenant %s, %s",
             self._tenant_id,
             reason,
-            extra={"tenant": self._tenant_id, "code": reason.code, "remote": reason.remote},
+            extra={
+                "tenant": self._tenant_id,
+                "code": reason.code,
+                "remote": reason.remote,
+                "origin": reason.origin.value,
+                "raw_code": reason.raw_code,
+            },
         )
         nursery.start_soon(self._shutdown)
         return reason
@@ -570,6 +631,26 @@ class Socket:
                 self._outbox.receive_nowait().done.set()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
+
+    def _transport_reason(self, ended: trio_websocket.CloseReason | None) -> DisconnectReason:
+        """Why the transport ended: the peer's close frame, under the protocol's close codes,
+        or a drop (None, or 1006)."""
+        if ended is None:
+            return self._options.close_codes.reason(None)
+        return self._options.close_codes.reason(ended.code, ended.reason)
+
+    async def _close_websocket(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """Close the WebSocket with this side's close code and text (shielded, bounded).
+
+        A no-op if the peer's close frame came first. Cancelled from outside,
+        it leaves the WebSocket to the connector, which closes it at once: no
+        close reply could be read.
+        """
+        if trio.current_effective_deadline() == -math.inf:
+            return
+        code, text = self._close_frame
+        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+            await ws.aclose(code, text or None)
 
     async def _finish(self) -> None:
         """Run from the body's exit: make sure the ordered shutdown ran, then wait for it."""
@@ -668,7 +749,8 @@ async def open_socket(
     code.
 
     The WebSocket closes with a close handshake (bounded) after a normal
-    local or remote close. A peer declared dead (reason 408) is not asked
+    local or remote close, sending the code `Socket.close` was given (1000
+    by default). A peer declared dead (reason 408) is not asked
     for one, and neither is any peer when the block is cancelled from
     outside: no reply could be read.
     """
@@ -732,11 +814,27 @@ def _local_close(message: str) -> DisconnectReason:
     return DisconnectReason(ReasonCode.CONNECTION_CLOSED, message, remote=False)
 
 
-def _transport_reason(ended: trio_websocket.CloseReason | None) -> DisconnectReason:
-    """Why the transport ended: the peer's close frame, or a drop (None, or 1006)."""
-    if ended is None:
-        return DisconnectReason.from_close_code(None)
-    return DisconnectReason.from_close_code(ended.code, ended.reason)
+_SENDABLE_CLOSE_CODES = (range(1000, 1004), range(1007, 1015), range(3000, 5000))
+"""Close codes an endpoint may send (RFC 6455 section 7.4 and the IANA registry)."""
+_MAX_CLOSE_TEXT = 123
+"""Bytes of UTF-8 a close frame's reason may carry (125 less the code's 2)."""
+
+
+def _check_close_code(code: object) -> int:
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(f"code must be an int, got {type(code).__name__}")
+    if not any(code in codes for codes in _SENDABLE_CLOSE_CODES):
+        raise ValueError(
+            f"code must be a close code an endpoint may send (1000-1003, 1007-1014,"
+            f" 3000-4999), got {code}"
+        )
+    return int(code)
+
+
+def _close_text(message: str) -> str:
+    """*message* cut to what a close frame can carry, on a character boundary."""
+    encoded = message.encode("utf-8", "replace")
+    return encoded[:_MAX_CLOSE_TEXT].decode("utf-8", "ignore")
 
 
 def _connect_failed(error: Exception) -> ConnectFailed:

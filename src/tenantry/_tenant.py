@@ -74,7 +74,8 @@ class TenantSpec:
         handler: ``async def handler(sock)`` (or an object whose ``__call__``
             is async, or a `functools.partial` of either), run inside each
             connection's socket scope. When it returns, that connection
-            closes (and the policy decides what follows); when it raises, the
+            closes (and the policy decides what follows, unless the handler
+            closed it with ``sock.close(decision=...)``); when it raises, the
             error is logged with its traceback and counted as a failure -- it
             never leaves the hub.
         policy: Backoff, breaker and decisions (`ReconnectPolicy`).
@@ -313,6 +314,9 @@ class Tenant:
                 "code": reason.code,
                 "reason": reason.name,
                 "remote": reason.remote,
+                "origin": reason.origin.value,
+                "raw_code": reason.raw_code,
+                "decision": step.decision.value,
                 "failure": step.failure,
             },
         )
