@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-``with GatewayServer(scenarios) as server:`` runs an asyncio ``websockets`` server on
-127.0.0.1 in a thread with its own event loop, out of the Trio run under test, and stops it
-on exit. It runs in real time: tests keep intervals short and bound every wait.
-``server.record(tenant)`` returns a copy of the tenant's bookkeeping, taken on the server's
-loop, so it is consistent at that instant.
+``with GatewayServer(scenarios) as server:`` (or the ``gateway`` fixture of conftest.py)
+runs an asyncio ``websockets`` server on 127.0.0.1 in a thread with its own event loop, out
+of the Trio run under test, and stops it on exit, raising if one of its tasks failed (a bug
+here, not in the client). It runs in real time: tests keep intervals short and bound every
+wait. ``server.record(tenant)`` returns a copy of the tenant's bookkeeping (``Record``), taken
+on the server's loop, so it is consistent at that instant; ``server.wait(tenant, predicate)``
+polls it, with a bound. Each tenant follows its ``Scenario`` (``default`` for the others).
 
 The protocol: JSON text frames ``{"op": int, "d": ..., "s": int | None, "t": str | None}``.
 
@@ -273,6 +275,8 @@ class GatewayServer:
         assert self._stop is not None
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=10)
+        if self.errors and exc_info[0] is None:
+            raise AssertionError(f"the gateway server failed: {self.errors}")
 
     def _run(self) -> None:
         asyncio.run(self._main())

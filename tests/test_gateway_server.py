@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -256,3 +257,17 @@ def test_no_heartbeat_closes_with_4009(gateway: Start) -> None:
     assert closed.rcvd is not None
     assert closed.rcvd.code == 4009
     assert server.record("t").connections[0].server_close == 4009
+
+
+def test_a_failure_inside_the_server_fails_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(self: GatewayServer, link: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(GatewayServer, "_watchdog", broken)
+    with ExitStack() as stack:
+        server = stack.enter_context(GatewayServer())
+        with dial(server, "t") as ws:
+            assert recv(ws)["op"] == 10
+        server.wait("t", lambda r: bool(server.errors))
+        with pytest.raises(AssertionError, match="bug"):
+            stack.close()
