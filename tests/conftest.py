@@ -4,13 +4,17 @@ Trio's own are there already (pytest-trio, with ``trio_mode = true`` in
 pyproject.toml): ``autojump_clock`` runs a test on
 ``MockClock(autojump_threshold=0)``, so time jumps ahead whenever every task
 waits. The fixtures here are for the pure, clock-injected parts, which run
-without Trio.
+without Trio, and ``gateway``, a real server in its own thread for interop tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+
 import pytest
 
+from gateway_server import GatewayServer
 from helpers import FakeClock
 
 
@@ -18,3 +22,10 @@ from helpers import FakeClock
 def clock() -> FakeClock:
     """A hand-driven clock at 1000.0: advance it by setting ``clock.now``."""
     return FakeClock()
+
+
+@pytest.fixture
+def gateway() -> Iterator[Callable[..., GatewayServer]]:
+    """Start a ``GatewayServer(...)`` (real time, its own thread); stopped at teardown."""
+    with ExitStack() as stack:
+        yield lambda *args, **kwargs: stack.enter_context(GatewayServer(*args, **kwargs))
