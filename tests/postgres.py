@@ -53,14 +53,14 @@ class PostgresServer:
         return dsn if password is None else f"{dsn} password={password}"
 
 
-def pg_bin() -> Path:
+def pg_bin(installed: Path = Path("/usr/lib/postgresql")) -> Path:
     """The directory of ``initdb`` and ``pg_ctl``: $PG_BIN, else the newest installed version's."""
     configured = os.environ.get("PG_BIN")
     candidates = (
         [Path(configured)]
         if configured
         else sorted(
-            Path("/usr/lib/postgresql").glob("*/bin"),
+            installed.glob("*/bin"),
             key=lambda path: [int(part) for part in path.parent.name.split(".") if part.isdigit()],
             reverse=True,
         )

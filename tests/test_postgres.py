@@ -14,12 +14,14 @@ import logging
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
+import psycopg
 import pytest
 import trio
 import trio.testing
 
-from postgres import PostgresServer, open_proxy
+from postgres import PostgresServer, open_proxy, pg_bin
 from tenantry.cluster import CoordinatorError, PostgresCoordinator
 
 SECRET = "tnt-SECRET-9d2e41"  # noqa: S105 - a fake, recognisable wherever it leaks
@@ -73,6 +75,19 @@ async def test_a_frozen_server_fails_a_connect_within_the_bound(
                 await store.view()
             proxy.thaw()
             assert (await store.view()).members == ()
+
+
+async def test_a_statement_stuck_on_a_lock_is_cancelled_by_the_server(
+    postgres: PostgresServer, schema: str
+) -> None:
+    async with contextlib.aclosing(coordinator(postgres.dsn(), schema)) as store:
+        member = await store.register("a", 60)
+        await store.put_tenant("t", {})
+        with psycopg.Connection.connect(postgres.dsn()) as holder:  # a transaction, till the end
+            holder.execute(f"SELECT * FROM {schema}.tenants FOR UPDATE")  # noqa: S608 - ours
+            with trio.fail_after(HANG), pytest.raises(CoordinatorError, match="QueryCanceled"):
+                await store.acquire(member, "t")
+        assert await store.acquire(member, "t") == 1
 
 
 async def test_a_killed_server_fails_every_call_without_showing_the_password(
@@ -189,3 +204,28 @@ def test_without_psycopg_the_coordinator_says_what_to_install() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert "pip install 'tenantry[postgres]'" in done.stdout
+
+
+def test_the_newest_complete_server_version_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PG_BIN", raising=False)
+    for version, tools in [("9.6", 2), ("10", 2), ("16", 1)]:
+        binaries = tmp_path / version / "bin"
+        binaries.mkdir(parents=True)
+        for tool in ("initdb", "pg_ctl")[:tools]:
+            (binaries / tool).touch()
+    assert pg_bin(tmp_path) == tmp_path / "10" / "bin"
+    monkeypatch.setenv("PG_BIN", str(tmp_path / "9.6" / "bin"))
+    assert pg_bin(tmp_path) == tmp_path / "9.6" / "bin"
+
+
+def test_missing_server_binaries_fail_saying_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PG_BIN", raising=False)
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install postgresql.*PG_BIN"):
+        pg_bin(tmp_path)
+    monkeypatch.setenv("PG_BIN", str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match="initdb, pg_ctl"):
+        pg_bin()
