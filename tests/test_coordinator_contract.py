@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
 import attrs
@@ -215,18 +215,30 @@ async def test_a_change_through_one_coordinator_wakes_a_waiter_on_another(
     backend: Backend, clock: object
 ) -> None:
     async with backend.open() as waiting, backend.open() as changing:
-        await waiting.view()
-        await waiting.wait_for_change(0.01)  # connected and listening from here on
-        for change in (
-            lambda: changing.put_tenant("t", {}),
-            lambda: changing.register("b", LONG_TTL),
-            lambda: changing.remove_tenant("t"),
-        ):
+
+        async def wakes(change: Callable[[], Awaitable[object]]) -> None:
             with trio.fail_after(WAIT_BOUND / 2):
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(waiting.wait_for_change, WAIT_BOUND)
                     await trio.testing.wait_all_tasks_blocked()
                     await change()
+
+        await waiting.view()
+        await waiting.wait_for_change(0.01)  # connected and listening from here on
+        await wakes(lambda: changing.put_tenant("t", {}))
+        joined: list[Member] = []
+
+        async def join() -> None:
+            joined.append(await changing.register("b", LONG_TTL))
+
+        await wakes(join)
+        epoch = await changing.acquire(joined[0], "t")
+        assert epoch is not None
+        await wakes(lambda: changing.release(joined[0], "t", epoch))  # a tenant freed
+        await wakes(lambda: changing.put_tenant("t", {"n": 2}))  # a new description
+        await changing.acquire(joined[0], "t")
+        await wakes(lambda: changing.leave(joined[0]))
+        await wakes(lambda: changing.remove_tenant("t"))
 
 
 async def test_a_wait_without_change_ends_at_its_timeout(backend: Backend, clock: object) -> None:
