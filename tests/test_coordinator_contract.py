@@ -75,12 +75,14 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 
 @pytest.fixture
-def clock(backend: Backend) -> trio.testing.MockClock | None:
+def backend_clock(backend: Backend) -> trio.testing.MockClock | None:
     """The test's clock (pytest-trio takes a Clock among the arguments): mock or real."""
     return backend.clock
 
 
-async def test_a_registered_member_is_live_and_renews(backend: Backend, clock: object) -> None:
+async def test_a_registered_member_is_live_and_renews(
+    backend: Backend, backend_clock: object
+) -> None:
     async with backend.open() as store:
         a = await store.register("a", LONG_TTL)
         b = await store.register("b", LONG_TTL)
@@ -92,7 +94,7 @@ async def test_a_registered_member_is_live_and_renews(backend: Backend, clock: o
 
 
 async def test_a_member_expires_by_the_stores_clock_and_cannot_renew(
-    backend: Backend, clock: object
+    backend: Backend, backend_clock: object
 ) -> None:
     async with backend.open() as store:
         a = await store.register("a", SHORT_TTL)
@@ -104,7 +106,7 @@ async def test_a_member_expires_by_the_stores_clock_and_cannot_renew(
 
 
 async def test_registering_again_is_a_new_incarnation_and_ends_the_old(
-    backend: Backend, clock: object
+    backend: Backend, backend_clock: object
 ) -> None:
     async with backend.open() as store:
         old = await store.register("a", LONG_TTL)
@@ -119,7 +121,7 @@ async def test_registering_again_is_a_new_incarnation_and_ends_the_old(
         assert await store.acquire(new, "t") == 2
 
 
-async def test_acquire_release_and_the_epoch(backend: Backend, clock: object) -> None:
+async def test_acquire_release_and_the_epoch(backend: Backend, backend_clock: object) -> None:
     async with backend.open() as store:
         a = await store.register("a", LONG_TTL)
         b = await store.register("b", LONG_TTL)
@@ -142,7 +144,7 @@ async def test_acquire_release_and_the_epoch(backend: Backend, clock: object) ->
 
 
 async def test_a_dead_owners_tenant_is_free_and_a_dead_member_acquires_nothing(
-    backend: Backend, clock: object
+    backend: Backend, backend_clock: object
 ) -> None:
     async with backend.open() as store:
         a = await store.register("a", SHORT_TTL)
@@ -157,7 +159,9 @@ async def test_a_dead_owners_tenant_is_free_and_a_dead_member_acquires_nothing(
         assert not await store.release(a, "t", 1)
 
 
-async def test_two_members_racing_for_each_tenant_one_wins(backend: Backend, clock: object) -> None:
+async def test_two_members_racing_for_each_tenant_one_wins(
+    backend: Backend, backend_clock: object
+) -> None:
     tenants = [f"t{index:02}" for index in range(20)]
     won: dict[str, list[tuple[str, int]]] = {tenant: [] for tenant in tenants}
     async with backend.open() as first, backend.open() as second:
@@ -180,7 +184,7 @@ async def test_two_members_racing_for_each_tenant_one_wins(backend: Backend, clo
         assert owners == {tenant: {"a": a, "b": b}[won[tenant][0][0]] for tenant in tenants}
 
 
-async def test_leaving_frees_the_members_tenants(backend: Backend, clock: object) -> None:
+async def test_leaving_frees_the_members_tenants(backend: Backend, backend_clock: object) -> None:
     async with backend.open() as store:
         a = await store.register("a", LONG_TTL)
         b = await store.register("b", LONG_TTL)
@@ -196,7 +200,7 @@ async def test_leaving_frees_the_members_tenants(backend: Backend, clock: object
         assert await store.acquire(b, "t") == 2
 
 
-async def test_the_tenant_list_is_shared(backend: Backend, clock: object) -> None:
+async def test_the_tenant_list_is_shared(backend: Backend, backend_clock: object) -> None:
     async with backend.open() as first, backend.open() as second:
         a = await first.register("a", LONG_TTL)
         await first.put_tenant("t", {"n": 1, "nested": {"list": [1, "x", None]}})
@@ -212,7 +216,7 @@ async def test_the_tenant_list_is_shared(backend: Backend, clock: object) -> Non
 
 
 async def test_a_change_through_one_coordinator_wakes_a_waiter_on_another(
-    backend: Backend, clock: object
+    backend: Backend, backend_clock: object
 ) -> None:
     async with backend.open() as waiting, backend.open() as changing:
 
@@ -241,7 +245,9 @@ async def test_a_change_through_one_coordinator_wakes_a_waiter_on_another(
         await wakes(lambda: changing.remove_tenant("t"))
 
 
-async def test_a_wait_without_change_ends_at_its_timeout(backend: Backend, clock: object) -> None:
+async def test_a_wait_without_change_ends_at_its_timeout(
+    backend: Backend, backend_clock: object
+) -> None:
     async with backend.open() as store:
         await store.wait_for_change(0.01)
         start = trio.current_time()
