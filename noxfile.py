@@ -30,8 +30,8 @@ COVERAGE = "coverage>=7.4"
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The whole test suite."""
-    session.install("-e", ".[prometheus,cli]", *TEST_DEPS)
+    """The whole test suite; it starts its own PostgreSQL (the server binaries must be there)."""
+    session.install("-e", ".[prometheus,cli,postgres]", *TEST_DEPS)
     session.run("pytest", *session.posargs)
 
 
@@ -41,7 +41,7 @@ def coverage(session: nox.Session) -> None:
 
     Not a default session and not in CI: a figure to read, not a gate.
     """
-    session.install("-e", ".[prometheus,cli]", *TEST_DEPS, COVERAGE)
+    session.install("-e", ".[prometheus,cli,postgres]", *TEST_DEPS, COVERAGE)
     session.run("coverage", "erase")
     session.run("coverage", "run", "-m", "pytest", *session.posargs)
     session.run("coverage", "report")
@@ -58,14 +58,14 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the library and the tests (pyproject.toml says how each is checked)."""
-    session.install("-e", ".[prometheus,cli]", *MYPY)
+    session.install("-e", ".[prometheus,cli,postgres]", *MYPY)
     session.run("mypy")
 
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Sphinx, warnings as errors."""
-    session.install("-e", ".[prometheus,cli]", *DOCS_DEPS)
+    session.install("-e", ".[prometheus,cli,postgres]", *DOCS_DEPS)
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
     session.run(
         "sphinx-build", "-W", "--keep-going", "-b", "doctest", "docs", "docs/_build/doctest"

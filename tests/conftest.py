@@ -4,7 +4,8 @@ Trio's own are there already (pytest-trio, with ``trio_mode = true`` in
 pyproject.toml): ``autojump_clock`` runs a test on
 ``MockClock(autojump_threshold=0)``, so time jumps ahead whenever every task
 waits. The fixtures here are for the pure, clock-injected parts, which run
-without Trio, and ``gateway``, a real server in its own thread for interop tests.
+without Trio; ``gateway`` is a real gateway server in its own thread, for interop tests,
+and ``postgres`` a real PostgreSQL server, for the coordinator's tests.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 from gateway_server import GatewayServer
 from helpers import FakeClock
+from postgres import PostgresServer, running_postgres
 
 
 @pytest.fixture
@@ -29,3 +31,10 @@ def gateway() -> Iterator[Callable[..., GatewayServer]]:
     """Start a ``GatewayServer(...)`` (real time, its own thread); stopped at teardown."""
     with ExitStack() as stack:
         yield lambda *args, **kwargs: stack.enter_context(GatewayServer(*args, **kwargs))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on loopback, started once per session (initdb takes a second)."""
+    with running_postgres() as server:
+        yield server

@@ -90,6 +90,14 @@ TIERS = {
         "open_fake_upstream",
     ],
     "tenantry.prometheus": ["HubCollector"],
+    "tenantry.cluster": [
+        "Coordinator",
+        "CoordinatorError",
+        "Member",
+        "PostgresCoordinator",
+        "TenantRow",
+        "View",
+    ],
 }
 
 
