@@ -230,26 +230,29 @@ def _is_count(value: object) -> bool:
 
 def _merge_message_upsert(old: Any, new: Any) -> Any:
     """A message folding into a pending message of its key, or absorbing its pending update."""
-    update = old.get("update")
-    if isinstance(update, Mapping) and "message" not in old:  # a pending ``{key, update}``
-        return {**new, **update}
-    merged = dict(new)  # replaces the pending message, keeping when it was first sent
-    if "messageTimestamp" in old:
-        merged["messageTimestamp"] = old["messageTimestamp"]
-    else:
-        merged.pop("messageTimestamp", None)
+    if "update" in old and _is_update(old):
+        return {**new, **old["update"]}
+    if "messageTimestamp" in old:  # replaces the pending message, keeping when it was first sent
+        return {**new, "messageTimestamp": old["messageTimestamp"]}
+    merged = {**new}
+    merged.pop("messageTimestamp", None)
     return merged
 
 
 def _merge_message_update(old: Any, new: Any) -> Any:
     """A ``{key, update}`` folding into a pending message, or into a pending update."""
     fields = new["update"]
-    if not isinstance(fields, Mapping):
+    if fields.__class__ is not dict and not isinstance(fields, Mapping):
         raise TypeError(f"update must be a mapping, got {type(fields).__name__}")
-    update = old.get("update")
-    if isinstance(update, Mapping) and "message" not in old:  # a pending ``{key, update}``
-        return {**old, "update": {**update, **fields}}
+    if "update" in old and _is_update(old):
+        return {**old, "update": {**old["update"], **fields}}
     return {**old, **fields}
+
+
+def _is_update(data: Any) -> bool:
+    """Whether a pending message event is a ``{key, update}`` (a message has no ``update``)."""
+    update = data["update"]
+    return "message" not in data and (update.__class__ is dict or isinstance(update, Mapping))
 
 
 DEFAULT_EVENT_RULES = EventRules(
