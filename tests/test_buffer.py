@@ -21,6 +21,7 @@ from tenantry import (
     Rule,
     RuleKind,
 )
+from tenantry._plans import compile_rules
 
 
 def msg(n: int, from_me: bool = False, **fields: Any) -> dict[str, Any]:
@@ -472,6 +473,23 @@ def test_plans_are_compiled_only_once_buffering_begins() -> None:
         {"chats.upsert": ({"id": 2, "name": "x"},)},
         {"chats.upsert": ({"id": 3},)},
     ]
+
+
+def test_only_rules_with_their_own_merge_pay_for_a_call() -> None:
+    plans = compile_rules(DEFAULT_EVENT_RULES)
+    assert {name: type(plans.keyed[name]).__name__ for name in plans.keyed if "." in name} == {
+        "chats.upsert": "_MergingUpsert",
+        "chats.update": "_MergingUpdate",
+        "chats.delete": "_Delete",
+        "contacts.upsert": "_Upsert",
+        "contacts.update": "_Update",
+        "messages.upsert": "_MergingUpsert",
+        "messages.update": "_MergingUpdate",
+        "messages.delete": "_Delete",
+        "messages.reaction": "_PerKey",
+        "message-receipt.update": "_PerKey",
+        "groups.update": "_Update",
+    }
 
 
 def test_an_always_buffering_buffer_compiles_at_once() -> None:
