@@ -44,7 +44,7 @@ def make_events(n: int, seed: int = 3) -> list[tuple[str, dict[str, Any]]]:
         if event_type == "messages.upsert":
             data = {"key": key, "message": {"conversation": f"hello {i}"}, "messageTimestamp": i}
         elif event_type == "messages.update":
-            data = {"key": key, "status": rng.randrange(5)}
+            data = {"key": key, "update": {"status": rng.randrange(5)}}
         else:
             data = {"key": key, "receipt": {"userJid": "x@s.whatsapp.net", "readTimestamp": i}}
         events.append((event_type, data))

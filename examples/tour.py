@@ -87,7 +87,8 @@ async def burst() -> None:
                 for i in range(10_000):
                     key = {"remoteJid": f"55{i % 10}@s.whatsapp.net", "id": f"M{i % 100}"}
                     kind = ("messages.upsert", "messages.update", "message-receipt.update")[i % 3]
-                    await events.emit(kind, {"key": key, "n": i})
+                    data = {"key": key, "update": {"n": i}} if i % 3 == 1 else {"key": key, "n": i}
+                    await events.emit(kind, data)
                     if i % 100 == 0:
                         await trio.sleep(0.1)  # the burst takes 10 virtual seconds
             await events.aclose()

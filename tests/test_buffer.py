@@ -21,6 +21,7 @@ from tenantry import (
     Rule,
     RuleKind,
 )
+from tenantry._plans import compile_rules
 
 
 def msg(n: int, from_me: bool = False, **fields: Any) -> dict[str, Any]:
@@ -84,6 +85,9 @@ def test_config_defaults_are_the_forks() -> None:
         (lambda: Rule(RuleKind.LAST_WINS, "id", "x"), "entity is required"),
         (lambda: Rule(RuleKind.HISTORY), "parts are required"),
         (lambda: Rule(RuleKind.UPSERT, 42, "x"), "key must be"),  # type: ignore[arg-type]
+        (lambda: Rule(RuleKind.UPDATE, "id", "x", merge=42), "merge must be"),  # type: ignore[arg-type]
+        (lambda: Rule(RuleKind.DELETE, "id", "x", merge=max), "merge has no meaning"),
+        (lambda: Rule(RuleKind.LAST_WINS, "id", merge=max), "merge has no meaning"),
     ],
 )
 def test_rule_validation(rule: Any, message: str) -> None:
@@ -158,18 +162,128 @@ def test_users_can_mark_their_own_types_immediate() -> None:
 
 def test_upserts_of_a_key_merge_into_the_first() -> None:
     buffer = buffered()
-    buffer.emit("messages.upsert", msg(1, text="a", status=1))
-    buffer.emit("messages.upsert", msg(2, text="b"))
-    buffer.emit("messages.upsert", msg(1, status=2))
-    buffer.emit("messages.upsert", msg(1, from_me=True, text="other key"))
+    buffer.emit("contacts.upsert", {"id": "a", "name": "A", "notify": "n"})
+    buffer.emit("contacts.upsert", {"id": "b", "name": "B"})
+    buffer.emit("contacts.upsert", {"id": "a", "notify": "m"})
     batch = flushed(buffer)
-    assert batch["messages.upsert"] == (
-        msg(1, text="a", status=2),
-        msg(2, text="b"),
-        msg(1, from_me=True, text="other key"),
+    assert batch["contacts.upsert"] == (
+        {"id": "a", "name": "A", "notify": "m"},
+        {"id": "b", "name": "B"},
     )
     assert buffer.stats.merged == 1
     assert_balanced(buffer)
+
+
+def test_a_message_replaces_a_pending_one_of_its_key_keeping_its_timestamp() -> None:
+    buffer = buffered()
+    buffer.emit("messages.upsert", msg(1, text="a", status=1, messageTimestamp=10))
+    buffer.emit("messages.upsert", msg(2, text="b"))
+    buffer.emit("messages.upsert", msg(1, status=2, messageTimestamp=11))
+    buffer.emit("messages.upsert", msg(1, from_me=True, text="other key"))
+    buffer.emit("messages.upsert", msg(2, text="c", messageTimestamp=12))
+    batch = flushed(buffer)
+    assert batch["messages.upsert"] == (
+        msg(1, status=2, messageTimestamp=10),
+        msg(2, text="c"),  # as Baileys: the first had no timestamp
+        msg(1, from_me=True, text="other key"),
+    )
+    assert buffer.stats.merged == 2
+    assert_balanced(buffer)
+
+
+def update(n: int, **fields: Any) -> dict[str, Any]:
+    return {"key": msg(n)["key"], "update": fields}
+
+
+def test_message_updates_merge_field_by_field_or_into_their_message() -> None:
+    buffer = buffered()
+    buffer.emit("messages.upsert", msg(1, text="a", status=1))
+    buffer.emit("messages.update", update(1, status=3))
+    buffer.emit("messages.update", update(1, starred=True))
+    buffer.emit("messages.update", update(2, status=2, starred=True))
+    buffer.emit("messages.update", update(2, status=4))
+    batch = flushed(buffer)
+    assert batch["messages.upsert"] == (msg(1, text="a", status=3, starred=True),)
+    assert batch["messages.update"] == (update(2, status=4, starred=True),)
+    assert buffer.stats.merged == 3
+
+
+def test_a_message_absorbs_its_pending_update_whose_fields_win() -> None:
+    buffer = buffered()
+    buffer.emit("messages.update", update(1, status=4))
+    buffer.emit("messages.update", update(1, starred=True))
+    buffer.emit("messages.upsert", msg(1, text="a", status=1))
+    batch = flushed(buffer)
+    assert batch["messages.upsert"] == (msg(1, text="a", status=4, starred=True),)
+    assert batch["messages.update"] == ()
+    assert buffer.stats.merged == 2
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "merged"),
+    [
+        (2, 3, 5),  # counts add up
+        (-1, 3, 3),  # a negative count ("marked unread") counts as 0
+        (2, -1, -1),  # a negative count replaces
+        (-1, None, "absent"),  # None clears a negative count
+        (2, None, None),
+        (None, 3, 3),
+        ("absent", 3, 3),
+    ],
+)
+def test_chat_unread_counts_merge_as_in_baileys(first: Any, second: Any, merged: Any) -> None:
+    def chat(unread: Any, **fields: Any) -> dict[str, Any]:
+        return {"id": "a", **({} if unread == "absent" else {"unreadCount": unread}), **fields}
+
+    for first_type in ("chats.upsert", "chats.update"):
+        for second_type in ("chats.upsert", "chats.update"):
+            buffer = buffered()
+            buffer.emit(first_type, chat(first, name="A"))
+            buffer.emit(second_type, chat(second, muted=True))
+            held = "chats.update" if first_type == second_type == "chats.update" else "chats.upsert"
+            assert flushed(buffer)[held] == (chat(merged, name="A", muted=True),)
+
+
+def test_a_rule_can_carry_its_own_merge() -> None:
+    def add(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        return {**old, **new, "n": old.get("n", 0) + new.get("n", 0)}
+
+    rules = DEFAULT_EVENT_RULES.with_rules(
+        {
+            "votes.upsert": Rule(RuleKind.UPSERT, "id", "votes", merge=add),
+            "votes.update": Rule(RuleKind.UPDATE, "id", "votes", merge=add),
+        }
+    )
+    buffer = EventBuffer(BufferConfig(always_buffer=True), rules, clock=FakeClock())
+    for event_type, ident, n in [
+        ("votes.update", "a", 1),
+        ("votes.update", "a", 2),
+        ("votes.upsert", "a", 4),  # absorbs the pending update
+        ("votes.update", "a", 8),  # into the pending upsert
+        ("votes.upsert", "b", 1),
+        ("votes.upsert", "b", 2),
+    ]:
+        buffer.emit(event_type, {"id": ident, "n": n})
+    batch = flushed(buffer)
+    assert batch["votes.upsert"] == ({"id": "a", "n": 15}, {"id": "b", "n": 3})
+    assert buffer.stats.merged == 4
+
+
+def test_a_merge_that_raises_refuses_the_event_and_changes_nothing() -> None:
+    buffer = buffered()
+    buffer.emit("messages.update", update(1, status=2))
+    buffer.emit("messages.upsert", msg(2, text="a"))
+    before = buffer.stats
+    for event_type, data in [
+        ("messages.update", msg(1, status=3)),  # no "update" object
+        ("messages.update", {"key": msg(2)["key"], "update": 5}),
+    ]:
+        with pytest.raises(InvalidEvent, match=f"{event_type} event that cannot merge"):
+            buffer.emit(event_type, data)
+    assert buffer.stats == before
+    batch = flushed(buffer)
+    assert batch["messages.update"] == (update(1, status=2),)
+    assert batch["messages.upsert"] == (msg(2, text="a"),)
 
 
 def test_updates_merge_into_a_pending_upsert_or_each_other() -> None:
@@ -196,8 +310,8 @@ def test_an_upsert_absorbs_a_pending_update_and_its_fields_win() -> None:
 def test_a_delete_cancels_pending_upserts_and_updates_and_comes_first() -> None:
     buffer = buffered()
     buffer.emit("messages.upsert", msg(1, text="x"))
-    buffer.emit("messages.update", msg(1, status=4))
-    buffer.emit("messages.update", msg(2, status=4))
+    buffer.emit("messages.update", update(1, status=4))
+    buffer.emit("messages.update", update(2, status=4))
     buffer.emit("messages.delete", msg(2))
     buffer.emit("messages.delete", msg(1))
     buffer.emit("messages.upsert", msg(1, text="again"))
@@ -361,6 +475,23 @@ def test_plans_are_compiled_only_once_buffering_begins() -> None:
     ]
 
 
+def test_only_rules_with_their_own_merge_pay_for_a_call() -> None:
+    plans = compile_rules(DEFAULT_EVENT_RULES)
+    assert {name: type(plans.keyed[name]).__name__ for name in plans.keyed if "." in name} == {
+        "chats.upsert": "_MergingUpsert",
+        "chats.update": "_MergingUpdate",
+        "chats.delete": "_Delete",
+        "contacts.upsert": "_Upsert",
+        "contacts.update": "_Update",
+        "messages.upsert": "_MergingUpsert",
+        "messages.update": "_MergingUpdate",
+        "messages.delete": "_Delete",
+        "messages.reaction": "_PerKey",
+        "message-receipt.update": "_PerKey",
+        "groups.update": "_Update",
+    }
+
+
 def test_an_always_buffering_buffer_compiles_at_once() -> None:
     assert EventBuffer(BufferConfig(always_buffer=True), clock=FakeClock())._plans
 
@@ -372,12 +503,16 @@ def test_a_non_string_type_is_invalid() -> None:
 
 def test_emitted_data_is_never_mutated() -> None:
     buffer = buffered()
-    first, second = msg(1, a=1), msg(1, b=2)
-    buffer.emit("messages.upsert", first)
+    first, second, third = update(1, a=1), update(1, b=2), msg(1, c=3)
+    buffer.emit("messages.update", first)
     buffer.emit("messages.update", second)
+    buffer.emit("messages.upsert", third)
+    buffer.emit("messages.update", second)
+    buffer.emit("chats.upsert", fourth := {"id": "a", "unreadCount": 1})
+    buffer.emit("chats.update", fifth := {"id": "a", "unreadCount": 2})
     flushed(buffer)
-    assert first == msg(1, a=1)
-    assert second == msg(1, b=2)
+    assert (first, second, third) == (update(1, a=1), update(1, b=2), msg(1, c=3))
+    assert (fourth, fifth) == ({"id": "a", "unreadCount": 1}, {"id": "a", "unreadCount": 2})
 
 
 # -- buffering depth, size trigger, timing ---------------------------------------
@@ -497,7 +632,7 @@ def test_rules_table_is_an_ordered_read_only_mapping() -> None:
         "creds.update",
         "messaging-history.set",
     ]
-    assert DEFAULT_EVENT_RULES["chats.upsert"] == Rule(RuleKind.UPSERT, "id", "chats")
+    assert DEFAULT_EVENT_RULES["contacts.upsert"] == Rule(RuleKind.UPSERT, "id", "contacts")
     extended = DEFAULT_EVENT_RULES.with_rules({"x.y": Rule(RuleKind.APPEND)})
     assert isinstance(extended, EventRules)
     assert "x.y" in extended

@@ -246,8 +246,11 @@ class EventBuffer:
             existing = plan.store.get(key)  # hashes the key: the last step that can fail
         except Exception as exc:
             raise InvalidEvent(f"{event_type} event without a valid key: {exc!r}") from exc
+        try:
+            merged = plan.put(key, data, existing)  # raises only from a rule's merge function
+        except Exception as exc:
+            raise InvalidEvent(f"{event_type} event that cannot merge: {exc!r}") from exc
         self._received += 1
-        merged = plan.put(key, data, existing)
         if merged:
             self._merged += merged
             if not plan.cancels:

@@ -12,8 +12,10 @@ own the stores its pending events live in.
   first-wins) gets a `KeyedPlan`: the function giving an event's key, the
   dict searched first for a pending event of that key, and `KeyedPlan.put`,
   the one merge step of its kind. An entity's upsert, update and delete plans
-  share that entity's three dicts, so that an upsert absorbs a
-  pending update and a delete cancels both.
+  share that entity's three dicts, so that an upsert absorbs a pending update
+  and a delete cancels both. An upsert or update rule with its own ``merge``
+  function gets a plan that calls it; the others inline the shallow merge,
+  so that they pay nothing for the option.
 * The other types get an `AppendPlan` (a list), a `HistoryPlan` (the entity
   lists a history event carries) or `IMMEDIATE` (never held).
 * The compiled `Plans` also fix the canonical batch order: per type, in the
@@ -50,6 +52,8 @@ __all__ = [
     "key_getter",
 ]
 
+Merge = Callable[[Any, Any], Any]
+"""A rule's ``merge(old, new) -> merged``."""
 Drain = Callable[[], tuple[Any, ...]]
 """Takes a type's pending items, in order, and empties its store."""
 
@@ -123,6 +127,54 @@ class _Update(KeyedPlan):
                 store[key] = data
                 return 0
         store[key] = {**existing, **data}
+        return 1
+
+
+@final
+class _MergingUpsert(KeyedPlan):
+    """`_Upsert` with the rule's own merge function."""
+
+    __slots__ = ("merge", "updates")
+
+    def __init__(self, spec: KeySpec, entity: _Entity, merge: Merge) -> None:
+        super().__init__(spec, entity.upserts)
+        self.updates = entity.updates
+        self.merge = merge
+
+    def put(self, key: Any, data: Any, existing: Any) -> int:
+        absorbed = existing is None
+        if absorbed:
+            existing = self.updates.get(key)  # a pending update it absorbs
+            if existing is None:
+                self.store[key] = data
+                return 0
+        merged = self.merge(existing, data)  # may raise: nothing is changed yet
+        if absorbed:
+            del self.updates[key]
+        self.store[key] = merged
+        return 1
+
+
+@final
+class _MergingUpdate(KeyedPlan):
+    """`_Update` with the rule's own merge function."""
+
+    __slots__ = ("merge", "updates")
+
+    def __init__(self, spec: KeySpec, entity: _Entity, merge: Merge) -> None:
+        super().__init__(spec, entity.upserts)
+        self.updates = entity.updates
+        self.merge = merge
+
+    def put(self, key: Any, data: Any, existing: Any) -> int:
+        store = self.store  # into a pending upsert of its key, else its pending update
+        if existing is None:
+            store = self.updates
+            existing = store.get(key)
+            if existing is None:
+                store[key] = data
+                return 0
+        store[key] = self.merge(existing, data)
         return 1
 
 
@@ -214,6 +266,10 @@ _ENTITY_PLANS: Final[dict[RuleKind, type[_Upsert | _Update | _Delete]]] = {
     RuleKind.UPSERT: _Upsert,
     RuleKind.UPDATE: _Update,
 }
+_MERGING_PLANS: Final[dict[RuleKind, type[_MergingUpsert | _MergingUpdate]]] = {
+    RuleKind.UPSERT: _MergingUpsert,
+    RuleKind.UPDATE: _MergingUpdate,
+}
 _KEYED_PLANS: Final[dict[RuleKind, type[_PerKey | _LastWins | _FirstWins]]] = {
     RuleKind.APPEND_PER_KEY: _PerKey,
     RuleKind.LAST_WINS: _LastWins,
@@ -265,7 +321,13 @@ def _plan_entity(plans: Plans, rules: EventRules, members: dict[RuleKind, str]) 
         event_type = members.get(kind)
         if event_type is None:
             continue
-        plans.keyed[event_type] = plan_class(_spec(rules[event_type]), entity)
+        rule = rules[event_type]
+        plan: KeyedPlan
+        if rule.merge is None:  # the shallow merge, inlined: the common, fast path
+            plan = plan_class(_spec(rule), entity)
+        else:
+            plan = _MERGING_PLANS[kind](_spec(rule), entity, rule.merge)
+        plans.keyed[event_type] = plan
         plans.order.append((event_type, _drain_dict(held[kind])))
 
 
