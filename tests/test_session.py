@@ -601,3 +601,29 @@ async def test_health_shows_in_the_status_at_once(autojump_clock: trio.testing.M
     assert before.failures == 3
     assert after.failures == 0
     assert after.breaker is BreakerState.CLOSED
+
+
+async def test_a_socket_declared_healthy_after_its_end_tells_nobody(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A stale socket kept by user code cannot vouch for its tenant's next connection."""
+    told: list[str] = []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, sends())
+        async with open_socket(
+            connector, tenant_id="a", on_healthy=lambda: told.append("during")
+        ) as sock:
+            assert not sock.healthy
+        sock.mark_healthy()
+        server.cancel_scope.cancel()
+    assert sock.healthy
+    assert told == []
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, sends())
+        async with open_socket(
+            connector, tenant_id="a", on_healthy=lambda: told.append("during")
+        ) as sock:
+            sock.mark_healthy()
+            sock.mark_healthy()  # once
+        server.cancel_scope.cancel()
+    assert told == ["during"]

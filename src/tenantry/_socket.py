@@ -434,6 +434,7 @@ class Socket:
                 gauges.sockets_alive -= 1
                 gauges.buffers_alive -= 1
             self._caches.clear()  # the last step: after the WebSocket is closed
+            self._on_healthy = None  # the opener's next connection is none of this one's business
         if body_error is not None:
             raise body_error
         if self._error is not None:
@@ -471,9 +472,8 @@ class Socket:
                                 shown = f"{preview(frame)} ({invalid})"
                                 self._reject(RejectReason.INVALID_EVENT, shown)
                                 continue
-                            if (
-                                ready
-                            ):  # published before going on: a slow application slows the peer
+                            # Published before going on: a slow application slows the peer.
+                            if ready:
                                 self._stalled = True
                                 await events.publish_ready()
                                 self._stalled = False
@@ -733,7 +733,8 @@ async def open_socket(
         gauges: Counts this socket and its buffer from the handshake until the
             WebSocket is closed, as the block exits.
         on_healthy: Called once, when the connection is declared healthy
-            (`Socket.mark_healthy`); a hub's tenant resets its backoff with it.
+            (`Socket.mark_healthy`) before the block has exited; a hub's
+            tenant resets its backoff with it.
 
     Raises:
         ConnectFailed: anything that failed before the connection was made;
