@@ -7,7 +7,14 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given, settings
 
-from tenantry import CloseRequested, FrameRejected, JsonProtocol, ReasonCode, RejectReason
+from tenantry import (
+    CloseRequested,
+    FrameRejected,
+    JsonProtocol,
+    ReasonCode,
+    RejectReason,
+    Session,
+)
 
 PROTOCOL = JsonProtocol()
 
@@ -15,12 +22,20 @@ PROTOCOL = JsonProtocol()
 def test_round_trip() -> None:
     frame = PROTOCOL.encode("messages.upsert", {"key": {"id": "1"}, "text": "olá"})
     assert frame == '{"type":"messages.upsert","data":{"key":{"id":"1"},"text":"ol\\u00e1"}}'
-    assert PROTOCOL.decode(frame) == ("messages.upsert", {"key": {"id": "1"}, "text": "olá"})
+    assert PROTOCOL.decode(frame) == (("messages.upsert", {"key": {"id": "1"}, "text": "olá"}),)
 
 
 def test_data_may_be_any_json_value() -> None:
-    assert PROTOCOL.decode('{"type": "t", "data": null}') == ("t", None)
-    assert PROTOCOL.decode('{"type": "t", "data": [1, 2]}') == ("t", [1, 2])
+    assert PROTOCOL.decode('{"type": "t", "data": null}') == (("t", None),)
+    assert PROTOCOL.decode('{"type": "t", "data": [1, 2]}') == (("t", [1, 2]),)
+
+
+def test_the_json_protocol_is_its_own_session() -> None:
+    """It keeps no state between frames, so every connection may share it."""
+    sock: Any = object()  # JsonProtocol never looks at the socket
+    assert PROTOCOL(sock) is PROTOCOL
+    session: Session = PROTOCOL(sock)  # and mypy agrees it is a Session
+    assert session.decode('{"type": "t", "data": 1}') == (("t", 1),)
 
 
 @pytest.mark.parametrize(
@@ -50,7 +65,7 @@ def test_rejections(frame: str | bytes, reason: RejectReason) -> None:
 
 def test_size_limit() -> None:
     small = JsonProtocol(max_message_size=30)
-    assert small.decode('{"type":"t","data":"abc"}') == ("t", "abc")
+    assert small.decode('{"type":"t","data":"abc"}') == (("t", "abc"),)
     with pytest.raises(FrameRejected) as caught:
         small.decode('{"type":"t","data":"' + "x" * 30 + '"}')
     assert caught.value.reason is RejectReason.TOO_LARGE
@@ -98,7 +113,7 @@ json_values = st.recursive(
 @given(frame=st.one_of(st.text(), st.binary(), json_values.map(json.dumps)))
 def test_nothing_a_peer_sends_raises_anything_else(frame: str | bytes) -> None:
     try:
-        event_type, _ = PROTOCOL.decode(frame)
+        [(event_type, _)] = PROTOCOL.decode(frame)
     except (FrameRejected, CloseRequested):
         return
     assert isinstance(event_type, str)
@@ -110,4 +125,4 @@ def test_nothing_a_peer_sends_raises_anything_else(frame: str | bytes) -> None:
 def test_encode_decode_round_trip(event_type: str, data: Any) -> None:
     if event_type == "stream:error":
         return
-    assert PROTOCOL.decode(PROTOCOL.encode(event_type, data)) == (event_type, data)
+    assert PROTOCOL.decode(PROTOCOL.encode(event_type, data)) == ((event_type, data),)

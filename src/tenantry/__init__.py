@@ -27,7 +27,7 @@ from ._events import Batch, Event, FlushReason
 from ._hub import Hub, open_hub
 from ._metrics import Metrics
 from ._options import SocketOptions
-from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, WireProtocol
+from ._protocol import CloseRequested, FrameRejected, JsonProtocol, RejectReason, Session
 from ._public import publish as _publish
 from ._reasons import (
     BAILEYS_CLOSE_CODES,
@@ -88,6 +88,7 @@ __all__ = [
     "Rule",
     "RuleKind",
     "Scope",
+    "Session",
     "Socket",
     "SocketClosed",
     "SocketOptions",
@@ -95,7 +96,6 @@ __all__ = [
     "TenantState",
     "TenantStatus",
     "UrlConnector",
-    "WireProtocol",
     "capacity_plan",
     "default_decide",
     "message_key",

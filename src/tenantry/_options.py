@@ -8,14 +8,14 @@ construction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import final
+from collections.abc import Callable, Mapping
+from typing import Any, final
 
 import attrs
 
 from ._buffer import BufferConfig
 from ._connect import HeadersFactory
-from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, WireProtocol
+from ._protocol import DEFAULT_MAX_MESSAGE_SIZE, Session
 from ._reasons import BAILEYS_CLOSE_CODES, CloseCodes
 from ._rules import DEFAULT_EVENT_RULES, EventRules
 from ._validate import (
@@ -50,16 +50,22 @@ class SocketOptions:
 
     Raises:
         TypeError, ValueError: a field that could never work (a protocol
-            without ``decode``/``encode``, rules that are not `EventRules`, a
+            that is not a session factory, rules that are not `EventRules`, a
             header that cannot be sent, a time that is not > 0, ...),
             naming the field.
     """
 
-    protocol: WireProtocol | None = attrs.field(
+    # Called with the `Socket`; typed Any because the socket module imports this one.
+    protocol: Callable[[Any], Session] | None = attrs.field(
         default=None, validator=optional_protocol, repr=False
     )
-    """Frames to events and events to frames; None is a `JsonProtocol` that
-    rejects frames over `max_message_size`."""
+    """Frames to events and events to frames: a session factory, called with
+    the `Socket` once per connection, after the handshake and before the
+    first frame is read, to make that connection's `Session` (a function, a
+    class taking the socket, or a `JsonProtocol`, its own session). None is
+    a `JsonProtocol` that rejects frames over `max_message_size`. A factory
+    that raises, or returns something without ``decode``/``encode``, is a
+    bug in user code: `open_socket` raises it."""
     buffer: BufferConfig = attrs.field(factory=BufferConfig, validator=instance_of(BufferConfig))
     """How the socket's event buffer buffers and when it flushes."""
     rules: EventRules = attrs.field(

@@ -1,17 +1,34 @@
 """Wire protocols: frames to events and back, and what counts as a bad frame.
 
-A protocol is sans-IO: `decode` turns one received WebSocket message into
-one ``(type, data)`` event, or says why it cannot (`FrameRejected`, which
-the socket counts, logs and survives) or that the peer asked to close
-(`CloseRequested`). `encode` does the reverse for a socket's ``send``. Nothing a
-peer sends can make `decode` raise anything else: that is what lets a hub
-promise that bad input never crashes it.
+A protocol is a *session factory*: `SocketOptions.protocol` is called with
+the `Socket` once per connection, after the handshake and before the first
+frame is read, and returns that connection's `Session`. Whatever the
+session holds (a decompressor, a sequence number, a heartbeat task started
+with `Socket.start_soon`) lives and dies with that one connection, so a
+reconnect always starts from a fresh state.
+
+A session's `~Session.decode` turns one received WebSocket message into zero
+or more *application* ``(type, data)`` events. A frame that carries none (a
+hello, a heartbeat ack, a partial compressed chunk) is no bad frame: decode
+handles it there and then -- replying with `Socket.send_frame`, declaring the
+connection healthy with `Socket.mark_healthy` -- and returns nothing, so
+control messages never wait in the event buffer. `~Session.decode` may also
+say why a frame cannot be decoded (`FrameRejected`, which the socket counts,
+logs and survives) or that the peer asked to close (`CloseRequested`).
+`~Session.encode` does the reverse for a socket's ``send``.
+
+`JsonProtocol`, the default, needs no state: it is its own session (calling
+it returns itself), and nothing a peer sends can make its ``decode`` raise
+anything else: that is what lets a hub promise that bad input never crashes
+it. Any other exception from a session is a bug in user code: the socket
+closes in order and `open_socket` re-raises it.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterable
 from typing import Any, Protocol, final
 
 import attrs
@@ -19,7 +36,7 @@ import attrs
 from ._reasons import CloseOrigin, DisconnectReason
 from ._validate import check_count, check_name, positive_count
 
-__all__ = ["CloseRequested", "FrameRejected", "JsonProtocol", "RejectReason", "WireProtocol"]
+__all__ = ["CloseRequested", "FrameRejected", "JsonProtocol", "RejectReason", "Session"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 
@@ -77,11 +94,18 @@ def preview(frame: object, limit: int = 80) -> str:
 _encode_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
-class WireProtocol(Protocol):
-    """What a socket needs from a protocol."""
+class Session(Protocol):
+    """One connection's protocol state: what a socket needs from a protocol.
 
-    def decode(self, frame: str | bytes) -> tuple[str, Any]:
-        """One message to one ``(type, data)`` event.
+    `SocketOptions.protocol` makes one per connection (``protocol(sock)``).
+    """
+
+    def decode(self, frame: str | bytes) -> Iterable[tuple[str, Any]]:
+        """One message to zero or more application ``(type, data)`` events.
+
+        Control messages are handled here as they arrive, and yield no
+        event. Called by the socket's reader, one frame after another; the
+        next frame is read once the events of this one are in the buffer.
 
         Raises:
             FrameRejected: the frame is not a valid message of this protocol.
@@ -90,7 +114,7 @@ class WireProtocol(Protocol):
         ...
 
     def encode(self, event_type: str, data: Any) -> str | bytes:
-        """One event to one message."""
+        """One event to one message (for `Socket.send`)."""
         ...
 
 
@@ -98,6 +122,10 @@ class WireProtocol(Protocol):
 @attrs.frozen
 class JsonProtocol:
     """Text frames ``{"type": str, "data": ...}``, one event each.
+
+    It keeps no state between frames, so it is its own session: a
+    `JsonProtocol` is given as `SocketOptions.protocol` as is, and every
+    connection shares it.
 
     A frame ``{"type": "stream:error", "code": N}`` (optionally with a
     ``"text"``) asks to close with reason N, as WhatsApp Web reports
@@ -111,8 +139,12 @@ class JsonProtocol:
     max_message_size: int = attrs.field(default=DEFAULT_MAX_MESSAGE_SIZE, validator=positive_count)
     preview_chars: int = attrs.field(default=80, validator=positive_count)
 
-    def decode(self, frame: str | bytes) -> tuple[str, Any]:
-        """See `WireProtocol.decode`."""
+    def __call__(self, sock: object) -> JsonProtocol:
+        """The session for a connection: this protocol itself, which keeps no state."""
+        return self
+
+    def decode(self, frame: str | bytes) -> tuple[tuple[str, Any]]:
+        """The frame's one event; see `Session.decode`."""
         if frame.__class__ is not str:
             raise FrameRejected(RejectReason.BINARY, preview(frame, self.preview_chars))
         if len(frame) > self.max_message_size:
@@ -129,11 +161,11 @@ class JsonProtocol:
                 if event_type == "stream:error":
                     raise CloseRequested(self._stream_error(message, frame))
                 if "data" in message:
-                    return event_type, message["data"]
+                    return ((event_type, message["data"]),)
         raise FrameRejected(RejectReason.BAD_SHAPE, preview(frame, self.preview_chars))
 
     def encode(self, event_type: str, data: Any) -> str:
-        """See `WireProtocol.encode`. Raises `TypeError` for data JSON cannot hold."""
+        """See `Session.encode`. Raises `TypeError` for data JSON cannot hold."""
         check_name(event_type, "event type")
         # ASCII escapes: every string is then sendable, even one with lone surrogates.
         return _encode_compact({"type": event_type, "data": data})

@@ -14,12 +14,15 @@ only three kinds of input and never does I/O:
   (`~Reconnector.failures`, `~Reconnector.breaker`, `~Reconnector.stable_at`)
   and every other method settles first, so a status or a metrics scrape
   sees the reset as soon as it is due, with no timer to keep;
+* `Reconnector.healthy` -- the protocol declared the live connection
+  healthy (its READY or RESUMED moment): it is stable from now, whatever
+  its age;
 * `Reconnector.disconnected` -- an attempt ended, with a `DisconnectReason`:
   a rejected handshake, a close, or a handler error (``failed=True``); and,
   for a rejection that said when to come back (a 429 or 503 with
   ``Retry-After``), that wait in seconds (``retry_after``).
 
-An attempt is a *failure* unless it produced a stable connection. That is
+An attempt is a *failure* unless it produced a stable (or healthy) connection. That is
 a reconnect storm's cure in one rule: a server that accepts and closes at once
 produces failures, so the delays grow and the breaker opens, however
 "normal" each close looks. The reason then picks the `Decision`: its own
@@ -175,10 +178,24 @@ class Reconnector:
         stable_at = self._stable_at()
         if stable_at is None or self._clock() < stable_at:
             return False
+        self._stabilize()
+        return True
+
+    def healthy(self) -> bool:
+        """The live connection was declared healthy: stable from now; True if it just became so.
+
+        Resets the failure count and the breaker at once, as `settle` does
+        after ``stable_after``; the connection's end is then no failure.
+        """
+        if self._connected_at is None or self._stable:
+            return False
+        self._stabilize()
+        return True
+
+    def _stabilize(self) -> None:
         self._stable = True
         self._failures = 0
         self._breaker.record_success()
-        return True
 
     def _stable_at(self) -> float | None:
         if self._connected_at is None or self._stable:

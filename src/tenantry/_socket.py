@@ -13,9 +13,24 @@ the *writer* (the outbox of `send`; started by the first send), the
 keepalive, the buffer's auto-flush (a task only while events are pending),
 the cache janitor (a task only while a socket cache has a deadline), the
 socket-scoped caches (each built when first read), the subscribers and the
-listeners. When the ``async with`` exits,
-none of them exists any more -- by structure, not by a ``destroy()`` someone
-must remember (a flush timer has nowhere else to live, so none is orphaned).
+listeners, the protocol's *session* and the tasks it starts. When the
+``async with`` exits, none of them exists any more -- by structure, not by a
+``destroy()`` someone must remember (a flush timer has nowhere else to live,
+so none is orphaned).
+
+The session is made once connected: ``options.protocol(sock)``, in the
+nursery, before the reader starts and before the body runs, so its state
+(a decompressor, a sequence number) is this connection's alone. A factory
+that raises or makes no session is a bug in user code: the socket closes at
+once and `open_socket` raises it instead of entering the body. The reader
+hands each frame to the session's ``decode`` and puts the events it yields
+(zero or more) in the buffer, in order; control messages are handled inside
+``decode`` as they arrive, never buffered. Protocol code replies through
+`Socket.send_frame` (the same outbox and writer as `Socket.send`, so in
+order) and runs per-connection work (a heartbeat loop) with
+`Socket.start_soon`: a task in this nursery, so it lives exactly as long as
+the connection. `Socket.mark_healthy` declares the connection healthy and
+tells whoever opened the socket (a hub's tenant resets its backoff with it).
 
 Every way a socket can end runs the same *ordered shutdown*:
 
@@ -33,7 +48,8 @@ Every way a socket can end runs the same *ordered shutdown*:
 
 Steps 1-3 share one *grace* period. Steps 1-5 run in a task of their own
 when the end comes from inside (a remote close, ``stream:error``, a
-keepalive timeout, too many bad frames, a listener error, `Socket.close`),
+keepalive timeout, too many bad frames, a listener's, session's or task's
+error, `Socket.close`),
 and inline when the body itself ends or is cancelled from outside.
 `Socket.close_reason` says which end it was; once the transport has ended,
 its reason is the socket's whichever task noticed first, so a send or a
@@ -59,10 +75,10 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, final
+from typing import Any, TypeVarTuple, Unpack, final
 
 import attrs
 import trio
@@ -87,12 +103,12 @@ from ._protocol import (
     FrameRejected,
     JsonProtocol,
     RejectReason,
-    WireProtocol,
+    Session,
     preview,
 )
 from ._reasons import CloseOrigin, Decision, DisconnectReason, ReasonCode
 from ._stream import EventStream
-from ._validate import check_instance, check_name
+from ._validate import check_async_function, check_instance, check_name, check_session
 
 __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
 
@@ -100,6 +116,8 @@ logger = logging.getLogger("tenantry.socket")
 
 KEEPALIVE_GRACE = 5.0
 """Seconds a ping waits for its pong before a silent peer gets a 408."""
+
+_Args = TypeVarTuple("_Args")
 
 _REFUSED_BY_TRANSPORT = {1007: RejectReason.INVALID_UTF8, 1009: RejectReason.TOO_LARGE}
 """Close codes with which trio-websocket fails a connection over one bad frame."""
@@ -183,8 +201,10 @@ class Socket:
         "_frames",
         "_gauges",
         "_global_caches",
+        "_healthy",
         "_life",
         "_nursery",
+        "_on_healthy",
         "_options",
         "_outbox",
         "_outbox_send",
@@ -193,6 +213,7 @@ class Socket:
         "_reading",
         "_recent_rejections",
         "_rejected",
+        "_session",
         "_shut_down",
         "_stalled",
         "_tenant_caches",
@@ -210,6 +231,7 @@ class Socket:
         tenant_caches: CacheSet | None,
         global_caches: CacheSet | None,
         gauges: Gauges,
+        on_healthy: Callable[[], object] | None = None,
     ) -> None:
         self._connector = connector
         self._tenant_id = tenant_id
@@ -217,7 +239,10 @@ class Socket:
         protocol = options.protocol
         if protocol is None:
             protocol = JsonProtocol(max_message_size=options.max_message_size)
-        self._protocol: WireProtocol = protocol
+        self._protocol: Callable[[Socket], Session] = protocol
+        self._session: Session | None = None  # made by the protocol once connected
+        self._healthy = False
+        self._on_healthy = on_healthy
         self._caches = caches
         self._tenant_caches = tenant_caches
         self._global_caches = global_caches
@@ -292,8 +317,30 @@ class Socket:
 
     @property
     def frames_received(self) -> int:
-        """Messages read from the WebSocket, rejected ones included."""
+        """Messages read from the WebSocket, rejected ones and those without events included."""
         return self._frames
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the connection was declared healthy (`mark_healthy`)."""
+        return self._healthy
+
+    def mark_healthy(self) -> None:
+        """Declare the connection healthy: the protocol's READY (or RESUMED) moment.
+
+        In a hub, the tenant's backoff and circuit breaker are reset at once
+        (``hub.status()`` shows it), and the connection's end is then not
+        counted as a failure, however soon it comes. A protocol that never
+        calls it relies on ``ReconnectPolicy.stable_after``. Idempotent.
+        """
+        if self._healthy:
+            return
+        self._healthy = True
+        logger.info(
+            "connection healthy: tenant %s", self._tenant_id, extra={"tenant": self._tenant_id}
+        )
+        if self._on_healthy is not None:
+            self._on_healthy()
 
     async def send(self, event_type: str, data: Any) -> None:
         """Encode an event and write it, in order, through the socket's writer.
@@ -309,7 +356,29 @@ class Socket:
         """
         if self._close_reason is not None:
             raise SocketClosed(self._close_reason)
-        outgoing = _Outgoing(self._protocol.encode(event_type, data))
+        session = self._session
+        if session is None:  # pragma: no cover - made before anyone can send
+            raise RuntimeError("socket used before it started")
+        await self._send(session.encode(event_type, data))
+
+    async def send_frame(self, frame: str | bytes) -> None:
+        """Write a frame as it is (text for `str`, binary for `bytes`), in order with `send`.
+
+        For protocol code: a reply to a control message, a heartbeat, an
+        identify. Waits and raises as `send` does.
+
+        Raises:
+            SocketClosed: the socket closed before the frame was written.
+            TypeError: *frame* is neither `str` nor `bytes`.
+        """
+        if not isinstance(frame, (str, bytes)):
+            raise TypeError(f"frame must be str or bytes, got {type(frame).__name__}")
+        if self._close_reason is not None:
+            raise SocketClosed(self._close_reason)
+        await self._send(frame)
+
+    async def _send(self, frame: str | bytes) -> None:
+        outgoing = _Outgoing(frame)
         outbox = self._outbox_send or self._open_outbox()
         try:
             await outbox.send(outgoing)
@@ -318,6 +387,26 @@ class Socket:
         await outgoing.done.wait()
         if not outgoing.written:
             raise self._closed_error()
+
+    def start_soon(
+        self, async_fn: Callable[[Unpack[_Args]], Awaitable[object]], *args: *_Args
+    ) -> None:
+        """Run ``await async_fn(*args)`` as a task of this connection (e.g. a heartbeat loop).
+
+        The task lives in the socket's scope: it is cancelled when the
+        socket ends (after the ordered shutdown's final flush). A
+        `SocketClosed` of this socket's close ends it quietly; any other
+        exception is a bug in user code, handled as a listener's is: the
+        socket closes in order and `open_socket` re-raises it.
+
+        Raises:
+            TypeError: *async_fn* is not an async function.
+        """
+        check_async_function(async_fn, "async_fn")
+        nursery = self._nursery
+        if nursery is None:  # pragma: no cover - the protocol is made once the nursery is
+            raise RuntimeError("socket used before it started")
+        nursery.start_soon(self._run_task, async_fn, args, name=async_fn)
 
     def close(
         self,
@@ -414,10 +503,10 @@ class Socket:
                 gauges.buffers_alive += 1
                 counted = True
                 async with trio.open_nursery() as nursery:
-                    self._start(nursery, ws)
                     try:
-                        with self._caches.janitor(nursery), self._body:
-                            yield self
+                        if self._start(nursery, ws):  # else the protocol failed: self._error
+                            with self._caches.janitor(nursery), self._body:
+                                yield self
                     except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
                         body_error = None if self._is_own_close(exc) else exc
                     finally:
@@ -433,6 +522,7 @@ class Socket:
                 gauges.sockets_alive -= 1
                 gauges.buffers_alive -= 1
             self._caches.clear()  # the last step: after the WebSocket is closed
+            self._on_healthy = None  # the opener's next connection is none of this one's business
         if body_error is not None:
             raise body_error
         if self._error is not None:
@@ -440,32 +530,43 @@ class Socket:
 
     # -- tasks -----------------------------------------------------------------
 
-    def _start(self, nursery: trio.Nursery, ws: trio_websocket.WebSocketConnection) -> None:
+    def _start(self, nursery: trio.Nursery, ws: trio_websocket.WebSocketConnection) -> bool:
+        """Make the connection's session, then start the reader; False if the protocol failed."""
         self._nursery, self._ws = nursery, ws
-        nursery.start_soon(self._read, ws)
+        try:
+            session = self._protocol(self)
+            check_session(session, "protocol")
+        except Exception as exc:  # noqa: BLE001 - a bug in user code: closed in order, re-raised
+            self._fail(exc)
+            return False
+        self._session = session
+        nursery.start_soon(self._read, ws, session)
         nursery.start_soon(self._keep_alive, ws)
         self._events.flush_on_demand(self._start_auto_flush)
+        return True
 
-    async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
-        decode, buffer, events = self._protocol.decode, self._buffer, self._events
+    async def _read(self, ws: trio_websocket.WebSocketConnection, session: Session) -> None:
+        decode, emit, events = session.decode, self._buffer.emit, self._events
         with self._reading:
             try:
                 while True:
                     frame = await ws.get_message()
                     self._frames += 1
                     try:
-                        event_type, data = decode(frame)
-                        ready = buffer.emit(event_type, data)
+                        for event_type, data in decode(frame):  # zero or more events
+                            try:
+                                ready = emit(event_type, data)
+                            except InvalidEvent as invalid:
+                                shown = f"{preview(frame)} ({invalid})"
+                                self._reject(RejectReason.INVALID_EVENT, shown)
+                                continue
+                            # Published before going on: a slow application slows the peer.
+                            if ready:
+                                self._stalled = True
+                                await events.publish_ready()
+                                self._stalled = False
                     except FrameRejected as rejection:
                         self._reject(rejection.reason, rejection.preview)
-                        continue
-                    except InvalidEvent as invalid:
-                        self._reject(RejectReason.INVALID_EVENT, f"{preview(frame)} ({invalid})")
-                        continue
-                    if ready:  # published before reading on: a slow application slows the peer
-                        self._stalled = True
-                        await events.publish_ready()
-                        self._stalled = False
             except trio_websocket.ConnectionClosed as closed:
                 code = None if closed.reason is None else closed.reason.code
                 message = None if closed.reason is None else closed.reason.reason
@@ -673,6 +774,16 @@ class Socket:
             return all(self._is_own_close(inner) for inner in error.exceptions)
         return isinstance(error, SocketClosed) and error.reason is self._close_reason
 
+    async def _run_task(
+        self, async_fn: Callable[[Unpack[_Args]], Awaitable[object]], args: tuple[*_Args]
+    ) -> None:
+        """A task of `start_soon`: its error is a bug in user code, unless it is the close."""
+        try:
+            await async_fn(*args)
+        except Exception as exc:  # noqa: BLE001 - handled as a listener's
+            if not self._is_own_close(exc):
+                self._fail(exc)
+
     def _fail(self, exc: Exception) -> None:
         if self._error is None:
             self._error = exc
@@ -717,6 +828,7 @@ async def open_socket(
     tenant_caches: CacheSet | None = None,
     global_caches: CacheSet | None = None,
     gauges: Gauges | None = None,
+    on_healthy: Callable[[], object] | None = None,
 ) -> AsyncIterator[Socket]:
     """Connect, and own everything the connection needs until the block ends.
 
@@ -735,6 +847,9 @@ async def open_socket(
             (`Socket.global_caches`).
         gauges: Counts this socket and its buffer from the handshake until the
             WebSocket is closed, as the block exits.
+        on_healthy: Called once, when the connection is declared healthy
+            (`Socket.mark_healthy`) before the block has exited; a hub's
+            tenant resets its backoff with it.
 
     Raises:
         ConnectFailed: anything that failed before the connection was made;
@@ -745,8 +860,10 @@ async def open_socket(
     re-raised; `Socket.close_reason` says why. Nor is a `SocketClosed` from
     this socket's `Socket.send` that ends the body (bare, or in an exception
     group of nothing else): it is the same close. An exception from a
-    listener is re-raised after the ordered shutdown: it is a bug in user
-    code.
+    listener, the protocol's session or a task of `Socket.start_soon` is
+    re-raised after the ordered shutdown: it is a bug in user code. So is
+    a session factory that raises or makes no session: the block is then
+    not entered, and `open_socket` raises it.
 
     The WebSocket closes with a close handshake (bounded) after a normal
     local or remote close, sending the code `Socket.close` was given (1000
@@ -767,6 +884,7 @@ async def open_socket(
         tenant_caches=tenant_caches,
         global_caches=global_caches,
         gauges=Gauges() if gauges is None else gauges,
+        on_healthy=on_healthy,
     )
     async with sock:
         yield sock

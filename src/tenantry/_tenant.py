@@ -244,6 +244,7 @@ class Tenant:
                 tenant_caches=self._caches,
                 global_caches=self._global_caches,
                 gauges=self._gauges,
+                on_healthy=self._reconnector.healthy,  # resets backoff and breaker at once
             ) as sock:
                 self._connected(sock)
                 await spec.handler(sock)
@@ -290,6 +291,8 @@ class Tenant:
         self._socket = sock
         self._state = TenantState.CONNECTED
         self._reconnector.connected()
+        if sock.healthy:  # declared while the protocol was made, before the body ran
+            self._reconnector.healthy()
         logger.info(
             "connection opened: tenant %s (connection %d)",
             self.tenant_id,

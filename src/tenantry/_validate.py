@@ -118,16 +118,55 @@ def async_function(_: object, attribute: attrs.Attribute[Any], value: object) ->
 
 
 def check_protocol(value: object, field: str) -> None:
-    """*value* is None or an object with ``decode`` and ``encode`` methods, else raise."""
+    """*value* is None or a session factory, else raise.
+
+    A session factory is called with the socket and returns a session (an
+    object with ``decode`` and ``encode``): a function, a class whose
+    instances are sessions, or an object whose ``__call__`` returns one (as
+    `JsonProtocol` returns itself). A class whose instances are factories
+    themselves (``JsonProtocol`` for ``JsonProtocol()``) is refused, and so
+    is a session that is not callable: it would be shared by every
+    connection.
+    """
     if value is None:
         return
     if isinstance(value, type):
-        raise TypeError(f"{field} must be a protocol object, got the class {value.__name__}")
+        if any("__call__" in vars(kind) for kind in value.__mro__):
+            raise TypeError(
+                f"{field} must be a session factory; got the class {value.__name__},"
+                f" whose instances are factories: give {value.__name__}(...)"
+            )
+        _check_session_methods(value, field, f"the class {value.__name__}")
+        return
+    if not callable(value):
+        shown = type(value).__name__
+        if _has_session_methods(value):
+            raise TypeError(
+                f"{field} must be a session factory, called once per connection; {shown} has"
+                " decode() and encode() but is not callable: give a function (or class) that"
+                " returns a fresh session, or a __call__ returning self if it keeps no state"
+            )
+        raise TypeError(
+            f"{field} must be a session factory (a callable taking the socket and returning"
+            f" an object with decode() and encode()), got {shown}"
+        )
+
+
+def check_session(value: object, field: str) -> None:
+    """*value*, made by the session factory *field*, has ``decode`` and ``encode``, else raise."""
+    _check_session_methods(value, field, f"{field}(sock) returned {type(value).__name__}, which")
+
+
+def _has_session_methods(value: object) -> bool:
+    return all(callable(getattr(value, name, None)) for name in ("decode", "encode"))
+
+
+def _check_session_methods(value: object, field: str, shown: str) -> None:
     missing = [name for name in ("decode", "encode") if not callable(getattr(value, name, None))]
     if missing:
         raise TypeError(
-            f"{field} must have decode() and encode() methods; "
-            f"{type(value).__name__} has no {' or '.join(missing)}()"
+            f"{field} must make sessions with decode() and encode() methods;"
+            f" {shown} has no {' or '.join(f'{name}()' for name in missing)}"
         )
 
 
