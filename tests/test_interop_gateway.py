@@ -131,6 +131,8 @@ SCENARIOS = {
         "zombie",
         "invalid_session",
         "close_4000",
+        "reconnect",
+        "drop",
     ),
 }
 
@@ -160,7 +162,7 @@ async def test_every_dispatched_event_arrives_once_across_reconnects_and_resumes
             await hub.add(spec)
         records = await wait_settled(server, scenarios, received, hub)
         metrics = hub.metrics()
-        states = {status.tenant_id: status.state for status in hub.status()}
+        statuses = {status.tenant_id: status for status in hub.status()}
     show(f"{'zlib-stream' if compressed else 'plain'}:")
     for name, scenario in scenarios.items():
         rec, got = records[name], received[name]
@@ -168,8 +170,11 @@ async def test_every_dispatched_event_arrives_once_across_reconnects_and_resumes
         assert sorted(n for _, _, n in rec.dispatched) == list(range(1, scenario.events + 1))
         assert set(got) == set(range(1, scenario.events + 1))
         assert max(got.values()) == 1, f"{name}: duplicates"
-        assert states[name] is not tenantry.TenantState.STOPPED
+        assert statuses[name].state is not tenantry.TenantState.STOPPED
+        assert statuses[name].breaker_trips == 0  # READY/RESUMED reset the failures
         assert all(h.status == 101 for h in rec.handshakes)
+        sessions = {conn.session_id for conn in rec.connections}
+        assert len(sessions) == 1, f"{name}: a reconnect did not resume: {sessions}"
         for conn in rec.connections:  # the close code the client sent is the one asked for
             if conn.fault in ("reconnect", "zombie"):
                 assert conn.client_close == example.KEEP_SESSION, (name, conn)
