@@ -33,29 +33,24 @@ import json
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import trio
 
 import tenantry
-from tenantry import Decision, DisconnectReason, FrameRejected, RejectReason, Socket
+from tenantry import Backoff, Decision, FrameRejected, RejectReason, Socket
 
-CLOSE_CODES = tenantry.CloseCodes(
-    names={
-        4000: "unknown_error",
-        4001: "unknown_opcode",
-        4002: "decode_error",
-        4004: "authentication_failed",
-        4005: "already_identified",
-        4009: "session_timed_out",
-    }
-)
+NAMES = {4000: "unknown_error", 4001: "unknown_opcode", 4002: "decode_error"}
+NAMES |= {4004: "authentication_failed", 4005: "already_identified", 4009: "session_timed_out"}
+CLOSE_CODES = tenantry.CloseCodes(names=NAMES)  # the gateway's close codes, kept as they are
 KEEP_SESSION = 4900  # the code this client closes with: any but 1000 keeps the session
+COMPRESSED = "?compress=zlib-stream"
 SYNC_FLUSH = b"\x00\x00\xff\xff"
+Token = Callable[[], Awaitable[str]]
+Handler = Callable[[Socket], Awaitable[None]]
 
 
-def decide(reason: DisconnectReason) -> Decision:
+def decide(reason: tenantry.DisconnectReason) -> Decision:
     """Stop when the gateway refuses the token (4004); else the default policy."""
     return Decision.STOP if reason.close_code == 4004 else tenantry.default_decide(reason)
 
@@ -63,7 +58,7 @@ def decide(reason: DisconnectReason) -> Decision:
 class Gateway:
     """One tenant's protocol: called once per connection, it makes that connection's session."""
 
-    def __init__(self, token: Callable[[], Awaitable[str]], *, compressed: bool = False) -> None:
+    def __init__(self, token: Token, *, compressed: bool = False) -> None:
         self.token, self.compressed = token, compressed
         self.session_id: str | None = None  # resume state, kept across connections
         self.seq = 0
@@ -82,8 +77,7 @@ class GatewaySession:
     def __init__(self, gateway: Gateway, sock: Socket) -> None:
         self.gateway, self.sock = gateway, sock
         self.inflater = zlib.decompressobj() if gateway.compressed else None
-        self.chunks = bytearray()
-        self.acked = True
+        self.chunks, self.acked = bytearray(), True  # received, not yet inflated; heartbeat acked
 
     def decode(self, frame: str | bytes) -> Iterable[tuple[str, Any]]:
         try:
@@ -106,18 +100,15 @@ class GatewaySession:
         elif op == 1:  # the gateway asks for a heartbeat now
             self.sock.start_soon(self.sock.send_frame, frame_of(1, self.gateway.seq))
         elif op == 7:  # RECONNECT
-            self.sock.close(
-                "asked to reconnect", code=KEEP_SESSION, decision=Decision.RECONNECT_NOW
-            )
+            self.sock.close("RECONNECT (op 7)", code=KEEP_SESSION, decision=Decision.RECONNECT_NOW)
         elif op == 9:  # INVALID_SESSION: d says whether the session can still be resumed
             if not d:
                 self.gateway.session_id, self.gateway.seq = None, 0
             self.sock.start_soon(self.identify)
         return ()
 
-    def dispatch(self, t: str, d: Any, s: int | None) -> Iterable[tuple[str, Any]]:
-        if s is not None:
-            self.gateway.seq = s
+    def dispatch(self, t: str, d: Any, s: int) -> Iterable[tuple[str, Any]]:
+        self.gateway.seq = s  # READY and RESUMED carry the session's last one
         if t == "READY":
             self.gateway.session_id = d["session_id"]
         if t in ("READY", "RESUMED"):
@@ -127,19 +118,16 @@ class GatewaySession:
 
     async def identify(self) -> None:
         gateway = self.gateway
-        d: dict[str, Any] = {"token": await self.gateway.token()}
-        if gateway.session_id is None:
-            await self.sock.send_frame(frame_of(2, d))
-        else:
+        d: dict[str, Any] = {"token": await gateway.token()}
+        if gateway.session_id is not None:  # RESUME where the last connection left off
             d |= {"session_id": gateway.session_id, "seq": gateway.seq}
-            await self.sock.send_frame(frame_of(6, d))
+        await self.sock.send_frame(frame_of(2 if gateway.session_id is None else 6, d))
 
     async def heartbeat(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)
             if not self.acked:  # no ack since the last heartbeat: a zombie connection
-                reason = "no heartbeat ack"
-                self.sock.close(reason, code=KEEP_SESSION, decision=Decision.RECONNECT_NOW)
+                self.sock.close("zombie", code=KEEP_SESSION, decision=Decision.RECONNECT_NOW)
                 return
             self.acked = False
             await self.sock.send_frame(frame_of(1, self.gateway.seq))
@@ -153,25 +141,15 @@ def frame_of(op: int, d: Any, *, t: str | None = None) -> str:
 
 
 def gateway_tenant(
-    tenant_id: str,
-    url: str,
-    token: Callable[[], Awaitable[str]],
-    handler: Callable[[Socket], Awaitable[None]],
-    *,
-    compressed: bool = False,
-    backoff: tenantry.Backoff | None = None,
+    tenant_id: str, url: str, token: Token, handler: Handler, backoff: Backoff | None = None
 ) -> tenantry.TenantSpec:
-    """A `TenantSpec` for one tenant of the gateway at *url*."""
-    gateway = Gateway(token, compressed=compressed)
-    return tenantry.TenantSpec(
-        tenant_id,
-        url + ("?compress=zlib-stream" if compressed else ""),
-        handler,
-        policy=tenantry.ReconnectPolicy(decide=decide, backoff=backoff or tenantry.Backoff()),
-        options=tenantry.SocketOptions(
-            protocol=gateway, headers=gateway.headers, close_codes=CLOSE_CODES
-        ),
+    """A `TenantSpec` for one tenant of the gateway at *url* (compressed if it ends so)."""
+    gateway = Gateway(token, compressed=url.endswith(COMPRESSED))
+    policy = tenantry.ReconnectPolicy(decide=decide, backoff=backoff or Backoff())
+    options = tenantry.SocketOptions(
+        protocol=gateway, headers=gateway.headers, close_codes=CLOSE_CODES
     )
+    return tenantry.TenantSpec(tenant_id, url, handler, policy=policy, options=options)
 
 
 async def print_events(sock: Socket) -> None:
@@ -184,15 +162,12 @@ async def print_events(sock: Socket) -> None:
 async def main(args: argparse.Namespace) -> None:
     async with tenantry.open_hub() as hub:
         for tenant_id in args.tenant:
-            path = Path(args.token_file.format(tenant=tenant_id))
+            path = trio.Path(args.token_file.format(tenant=tenant_id))
 
-            async def token(path: Path = path) -> str:  # read for every attempt
-                return (await trio.Path(path).read_text()).strip()
+            async def token(path: trio.Path = path) -> str:  # read for every attempt
+                return (await path.read_text()).strip()
 
-            spec = gateway_tenant(
-                tenant_id, args.url, token, print_events, compressed=args.compressed
-            )
-            await hub.add(spec)
+            await hub.add(gateway_tenant(tenant_id, args.url, token, print_events))
         await trio.sleep_forever()
 
 
@@ -200,13 +175,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description="Connect tenants to a gateway; print their events."
     )
-    parser.add_argument("url", help="the gateway's ws:// or wss:// URL")
+    parser.add_argument("url", help=f"the gateway's ws:// or wss:// URL ({COMPRESSED}: compressed)")
     parser.add_argument("--tenant", action="append", required=True, help="a tenant id (repeat)")
-    parser.add_argument(
-        "--token-file",
-        required=True,
-        help="a file holding the tenant's token, read for every attempt; {tenant} is replaced",
-    )
-    parser.add_argument("--compressed", action="store_true", help="zlib-stream compression")
+    parser.add_argument("--token-file", required=True, help="read for each attempt; {tenant}: id")
     logging.basicConfig(level=logging.INFO)
     trio.run(main, parser.parse_args())

@@ -10,6 +10,8 @@ connection ended by raw close code).
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 import trio
 
 import tenantry
-from gateway_server import GatewayServer, Record, Scenario
+from gateway_server import COMPRESSED, GatewayServer, Record, Scenario
 
 Start = Callable[..., GatewayServer]
 FAST = tenantry.Backoff(delays=(0.1,), jitter=0)  # reconnect soon: real time is short here
@@ -153,10 +155,9 @@ async def test_every_dispatched_event_arrives_once_across_reconnects_and_resumes
             handler = counting(received[name])
             spec = example.gateway_tenant(
                 name,
-                server.url,
+                server.url + (COMPRESSED if compressed else ""),
                 token_of(server, name),
                 handler,
-                compressed=compressed,
                 backoff=FAST,
             )
             await hub.add(spec)
@@ -173,6 +174,7 @@ async def test_every_dispatched_event_arrives_once_across_reconnects_and_resumes
         assert statuses[name].state is not tenantry.TenantState.STOPPED
         assert statuses[name].breaker_trips == 0  # READY/RESUMED reset the failures
         assert all(h.status == 101 for h in rec.handshakes)
+        assert all(conn.compressed is compressed for conn in rec.connections)
         sessions = {conn.session_id for conn in rec.connections}
         assert len(sessions) == 1, f"{name}: a reconnect did not resume: {sessions}"
         for conn in rec.connections:  # the close code the client sent is the one asked for
@@ -277,3 +279,16 @@ async def test_retry_after_of_a_429_is_honoured(gateway: Start) -> None:
     assert (first.status, first.retry_after, second.status) == (429, 1, 101)
     assert second.at - first.at >= 1.0
     assert set(received) == set(range(1, 21))
+
+
+def test_the_example_runs_as_a_command() -> None:
+    """``python examples/gateway.py --help`` works: the example is a runnable client."""
+    run = subprocess.run(  # noqa: S603 - the example, with this interpreter
+        [sys.executable, example.__file__, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "--token-file" in run.stdout
