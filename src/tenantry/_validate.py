@@ -140,7 +140,7 @@ def check_protocol(value: object, field: str) -> None:
         return
     if not callable(value):
         shown = type(value).__name__
-        if _has_session_methods(value):
+        if not _missing_methods(value):
             raise TypeError(
                 f"{field} must be a session factory, called once per connection; {shown} has"
                 " decode() and encode() but is not callable: give a function (or class) that"
@@ -157,16 +157,18 @@ def check_session(value: object, field: str) -> None:
     _check_session_methods(value, field, f"{field}(sock) returned {type(value).__name__}, which")
 
 
-def _has_session_methods(value: object) -> bool:
-    return all(callable(getattr(value, name, None)) for name in ("decode", "encode"))
+def _missing_methods(value: object) -> list[str]:
+    """Which of a session's methods *value* lacks."""
+    methods = ("decode", "encode")
+    return [f"{name}()" for name in methods if not callable(getattr(value, name, None))]
 
 
 def _check_session_methods(value: object, field: str, shown: str) -> None:
-    missing = [name for name in ("decode", "encode") if not callable(getattr(value, name, None))]
+    missing = _missing_methods(value)
     if missing:
         raise TypeError(
             f"{field} must make sessions with decode() and encode() methods;"
-            f" {shown} has no {' or '.join(f'{name}()' for name in missing)}"
+            f" {shown} has no {' or '.join(missing)}"
         )
 
 
