@@ -25,11 +25,11 @@ from gateway_server import COMPRESSED, GatewayServer, Record, Scenario
 
 Start = Callable[..., GatewayServer]
 FAST = tenantry.Backoff(delays=(0.1,), jitter=0)  # reconnect soon: real time is short here
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gateway.py"
 
 
 def _load_example() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "examples" / "gateway.py"
-    spec = importlib.util.spec_from_file_location("gateway_example", path)
+    spec = importlib.util.spec_from_file_location("gateway_example", EXAMPLE)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -284,7 +284,7 @@ async def test_retry_after_of_a_429_is_honoured(gateway: Start) -> None:
 def test_the_example_runs_as_a_command() -> None:
     """``python examples/gateway.py --help`` works: the example is a runnable client."""
     run = subprocess.run(  # noqa: S603 - the example, with this interpreter
-        [sys.executable, example.__file__, "--help"],
+        [sys.executable, EXAMPLE, "--help"],
         capture_output=True,
         text=True,
         timeout=30,
