@@ -42,8 +42,8 @@ from tenantry import Backoff, Decision, FrameRejected, RejectReason, Socket
 
 NAMES = {4000: "unknown_error", 4001: "unknown_opcode", 4002: "decode_error"}
 NAMES |= {4004: "authentication_failed", 4005: "already_identified", 4009: "session_timed_out"}
-CLOSE_CODES = tenantry.CloseCodes(names=NAMES)  # the gateway's close codes, kept as they are
 KEEP_SESSION = 4900  # the code this client closes with: any but 1000 keeps the session
+CLOSE_CODES = tenantry.CloseCodes(names=NAMES | {KEEP_SESSION: "keep_session"})
 COMPRESSED = "?compress=zlib-stream"
 SYNC_FLUSH = b"\x00\x00\xff\xff"
 Token = Callable[[], Awaitable[str]]
@@ -89,7 +89,7 @@ class GatewaySession:
             message = json.loads(frame)
             op, d, s, t = message["op"], message.get("d"), message.get("s"), message.get("t")
         except (ValueError, TypeError, KeyError, zlib.error):
-            raise FrameRejected(RejectReason.BAD_SHAPE, repr(frame[:80])) from None
+            raise FrameRejected.of(RejectReason.UNDECODABLE, frame) from None
         if op == 0:
             return self.dispatch(t, d, s)
         if op == 10:  # HELLO
@@ -98,7 +98,7 @@ class GatewaySession:
         elif op == 11:  # HEARTBEAT ACK
             self.acked = True
         elif op == 1:  # the gateway asks for a heartbeat now
-            self.sock.start_soon(self.sock.send_frame, frame_of(1, self.gateway.seq))
+            self.sock.reply(frame_of(1, self.gateway.seq))
         elif op == 7:  # RECONNECT
             self.sock.close("RECONNECT (op 7)", code=KEEP_SESSION, decision=Decision.RECONNECT_NOW)
         elif op == 9:  # INVALID_SESSION: d says whether the session can still be resumed

@@ -223,3 +223,16 @@ def test_a_reasons_new_fields_are_checked(
 ) -> None:
     with pytest.raises(error, match=match):
         DisconnectReason(500, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_local_close_with_a_named_code_takes_its_name() -> None:
+    codes = CloseCodes(names={4900: "keep_session"})
+    sent = DisconnectReason(ReasonCode.CONNECTION_CLOSED, "zombie", remote=False, raw_code=4900)
+    assert codes.named(sent).name == "keep_session"
+    assert codes.named(sent).label == "keep_session"
+    plain = DisconnectReason(ReasonCode.CONNECTION_CLOSED, "bye", remote=False, raw_code=1000)
+    assert codes.named(plain).name == "connection_closed"
+    # The peer's close frame is named by its reason code, not by this rule.
+    peer = codes.reason(4900, "from the peer")
+    assert peer.origin is CloseOrigin.CLOSE_FRAME
+    assert peer.name == "keep_session"

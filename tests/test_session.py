@@ -300,6 +300,76 @@ async def test_send_frame_writes_raw_frames_in_order_with_send(
     assert received == ["raw", '{"type":"t","data":1}', b"\x00\x01"]
 
 
+class _Echo:
+    """A session that answers every frame ``n`` with replies ``n.0``, ``n.1``, ``n.2``."""
+
+    def __init__(self, sock: Socket) -> None:
+        self.sock = sock
+
+    def decode(self, frame: str | bytes) -> tuple[tuple[str, object], ...]:
+        for part in range(3):
+            self.sock.reply(f"{frame!s}.{part}")
+        return ()
+
+    def encode(self, event_type: str, data: object) -> str:
+        return event_type
+
+
+async def test_replies_from_decode_go_out_in_order(autojump_clock: trio.testing.MockClock) -> None:
+    received: list[str | bytes] = []
+
+    async def serve(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        for n in range(20):
+            await ws.send_message(str(n))
+        with trio.move_on_after(5):
+            while True:
+                received.append(await ws.get_message())
+        await ws.aclose()
+
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, serve)
+        options = SocketOptions(protocol=_Echo, max_pending_sends=2)
+        async with open_socket(connector, tenant_id="a", options=options) as sock:
+            with pytest.raises(TypeError, match=r"^frame must be str or bytes, got int"):
+                sock.reply(1)  # type: ignore[arg-type]
+            await trio.sleep_forever()
+        server.cancel_scope.cancel()
+    assert received == [f"{n}.{part}" for n in range(20) for part in range(3)]
+
+
+async def test_a_flood_of_requests_waits_for_its_replies(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The reader reads no further while more than max_pending_sends replies wait."""
+    queued: list[int] = []
+
+    async def serve(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        for n in range(50):
+            await ws.send_message(str(n))
+        await trio.sleep(1)
+        while True:
+            await ws.get_message()  # the replies leave only now: the peer reads slowly
+            await trio.sleep(1)
+
+    class Watched(_Echo):
+        def decode(self, frame: str | bytes) -> tuple[tuple[str, object], ...]:
+            replies = self.sock._replies  # the bound under test
+            queued.append(0 if replies is None else len(replies))
+            return super().decode(frame)
+
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, serve)
+        options = SocketOptions(protocol=Watched, max_pending_sends=4)
+        async with open_socket(connector, tenant_id="a", options=options):
+            with trio.move_on_after(30):
+                await trio.sleep_forever()
+        server.cancel_scope.cancel()
+    assert len(queued) > 10
+    assert max(queued) <= 4 + 3  # at most the bound, plus one frame's replies
+
+
 async def test_a_task_ends_with_its_socket_and_its_bug_is_reraised(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

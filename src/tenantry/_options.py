@@ -99,7 +99,8 @@ class SocketOptions:
     bad_frame_window: float = attrs.field(default=60.0, validator=seconds)
     """The window, in seconds, over which `max_bad_frames` counts."""
     max_pending_sends: int = attrs.field(default=16, validator=positive_count)
-    """Frames `Socket.send` may queue before it waits."""
+    """Frames `Socket.send` may queue before it waits; also how many frames
+    queued by `Socket.reply` may wait before the reader stops reading."""
     connect_timeout: float = attrs.field(default=10.0, validator=seconds)
     """Bound, in seconds, on each whole attempt to connect: TCP connect, TLS
     handshake and WebSocket upgrade. An attempt that takes longer fails like

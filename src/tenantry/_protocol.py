@@ -55,6 +55,9 @@ class RejectReason(enum.Enum):
     INVALID_JSON = "invalid_json"
     BAD_SHAPE = "bad_shape"
     """Valid JSON, but not ``{"type": <non-empty string>, "data": ...}``."""
+    UNDECODABLE = "undecodable"
+    """A frame the protocol could not decode (a broken compressed stream, an
+    unknown binary layout, ...)."""
     INVALID_EVENT = "invalid_event"
     """A well-formed frame whose data does not fit its type's rule."""
 
@@ -71,6 +74,11 @@ class FrameRejected(Exception):
         super().__init__(f"{reason.value}: {preview}")
         self.reason = reason
         self.preview = preview
+
+    @classmethod
+    def of(cls, reason: RejectReason, frame: object, limit: int = 80) -> FrameRejected:
+        """The rejection of *frame*, with a safe preview of it: at most *limit* characters."""
+        return cls(reason, preview(frame, limit))
 
 
 class CloseRequested(Exception):

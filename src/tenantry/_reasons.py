@@ -372,8 +372,14 @@ class CloseCodes:
         )
 
     def named(self, reason: DisconnectReason) -> DisconnectReason:
-        """*reason* with its name from `names`, if its code has one here."""
+        """*reason* with its name from `names`, if its code has one here.
+
+        A local close sent with a close code named here (``Socket.close(code=...)``)
+        takes that code's name, so that its metric label says which close it was.
+        """
         name = self.names.get(reason.code)
+        if name is None and reason.origin is CloseOrigin.LOCAL and reason.raw_code is not None:
+            name = self.names.get(reason.raw_code)
         if name is None or name == reason.name:
             return reason
         return attrs.evolve(reason, name=name)

@@ -213,6 +213,8 @@ class Socket:
         "_reading",
         "_recent_rejections",
         "_rejected",
+        "_replies",
+        "_replies_written",
         "_session",
         "_shut_down",
         "_stalled",
@@ -254,6 +256,8 @@ class Socket:
         # The outbox and its writer task come with the first send: many sockets never send.
         self._outbox_send: trio.MemorySendChannel[_Outgoing] | None = None
         self._outbox: trio.MemoryReceiveChannel[_Outgoing] | None = None
+        self._replies: deque[str | bytes] | None = None  # `reply`'s queue, from its first use
+        self._replies_written: trio.Event | None = None  # while its writer task runs
         self._reading = trio.CancelScope()
         self._read_done: trio.Event | None = None  # while a close waits for the last frames
         self._stalled = False  # whether the reader waits for the application, not the peer
@@ -376,6 +380,48 @@ class Socket:
         if self._close_reason is not None:
             raise SocketClosed(self._close_reason)
         await self._send(frame)
+
+    def reply(self, frame: str | bytes) -> None:
+        """Queue a raw frame to be written without waiting: for `Session.decode`.
+
+        ``decode`` cannot await, so a protocol answers a control message
+        (a hello, a heartbeat request) with ``reply``: the frames go out in
+        the order they were queued, through the same writer as `send`. The
+        reader does not read the next frame while more than
+        `SocketOptions.max_pending_sends` replies wait, so a peer that asks
+        for replies faster than they can be written is slowed down, and the
+        queue stays bounded. Replies still queued when the socket closes are
+        not written: the close ends the conversation.
+
+        Raises:
+            TypeError: *frame* is neither `str` nor `bytes`.
+        """
+        if not isinstance(frame, (str, bytes)):
+            raise TypeError(f"frame must be str or bytes, got {type(frame).__name__}")
+        if self._close_reason is not None:
+            return
+        replies = self._replies
+        if replies is None:
+            replies = self._replies = deque()
+        replies.append(frame)
+        if self._replies_written is None:
+            nursery = self._nursery
+            if nursery is None:  # pragma: no cover - the session is made once the nursery is
+                raise RuntimeError("socket used before it started")
+            self._replies_written = trio.Event()
+            nursery.start_soon(self._write_replies, replies, self._replies_written)
+
+    async def _write_replies(self, replies: deque[str | bytes], written: trio.Event) -> None:
+        """`reply`'s writer: one at a time, in order, until the queue is empty."""
+        try:
+            while replies:
+                await self._send(replies[0])
+                replies.popleft()
+        except SocketClosed:
+            replies.clear()  # the close ends the conversation
+        finally:
+            self._replies_written = None
+            written.set()
 
     async def _send(self, frame: str | bytes) -> None:
         outgoing = _Outgoing(frame)
@@ -547,6 +593,7 @@ class Socket:
 
     async def _read(self, ws: trio_websocket.WebSocketConnection, session: Session) -> None:
         decode, emit, events = session.decode, self._buffer.emit, self._events
+        max_replies = self._options.max_pending_sends
         with self._reading:
             try:
                 while True:
@@ -567,6 +614,9 @@ class Socket:
                                 self._stalled = False
                     except FrameRejected as rejection:
                         self._reject(rejection.reason, rejection.preview)
+                    replies, written = self._replies, self._replies_written
+                    if replies and len(replies) > max_replies and written is not None:
+                        await written.wait()  # a flood of requests slows its peer
             except trio_websocket.ConnectionClosed as closed:
                 code = None if closed.reason is None else closed.reason.code
                 message = None if closed.reason is None else closed.reason.reason
