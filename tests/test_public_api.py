@@ -87,6 +87,7 @@ TIERS = {
         "open_fake_upstream",
     ],
     "tenantry.prometheus": ["HubCollector"],
+    "tenantry.cluster": ["Coordinator", "CoordinatorError", "Member", "TenantRow", "View"],
 }
 
 
