@@ -83,11 +83,23 @@ TIERS = {
     "tenantry.testing": [
         "FakeUpstream",
         "MemoryConnector",
+        "MemoryCoordinator",
         "UpstreamConnection",
         "open_fake_upstream",
     ],
     "tenantry.prometheus": ["HubCollector"],
-    "tenantry.cluster": ["Coordinator", "CoordinatorError", "Member", "TenantRow", "View"],
+    "tenantry.cluster": [
+        "CLUSTER_METRIC_FAMILIES",
+        "ClusterHub",
+        "Coordinator",
+        "CoordinatorError",
+        "LeaseConfig",
+        "Member",
+        "SpecFactory",
+        "TenantRow",
+        "View",
+        "open_cluster_hub",
+    ],
 }
 
 

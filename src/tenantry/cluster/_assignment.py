@@ -34,6 +34,7 @@ Two things damp the churn:
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from typing import final
 
@@ -122,6 +123,13 @@ class Planner:
         if me in seen and now - self._joined >= settle:
             counted.append(me.name)
         return counted
+
+    def next_settle(self) -> float:
+        """Seconds until a member seen so far (this one included) settles; inf if none will."""
+        now = self._clock()
+        settle = self._config.settle_delay
+        pending = [at + settle - now for at in (self._joined, *self._first_seen.values())]
+        return min((left for left in pending if left > 0), default=math.inf)
 
     def plan(self, view: View, me: Member, held: Mapping[str, int]) -> Plan:
         """The plan for *view*, given the tenants this member runs now (*held*: id -> epoch)."""
