@@ -1,0 +1,257 @@
+"""A fleet in virtual time: members over a MemoryCoordinator, tenants on a 440-replacing upstream.
+
+The upstream closes the older of two connections to one tenant with 4440
+and counts it (``replacements``): the measure of a tenant connected twice.
+Every scenario here must leave it at zero.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from helpers import idle
+from tenantry import TenantSpec
+from tenantry.cluster import ClusterHub, LeaseConfig, open_cluster_hub
+from tenantry.testing import FakeUpstream, MemoryCoordinator, open_fake_upstream
+
+LEASE = LeaseConfig(ttl=15.0, rho=0.05, close_budget=2.0, settle_delay=5.0, poll_interval=5.0)
+
+
+def factory(upstream: FakeUpstream, epochs: dict[str, list[int]] | None = None) -> Any:
+    def spec_factory(tenant_id: str, description: Mapping[str, Any], epoch: int) -> TenantSpec:
+        if epochs is not None:
+            epochs.setdefault(tenant_id, []).append(epoch)
+        return TenantSpec(tenant_id, upstream.connector_to(f"/{tenant_id}"), handler=idle)
+
+    return spec_factory
+
+
+@attrs.define
+class Running:
+    """One member running in the test's nursery, which the test can kill or cut off."""
+
+    hub: ClusterHub
+    client: MemoryCoordinator
+    scope: trio.CancelScope
+
+    def kill(self) -> None:
+        """Die without leaving: the row stays until it expires; the sockets close."""
+        self.client.down = True
+        self.scope.cancel()
+
+
+async def run_member(
+    store: MemoryCoordinator,
+    upstream: FakeUpstream,
+    name: str,
+    lease: LeaseConfig = LEASE,
+    latency: float = 0.0,
+    *,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    client = store.client(latency=latency)
+    with trio.CancelScope() as scope:
+        async with open_cluster_hub(
+            client, member=name, spec_factory=factory(upstream), lease=lease
+        ) as hub:
+            task_status.started(Running(hub, client, scope))
+            await trio.sleep_forever()
+
+
+@asynccontextmanager
+async def fleet(
+    tenants: int, **store_kwargs: Any
+) -> AsyncIterator[tuple[MemoryCoordinator, FakeUpstream, trio.Nursery]]:
+    store = MemoryCoordinator(**store_kwargs)
+    for i in range(tenants):
+        await store.put_tenant(f"t{i}", {"n": i})
+    async with open_fake_upstream(replace=True, history=0) as upstream, trio.open_nursery() as n:
+        yield store, upstream, n
+        n.cancel_scope.cancel()
+
+
+def owners(members: list[Running]) -> dict[str, str]:
+    """tenant -> member name, over the members' own views (no tenant may be run twice)."""
+    seen: dict[str, str] = {}
+    for m in members:
+        for tenant_id in m.hub.tenant_ids:
+            assert tenant_id not in seen, f"{tenant_id} on {seen[tenant_id]} and {m.hub.name}"
+            seen[tenant_id] = m.hub.name
+    return seen
+
+
+async def until(condition: Callable[[], bool], within: float = 100.0) -> None:
+    """Sample *condition* every 0.1 virtual seconds until it holds; fail after *within*."""
+    for _ in range(int(within / 0.1)):
+        if condition():
+            return
+        await trio.sleep(0.1)
+    pytest.fail(f"not within {within:g} s")
+
+
+def live_connections(upstream: FakeUpstream) -> int:
+    return sum(not c.ended for c in upstream.connections)
+
+
+async def test_one_member_runs_every_tenant_and_the_epoch_reaches_the_factory(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    epochs: dict[str, list[int]] = {}
+    async with fleet(5) as (store, upstream, _):
+        async with open_cluster_hub(
+            store.client(), member="a", spec_factory=factory(upstream, epochs), lease=LEASE
+        ) as hub:
+            await trio.sleep(1.0)
+            assert hub.tenant_ids == []  # a newcomer waits the settle delay
+            await trio.sleep(LEASE.settle_delay)
+            assert sorted(hub.tenant_ids) == [f"t{i}" for i in range(5)]
+            assert epochs == {f"t{i}": [1] for i in range(5)}
+            assert hub.epoch_of("t0") == store.epoch_of("t0") == 1
+            assert live_connections(upstream) == 5
+            await trio.sleep(100.0)  # renewals keep it
+            m = hub.metrics()
+            assert m.value("tenantry_cluster_tenants_owned") == 5
+            assert m.value("tenantry_cluster_members") == 1
+            assert m.value("tenantry_cluster_acquisitions_total") == 5
+            assert m.value("tenantry_cluster_renewals_total", result="ok") >= 100 // 5
+            assert m.value("tenantry_cluster_lease_losses_total") == 0
+            assert m.value("tenantry_sockets_alive") == 5
+            assert 'tenantry_cluster_renewals_total{result="ok"}' in m.to_text()
+            with pytest.raises(KeyError, match="not run by this member"):
+                hub.epoch_of("nope")
+        assert store.owner_of("t0") is None  # leaving freed the rows at once
+        assert live_connections(upstream) == 0
+    assert upstream.replacements == 0
+
+
+async def test_members_share_the_tenants_and_failover_follows_a_death_within_the_ttl(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fleet(30) as (store, upstream, nursery):
+        members: list[Running] = [
+            await nursery.start(run_member, store, upstream, name) for name in "abc"
+        ]
+        await trio.sleep(LEASE.settle_delay + 1)
+        first = owners(members)
+        assert len(first) == 30
+        assert set(first.values()) == {"a", "b", "c"}
+        victim = members[0]
+        theirs = [t for t, name in first.items() if name == "a"]
+        victim.kill()
+        died_at = trio.current_time()
+        await until(lambda: all(t in owners(members[1:]) for t in theirs))
+        failover = trio.current_time() - died_at
+        assert failover <= LEASE.ttl + LEASE.poll_interval + 1
+        assert len(owners(members[1:])) == 30
+        assert live_connections(upstream) == 30
+    assert upstream.replacements == 0
+
+
+async def test_a_member_cut_off_from_the_store_drops_its_tenants_before_they_move(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fleet(20) as (store, upstream, nursery):
+        members: list[Running] = [
+            await nursery.start(run_member, store, upstream, name) for name in "ab"
+        ]
+        await trio.sleep(LEASE.settle_delay + 1)
+        cut = members[0]
+        theirs = [t for t, name in owners(members).items() if name == "a"]
+        assert theirs
+        cut.client.down = True  # a partition: "a" runs on, but hears nothing
+        await trio.sleep(LEASE.ttl + LEASE.poll_interval + 1)
+        assert cut.hub.tenant_ids == []  # failed closed at its deadline
+        assert sorted(owners(members[1:])) == sorted(f"t{i}" for i in range(20))
+        m = cut.hub.metrics()
+        assert m.value("tenantry_cluster_lease_losses_total", reason="deadline") == 1
+        assert m.value("tenantry_cluster_renewals_total", result="failed") >= 2
+        assert m.value("tenantry_sockets_alive") == 0
+        cut.client.down = False  # healed: it rejoins, settles, and takes its share back
+        await trio.sleep(LEASE.renew_interval + LEASE.settle_delay + 30)
+        assert sorted(cut.hub.tenant_ids) == sorted(theirs)  # the hashing gives it the same
+        assert members[1].hub.metrics().value("tenantry_cluster_handoffs_total") == len(theirs)
+        assert live_connections(upstream) == 20
+    assert upstream.replacements == 0
+
+
+async def test_a_store_outage_drops_every_tenant_and_they_come_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with fleet(12) as (store, upstream, nursery):
+        members: list[Running] = [
+            await nursery.start(run_member, store, upstream, name) for name in "abc"
+        ]
+        await trio.sleep(LEASE.settle_delay + 1)
+        assert live_connections(upstream) == 12
+        store.store_down = True
+        down_at = trio.current_time()
+        await until(lambda: live_connections(upstream) == 0)
+        assert trio.current_time() - down_at <= LEASE.hold  # fail closed within the lease
+        await trio.sleep(60)
+        store.store_down = False
+        up_at = trio.current_time()
+        await until(lambda: live_connections(upstream) == 12)
+        recovery = trio.current_time() - up_at
+        assert recovery <= LEASE.renew_interval * 2 + LEASE.settle_delay + LEASE.poll_interval
+        assert len(owners(members)) == 12
+    assert upstream.replacements == 0
+
+
+async def test_a_member_joining_takes_its_share_at_the_hand_off_rate(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lease = attrs.evolve(LEASE, handoff_rate=1.0, handoff_burst=2)
+    async with fleet(40) as (store, upstream, nursery):
+        start = functools.partial(run_member, store, upstream, lease=lease)
+        members: list[Running] = [await nursery.start(start, name) for name in "ab"]
+        await trio.sleep(lease.settle_delay + 1)
+        before = owners(members)
+        members.append(await nursery.start(start, "c"))
+
+        def handoffs() -> list[float]:
+            return [m.hub.metrics().value("tenantry_cluster_handoffs_total") for m in members]
+
+        await trio.sleep(lease.settle_delay - 0.5)
+        assert handoffs() == [0, 0, 0]  # c has not settled yet: nothing moves
+        await trio.sleep(3.5)  # c has counted for 3 s: the burst, then one a second each
+        early = handoffs()
+        assert sum(early) > 0
+        assert all(n <= lease.handoff_burst + 3 * lease.handoff_rate for n in early)
+        await trio.sleep(60)
+        after = owners(members)
+        assert len(after) == 40
+        changed = [t for t in after if after[t] != before[t]]
+        assert all(after[t] == "c" for t in changed)  # only c's share moved
+        assert sum(early) < len(changed) == sum(handoffs())  # the rate held them back
+        assert 40 / 3 / 2 < len(changed) < 40 * 2 / 3
+    assert upstream.replacements == 0
+
+
+@pytest.mark.parametrize(("rate", "replaced"), [(1.05, False), (0.95, False), (1.5, True)])
+async def test_clock_rate_error_within_rho_is_safe_and_beyond_it_is_seen(
+    autojump_clock: trio.testing.MockClock, rate: float, replaced: bool
+) -> None:
+    """The store's clock runs at *rate* against the members'; a member is cut off.
+
+    Within rho (5 %) the cut-off member has aborted before its row expires.
+    At 1.5 the row expires long before its deadline, a successor connects,
+    and the upstream counts the replacement: the negative control, proof
+    that the measure can see a tenant connected twice.
+    """
+    async with fleet(10, clock=lambda: trio.current_time() * rate) as (store, upstream, nursery):
+        members: list[Running] = [
+            await nursery.start(run_member, store, upstream, name) for name in "ab"
+        ]
+        await trio.sleep(LEASE.settle_delay + 1)
+        members[0].client.down = True
+        await trio.sleep(LEASE.ttl * 3)
+        assert len(owners(members)) == 10
+    assert (upstream.replacements > 0) is replaced
