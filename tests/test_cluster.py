@@ -8,6 +8,7 @@ Every scenario here must leave it at zero.
 from __future__ import annotations
 
 import functools
+import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,8 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helpers import idle
 from tenantry import TenantSpec
@@ -255,3 +258,81 @@ async def test_clock_rate_error_within_rho_is_safe_and_beyond_it_is_seen(
         await trio.sleep(LEASE.ttl * 3)
         assert len(owners(members)) == 10
     assert (upstream.replacements > 0) is replaced
+
+
+async def test_a_slow_answer_shortens_the_lease_never_lengthens_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The member counts its lease from the send: 2 s each way cost it 4 s, never the store."""
+    lease = attrs.evolve(LEASE, poll_interval=0.25)
+    async with fleet(10) as (store, upstream, nursery):
+        start = functools.partial(run_member, store, upstream, lease=lease)
+        slow: Running = await nursery.start(functools.partial(start, "a", latency=2.0))
+        fast: Running = await nursery.start(start, "b")
+        await trio.sleep(lease.settle_delay + 60)
+        assert slow.hub.tenant_ids
+        slow.client.down = True
+        await trio.sleep(lease.ttl * 3)
+        assert len(owners([slow, fast])) == 10
+        assert slow.hub.tenant_ids == []
+    assert upstream.replacements == 0
+
+
+ACTIONS = st.lists(
+    st.tuples(
+        st.floats(0.0, 40.0),  # virtual seconds before the action
+        st.sampled_from(["join", "leave", "kill", "cut", "heal"]),
+        st.integers(0, 3),  # which member
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    actions=ACTIONS,
+    max_latency=st.floats(0.0, 2.0),
+    rate_error=st.floats(-1.0, 1.0),
+    seed=st.integers(0, 2**32),
+)
+def test_no_tenant_is_ever_connected_twice_across_the_fleet(
+    actions: list[tuple[float, str, int]], max_latency: float, rate_error: float, seed: int
+) -> None:
+    """Members join, leave, die and are cut off, over slow links and a store clock within rho.
+
+    Members poll often, so that a successor acquires a tenant as soon as the
+    store lets it: any slack in the lease rule would show as a replacement.
+    """
+    lease = attrs.evolve(LEASE, poll_interval=0.25)
+    rate = 1 + rate_error * LEASE.rho
+    rng = random.Random(seed)
+
+    async def scenario() -> None:
+        async with fleet(16, clock=lambda: trio.current_time() * rate) as (store, up, nursery):
+            running: dict[int, Running] = {}
+            for gap, action, i in [(0.0, "join", 0), *actions]:
+                await trio.sleep(gap)
+                owners(list(running.values()))  # never one tenant on two members
+                member = running.get(i)
+                if action == "join" and member is None:
+                    latency = rng.uniform(0, max_latency)
+                    start = functools.partial(run_member, lease=lease, latency=latency)
+                    running[i] = await nursery.start(start, store, up, f"m{i}")
+                elif action in ("leave", "kill") and member is not None:
+                    if action == "leave":
+                        member.scope.cancel()
+                    else:
+                        member.kill()
+                    del running[i]
+                elif member is not None:
+                    member.client.down = action == "cut"
+            for member in running.values():
+                member.client.down = False
+            round_trip = 2 * max_latency  # acquisitions are one round trip each, in turn
+            await trio.sleep(LEASE.ttl * 3 + 20 * round_trip)
+            if running:  # the fleet settles: every tenant on exactly one member
+                assert len(owners(list(running.values()))) == 16
+                assert live_connections(up) == 16
+        assert up.replacements == 0
+
+    trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
