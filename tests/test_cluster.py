@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import idle
-from tenantry import TenantSpec
+from tenantry import TenantSpec, open_socket
 from tenantry.cluster import ClusterHub, LeaseConfig, open_cluster_hub
 from tenantry.testing import FakeUpstream, MemoryCoordinator, open_fake_upstream
 
@@ -336,3 +336,52 @@ def test_no_tenant_is_ever_connected_twice_across_the_fleet(
         assert up.replacements == 0
 
     trio.run(scenario, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_440_while_holding_the_lease_is_counted_as_an_upstream_conflict(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Something outside the fleet connects a tenant: the member's connection is replaced."""
+    async with fleet(2) as (store, upstream, nursery):
+        member: Running = await nursery.start(run_member, store, upstream, "a")
+        await trio.sleep(LEASE.settle_delay + 1)
+        assert member.hub.metrics().value("tenantry_cluster_upstream_conflicts_total") == 0
+        async with open_socket(upstream.connector_to("/t0"), tenant_id="t0"):
+            await trio.sleep(1)
+        m = member.hub.metrics()
+        assert m.value("tenantry_cluster_upstream_conflicts_total") == 1
+        assert m.value("tenantry_reconnects_total", tenant="t0", reason="connection_replaced") == 1
+    assert upstream.replacements == 1
+
+
+async def test_members_starting_together_agree_at_once_and_move_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """No change is missed between a view and the wait: nobody plans on a stale view."""
+    async with fleet(60) as (store, upstream, nursery):
+        members: list[Running] = [
+            await nursery.start(run_member, store, upstream, f"m{i}") for i in range(3)
+        ]
+        await trio.sleep(LEASE.settle_delay + 30)
+        assert len(owners(members)) == 60
+        assert [m.hub.metrics().value("tenantry_cluster_handoffs_total") for m in members] == [
+            0,
+            0,
+            0,
+        ]
+    assert upstream.replacements == 0
+
+
+async def test_a_change_between_a_view_and_the_wait_is_not_missed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryCoordinator()
+    watcher, other = store.client(), store.client()
+    await watcher.view()
+    await other.put_tenant("t", {})  # after the view, before the wait
+    started = trio.current_time()
+    await watcher.wait_for_change(10.0)
+    assert trio.current_time() == started
+    await watcher.view()
+    await watcher.wait_for_change(10.0)  # nothing new: the whole timeout
+    assert trio.current_time() == started + 10.0

@@ -106,7 +106,13 @@ class Coordinator(Protocol):
         ...
 
     async def wait_for_change(self, timeout: float) -> None:  # noqa: ASYNC109 - a poll bound
-        """Return when the tenants or the members changed, or after *timeout* seconds."""
+        """Return when the tenants or the members changed, or after *timeout* seconds.
+
+        A change made after the caller's last `view` returns at once, even if
+        it came before this call (listen before reading): a wakeup lost
+        between a view and the wait would leave a member on a stale view for
+        a whole *timeout*.
+        """
         ...
 
     async def aclose(self) -> None:

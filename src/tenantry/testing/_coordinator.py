@@ -53,10 +53,12 @@ class _Store:
         self.tenants: dict[str, _Row] = {}
         self.incarnations = itertools.count(1)
         self.changed = trio.Event()
+        self.version = 0  # of the tenants and members: one more at every change
         self.statements = 0
         self.down = False
 
     def notify(self) -> None:
+        self.version += 1
         self.changed.set()
         self.changed = trio.Event()
 
@@ -102,6 +104,7 @@ class MemoryCoordinator:
         self._timeout = check_seconds(timeout, "timeout")
         self.down = False
         """Whether this client is cut off from the store."""
+        self._seen = 0  # the store's version at this client's last view
 
     def client(self, *, latency: float | Latency = 0.0, timeout: float = 5.0) -> MemoryCoordinator:
         """Another client of the same store (give each member its own)."""
@@ -169,6 +172,7 @@ class MemoryCoordinator:
 
         def run() -> View:
             store = self._store
+            self._seen = store.version
             now = store.clock()
             members = tuple(m for _, (m, expiry) in sorted(store.members.items()) if expiry > now)
             tenants = tuple(
@@ -250,11 +254,17 @@ class MemoryCoordinator:
         return await self._round_trip(run)
 
     async def wait_for_change(self, timeout: float) -> None:  # noqa: ASYNC109 - a poll bound
-        """See `~tenantry.cluster.Coordinator.wait_for_change`."""
-        changed = self._store.changed
+        """See `~tenantry.cluster.Coordinator.wait_for_change`.
+
+        A change since this client's last `view` returns at once: a listening
+        connection queues what it is told between two reads, so nothing that
+        happens between a view and the wait is missed.
+        """
         with trio.move_on_after(timeout):
-            await self._round_trip(lambda: None)  # reach the store, as LISTEN does
-            await changed.wait()
+            store = self._store
+            missed = await self._round_trip(lambda: store.version > self._seen)
+            if not missed:
+                await store.changed.wait()
 
     async def aclose(self) -> None:
         """Nothing to let go of; a checkpoint, as any close is."""
