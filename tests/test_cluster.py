@@ -385,3 +385,29 @@ async def test_a_change_between_a_view_and_the_wait_is_not_missed(
     await watcher.view()
     await watcher.wait_for_change(10.0)  # nothing new: the whole timeout
     assert trio.current_time() == started + 10.0
+
+
+async def test_a_changed_description_restarts_the_tenant_under_the_same_epoch(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    made: list[tuple[str, dict[str, Any], int]] = []
+
+    def spec_factory(tenant_id: str, description: Mapping[str, Any], epoch: int) -> TenantSpec:
+        made.append((tenant_id, dict(description), epoch))
+        return TenantSpec(tenant_id, upstream.connector_to(f"/{tenant_id}"), handler=idle)
+
+    async with (
+        fleet(1) as (store, upstream, _),
+        open_cluster_hub(store.client(), member="a", spec_factory=spec_factory, lease=LEASE) as hub,
+    ):
+        await trio.sleep(LEASE.settle_delay + 1)
+        await store.put_tenant("t0", {"n": 99})
+        await trio.sleep(1)
+        assert made == [("t0", {"n": 0}, 1), ("t0", {"n": 99}, 1)]
+        assert hub.tenant_ids == ["t0"]
+        assert (upstream.accepted, live_connections(upstream)) == (2, 1)  # closed, then anew
+        await store.remove_tenant("t0")
+        await trio.sleep(1)
+        assert hub.tenant_ids == []
+        assert live_connections(upstream) == 0
+    assert upstream.replacements == 0

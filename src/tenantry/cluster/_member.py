@@ -30,7 +30,9 @@ has expired, which the lease rule places after the deadline.
 hashing gives this member, then: abort what the store says is no longer
 ours; close what left the tenant list; hand off what another member now
 wins (close the tenant first, then release its row, at the hand-off rate);
-acquire what this member wins and is free. Then wait for a change
+restart (close, then start again under the same epoch) what runs here
+with a description that changed; acquire what this member wins and is
+free. Then wait for a change
 (`~Coordinator.wait_for_change`), at most ``poll_interval``.
 
 Leaving the ``async with`` stops the assignment, closes every tenant the
@@ -145,6 +147,7 @@ class ClusterHub:
         self._lease = Lease(lease)
         self._member: Member | None = None
         self._held: dict[str, int] = {}  # tenant -> epoch, from before hub.add to after remove
+        self._described: dict[str, Mapping[str, Any]] = {}  # tenant -> the description it runs
         self._members_seen = 0
         self._retiring = False
         self._assigning = trio.CancelScope()
@@ -357,6 +360,11 @@ class ClusterHub:
                     nursery.start_soon(functools.partial(self._remove, tenant_id, abort=True))
         for tenant_id in plan.drop:
             await self._remove(tenant_id, abort=False)
+        for tenant_id, epoch in list(self._held.items()):
+            row = rows.get(tenant_id)
+            if row is not None and row.description != self._described.get(tenant_id):
+                await self._remove(tenant_id, abort=False)  # still ours: nobody else connects
+                await self._start(member, row, epoch)  # with the new description
         for tenant_id in plan.hand_off:
             epoch = self._held[tenant_id]
             await self._remove(tenant_id, abort=False)  # close first, then free the row
@@ -399,6 +407,7 @@ class ClusterHub:
             await self._coordinator.release(member, tenant_id, epoch)
             return
         self._held[tenant_id] = epoch  # before the add: a lost lease finds it either way
+        self._described[tenant_id] = row.description
         logger.info(
             "acquired: tenant %s by member %s, epoch %d",
             tenant_id,
@@ -431,6 +440,7 @@ class ClusterHub:
         with contextlib.suppress(KeyError):  # gone already (a removal that raced this one)
             await self._hub.remove(tenant_id, abort=abort)
         self._held.pop(tenant_id, None)
+        self._described.pop(tenant_id, None)
 
     async def _remove_all(self, *, abort: bool) -> None:
         """Remove every tenant of the hub at once, and those that arrive meanwhile."""
