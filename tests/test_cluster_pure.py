@@ -210,6 +210,17 @@ def test_a_newcomer_takes_nothing_before_the_settle_delay(clock: FakeClock) -> N
     assert planner.next_settle() == math.inf
 
 
+def test_a_settle_delay_ending_in_floating_point_rounding_still_ends(clock: FakeClock) -> None:
+    """A wait of next_settle() seconds can end an ulp early: the member counts all the same."""
+    clock.now = 60.019999999999996
+    planner = Planner(LeaseConfig(settle_delay=5.0), clock=clock)
+    view = View((ME,), rows({"t": None}))
+    assert planner.plan(view, ME, {}).acquire == ()
+    clock.now += planner.next_settle() - 1e-12  # an ulp or so short of the end
+    assert planner.plan(view, ME, {}).acquire == ("t",)
+    assert planner.next_settle() == math.inf  # no wait too short to move the clock
+
+
 def test_a_member_seen_for_less_than_the_settle_delay_moves_nothing(clock: FakeClock) -> None:
     config = LeaseConfig(settle_delay=5.0, handoff_burst=100)
     planner = Planner(config, clock=clock)

@@ -46,6 +46,11 @@ from ._lease import LeaseConfig
 
 __all__ = ["HandoffBucket", "Plan", "Planner", "rendezvous"]
 
+_TOLERANCE = 1e-6
+"""Seconds of rounding forgiven when a settle delay is compared: a wait computed from
+the clock can end a hair early in floating point, and must not be followed by another
+wait too short to move the clock at all."""
+
 
 def _weight(member: str, tenant_id: str) -> int:
     key = f"{len(member)}:{member}:{tenant_id}".encode()  # unambiguous for any two names
@@ -119,6 +124,7 @@ class Planner:
         settle = self._config.settle_delay
         seen = {m: self._first_seen.get(m, now) for m in view.members}
         self._first_seen = seen  # members gone from the view are forgotten
+        settle -= _TOLERANCE
         counted = [m.name for m, at in seen.items() if m != me and now - at >= settle]
         if me in seen and now - self._joined >= settle:
             counted.append(me.name)
@@ -129,7 +135,7 @@ class Planner:
         now = self._clock()
         settle = self._config.settle_delay
         pending = [at + settle - now for at in (self._joined, *self._first_seen.values())]
-        return min((left for left in pending if left > 0), default=math.inf)
+        return min((left for left in pending if left > _TOLERANCE), default=math.inf)
 
     def plan(self, view: View, me: Member, held: Mapping[str, int]) -> Plan:
         """The plan for *view*, given the tenants this member runs now (*held*: id -> epoch)."""

@@ -344,7 +344,7 @@ class ClusterHub:
                         error,
                         extra={"member": self._name},
                     )
-                    await trio.sleep(wait)
+                    await trio.sleep(max(wait, self._config.renew_interval / 4))  # no hammering
 
     async def _carry_out(self, member: Member, plan: Plan, rows: Mapping[str, TenantRow]) -> None:
         if plan.lost:
