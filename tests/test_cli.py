@@ -411,6 +411,34 @@ async def test_upstream_command_serves_traffic_and_faults_over_tcp() -> None:
     assert said[1] == "fault 503 on connection 0 (/acme)"
 
 
+async def test_upstream_command_can_replace_a_tenants_older_connection() -> None:
+    said: list[str] = []
+    replaced = trio.Event()
+
+    def say(line: str) -> None:
+        said.append(line)
+        if "replaced" in line:
+            replaced.set()
+
+    config = UpstreamConfig(port=0, rate=1, replace=True)
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(serve_upstream, config, say)
+        async with (
+            open_socket(url + "acme", tenant_id="acme") as first,
+            open_socket(url + "acme", tenant_id="acme"),  # the second, to the same path
+        ):
+            await trio.sleep_forever()  # until the upstream closes the first: both bodies end
+        assert first.close_reason is not None
+        assert first.close_reason.code == 440
+        await replaced.wait()
+        nursery.cancel_scope.cancel()
+    assert said == [
+        "connection 0 on /acme",
+        "connection 1 on /acme",
+        "connection 0 on /acme replaced by a newer one (1 replacements so far)",
+    ]
+
+
 def test_a_real_soak_over_loopback_tcp() -> None:
     config = SoakConfig(
         tenants=3,

@@ -375,6 +375,33 @@ async def test_remove_leaves_nothing_and_nothing_follows(
             await hub.remove("a")
 
 
+@pytest.mark.parametrize("abort", [True, False])
+async def test_remove_with_abort_ends_the_connection_before_the_drain(
+    autojump_clock: trio.testing.MockClock, abort: bool
+) -> None:
+    received: list[float] = []
+
+    async def slow(sock: Socket) -> None:
+        async with sock.events.subscribe() as batches:
+            async for _ in batches:
+                await trio.sleep(2.0)
+                received.append(trio.current_time())
+
+    async with running() as (upstream, hub):
+        options = SocketOptions(buffer=BufferConfig(always_buffer=True))
+        await hub.add(spec(upstream, handler=slow, options=options))
+        connection = await upstream.wait_connections(1)
+        await connection.stream(3, keys=3)
+        await trio.sleep(0.5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(hub.remove, "a", abort=abort))
+            await trio.sleep(0.001)
+            assert connection.ended is abort  # gone from the peer's side while the drain goes on
+            assert hub.tenant_ids == ["a"]
+        assert connection.ended
+        assert len(received) == 1  # the final batch was delivered all the same
+
+
 async def test_tenant_ids_are_unique(autojump_clock: trio.testing.MockClock) -> None:
     async with running() as (upstream, hub):
         await hub.add(spec(upstream))

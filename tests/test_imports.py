@@ -99,3 +99,15 @@ def test_each_module_imports_alone(module: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert importlib.import_module(name).__name__ == name
+
+
+def test_the_fleet_is_not_imported_by_the_daily_api() -> None:
+    """A program on one machine never loads the fleet's modules (nor a database client)."""
+    code = "import sys, tenantry; assert 'tenantry.cluster' not in sys.modules"
+    done = subprocess.run(  # noqa: S603 - this interpreter, a fixed statement
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -86,17 +86,23 @@ TIERS = {
     "tenantry.testing": [
         "FakeUpstream",
         "MemoryConnector",
+        "MemoryCoordinator",
         "UpstreamConnection",
         "open_fake_upstream",
     ],
     "tenantry.prometheus": ["HubCollector"],
     "tenantry.cluster": [
+        "CLUSTER_METRIC_FAMILIES",
+        "ClusterHub",
         "Coordinator",
         "CoordinatorError",
+        "LeaseConfig",
         "Member",
         "PostgresCoordinator",
+        "SpecFactory",
         "TenantRow",
         "View",
+        "open_cluster_hub",
     ],
 }
 

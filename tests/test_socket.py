@@ -130,6 +130,62 @@ async def test_leaving_the_body_is_a_local_close(autojump_clock: trio.testing.Mo
     )
 
 
+@pytest.mark.parametrize("abort", [True, False])
+async def test_abort_ends_the_transport_first_then_drains_locally(
+    autojump_clock: trio.testing.MockClock, abort: bool
+) -> None:
+    """The peer sees the end at once (no close frame), while a slow subscriber still drains."""
+    seen_by_peer: list[tuple[float, int | None]] = []
+
+    async def peer(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        for i in range(5):
+            await ws.send_message(frame("chats.update", {"id": i}))
+        try:
+            while True:
+                await ws.get_message()
+        except trio_websocket.ConnectionClosed as closed:
+            code = None if closed.reason is None else closed.reason.code
+            seen_by_peer.append((trio.current_time(), code))
+
+    received: list[tuple[float, Batch]] = []
+
+    async def slow(channel: trio.abc.ReceiveChannel[Batch]) -> None:
+        async for batch in channel:
+            await trio.sleep(1.0)  # the application is slow: the drain takes a while
+            received.append((trio.current_time(), batch))
+
+    options = SocketOptions(buffer=BufferConfig(always_buffer=True))
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, peer)
+        async with (
+            open_socket(connector, tenant_id="acme", options=options) as sock,
+            sock.events.subscribe() as channel,
+        ):
+            await trio.sleep(1.0)  # the five frames are read and wait in the buffer
+            ended_at = trio.current_time()
+            if abort:
+                sock.abort("lease lost")
+                sock.abort("again")  # idempotent: the first reason stays
+            else:
+                sock.close("done here")
+            with pytest.raises(SocketClosed):
+                await sock.send("x", 1)  # nothing more is written either way
+            await slow(channel)
+        await trio.testing.wait_all_tasks_blocked()
+        server.cancel_scope.cancel()
+    assert sum(batch.count for _, batch in received) == 5  # the final flush was delivered
+    assert sock.close_reason is not None
+    assert sock.close_reason.message == ("lease lost" if abort else "done here")
+    [(peer_saw_end_at, code)] = seen_by_peer
+    if abort:
+        assert (peer_saw_end_at, code) == (ended_at, 1006)  # before the drain, no close frame
+        assert received[-1][0] > peer_saw_end_at
+    else:
+        assert code == 1000
+        assert peer_saw_end_at >= received[-1][0]  # a close lets the drain finish first
+
+
 async def test_a_socket_is_entered_once(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as server:
         connector = MemoryConnector(server, upstream(then="idle"))

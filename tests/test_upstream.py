@@ -368,3 +368,25 @@ async def test_a_client_that_leaves_before_its_request_leaves_no_task_behind(
         await trio.testing.wait_all_tasks_blocked()
         assert living_tasks() == before
         assert upstream.accepted == 0
+
+
+@pytest.mark.parametrize("replace", [True, False])
+async def test_replace_closes_the_older_connection_to_a_path_with_440(
+    autojump_clock: trio.testing.MockClock, replace: bool
+) -> None:
+    async with open_fake_upstream(replace=replace) as upstream:
+        a, b = upstream.connector_to("/a"), upstream.connector_to("/b")
+        async with open_socket(a, tenant_id="a") as first, open_socket(b, tenant_id="b") as other:
+            await trio.sleep(1)
+            assert upstream.replacements == 0  # another path is another tenant
+            async with open_socket(a, tenant_id="a") as second:
+                await trio.sleep(1)
+                assert second.close_reason is None  # the newer one stays
+                assert other.close_reason is None
+                if replace:
+                    assert first.close_reason is not None
+                    assert first.close_reason.code == ReasonCode.CONNECTION_REPLACED == 440
+                else:
+                    assert first.close_reason is None
+        older = upstream.connections_to("/a")[0]
+    assert (upstream.replacements, older.replaced) == ((1, True) if replace else (0, False))

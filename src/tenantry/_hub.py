@@ -101,14 +101,21 @@ class Hub:
         """
         await self._tenant(tenant_id).restart()
 
-    async def remove(self, tenant_id: str) -> None:
+    async def remove(self, tenant_id: str, *, abort: bool = False) -> None:
         """Stop the tenant and return once its scope has fully exited.
 
         The live socket (if any) runs its ordered shutdown, so subscribers get
         the final batch; a connection attempt or a backoff wait is cancelled.
         No reconnect can follow: the supervisor loop is gone.
+
+        With *abort*, the socket's transport is closed first, at once and
+        without a close frame (`Socket.abort`), even if a removal is already
+        under way; the flush and drain then run locally. For a connection
+        that must be gone from the peer's side by a deadline.
         """
         tenant = self._tenant(tenant_id)
+        if abort:
+            tenant.abort()
         finished = self._finished[tenant_id]
         self._removing.add(tenant_id)
         await tenant.stop()

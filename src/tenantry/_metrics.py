@@ -58,10 +58,19 @@ class Sample:
 
 @final
 class Metrics:
-    """A point-in-time snapshot of a hub's metrics (`Hub.metrics`)."""
+    """A point-in-time snapshot of a hub's metrics (`Hub.metrics`).
 
-    def __init__(self, samples: Iterable[Sample]) -> None:
+    *families* declares every metric the samples may have (name -> (type,
+    help)); a fleet member's snapshot declares its own beside the hub's.
+    """
+
+    def __init__(
+        self,
+        samples: Iterable[Sample],
+        families: Mapping[str, tuple[str, str]] = METRIC_FAMILIES,
+    ) -> None:
         self.samples: list[Sample] = list(samples)
+        self.families = families
 
     def value(self, name: str, **labels: str) -> float:
         """The sum of *name*'s samples whose labels include *labels* (0 if none)."""
@@ -73,7 +82,7 @@ class Metrics:
     def to_text(self) -> str:
         """The Prometheus text exposition format (version 0.0.4)."""
         lines: list[str] = []
-        for name, (kind, help_text) in METRIC_FAMILIES.items():
+        for name, (kind, help_text) in self.families.items():
             samples = [s for s in self.samples if s.name == name]
             if not samples:
                 continue

@@ -71,6 +71,7 @@ against the peer only while the reader is waiting for frames.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -189,6 +190,7 @@ class Socket:
     """
 
     __slots__ = (
+        "_aborted",
         "_body",
         "_buffer",
         "_caches",
@@ -271,6 +273,7 @@ class Socket:
         self._rejected: dict[RejectReason, int] | None = None  # until the first rejection
         self._recent_rejections: deque[float] | None = None  # until the first rejection
         self._frames = 0
+        self._aborted = False  # the transport is (being) closed without a close frame
 
     # -- public ------------------------------------------------------------
 
@@ -513,6 +516,27 @@ class Socket:
             self._close_frame = (code, _close_text(text))
         self._begin_close(reason)
 
+    def abort(self, reason: DisconnectReason | str | None = None) -> None:
+        """Close the transport at once, then run the ordered shutdown locally.
+
+        Unlike `close`, nothing more reaches the peer: no pending send, no
+        close frame; the connection is gone from the peer's side within
+        this scheduling step. What was already read is still flushed into
+        the subscribers and drained, as on any close. For a connection that
+        must not outlive a deadline (a lost lease), or is already closing
+        and must stop now. *reason* is as for `close` (default: "aborted
+        locally"); idempotent.
+        """
+        if not isinstance(reason, DisconnectReason):
+            reason = _local_close(reason or "aborted locally")
+        self._begin_close(reason)
+        self._fail_pending_sends()  # now, before any task runs: nothing more is written
+        if not self._aborted and self._nursery is not None and self._ws is not None:
+            self._aborted = True
+            # If the tasks are over already, the scope's exit aborts it instead (`_live`).
+            with contextlib.suppress(RuntimeError):
+                self._nursery.start_soon(trio.aclose_forcefully, self._ws)
+
     def __repr__(self) -> str:
         state = "open" if self._close_reason is None else f"closed ({self._close_reason})"
         return f"<Socket tenant={self._tenant_id!r} {state}>"
@@ -559,7 +583,8 @@ class Socket:
                         await self._finish()
                         nursery.cancel_scope.cancel()
                 reason = self._close_reason
-                if reason is not None and reason.code == ReasonCode.CONNECTION_LOST:
+                lost = reason is not None and reason.code == ReasonCode.CONNECTION_LOST
+                if lost or self._aborted:
                     await trio.aclose_forcefully(ws)  # a peer declared dead answers no close
                 else:
                     await self._close_websocket(ws)

@@ -180,6 +180,17 @@ class Tenant:
         """Close the socket (ordered shutdown) and leave the supervisor loop; return once done."""
         await self._carry_out(_Kind.STOP)
 
+    def abort(self) -> None:
+        """Abort the live socket's transport now (`Socket.abort`), if there is one.
+
+        It does not stop the tenant: the caller follows with `stop`, whose
+        ordered shutdown then only flushes and drains locally.
+        """
+        if self._socket is not None:
+            self._socket.abort(
+                DisconnectReason(ReasonCode.CONNECTION_CLOSED, "aborted", remote=False)
+            )
+
     async def _carry_out(self, kind: _Kind) -> None:
         """Carry out a command in the caller's task, after any before it.
 

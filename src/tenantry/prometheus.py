@@ -18,24 +18,34 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import final
+from typing import Protocol, final
 
 import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ._hub import Hub
-from ._metrics import METRIC_FAMILIES, Metrics
+from ._metrics import Metrics
 from ._validate import check_seconds
 
 __all__ = ["HubCollector"]
 
 
+class _Snapshots(Protocol):
+    """Whatever takes `~tenantry.Metrics` snapshots: a hub, or a fleet member's hub."""
+
+    def metrics(self) -> Metrics: ...
+
+
 @final
 class HubCollector(Collector):
-    """A prometheus-client collector rendering a hub's latest `~tenantry.Metrics` snapshot."""
+    """A prometheus-client collector rendering a hub's latest `~tenantry.Metrics` snapshot.
 
-    def __init__(self, hub: Hub) -> None:
+    *hub* is a `~tenantry.Hub`, or anything with the same ``metrics()``, such
+    as a `~tenantry.cluster.ClusterHub`.
+    """
+
+    def __init__(self, hub: Hub | _Snapshots) -> None:
         self._hub = hub
         self._snapshot: Metrics | None = None
 
@@ -55,7 +65,7 @@ class HubCollector(Collector):
         snapshot = self._snapshot
         if snapshot is None:
             return
-        for name, (kind, help_text) in METRIC_FAMILIES.items():
+        for name, (kind, help_text) in snapshot.families.items():
             samples = [s for s in snapshot.samples if s.name == name]
             if not samples:
                 continue

@@ -215,6 +215,12 @@ def _add_upstream(commands: Any) -> None:
         default=defaults.seed,
         help="random seed of traffic and faults (default: %(default)s)",
     )
+    upstream.add_argument(
+        "--replace",
+        action="store_true",
+        help="a second connection to a path closes the older one with 4440 (connection "
+        "replaced), as WhatsApp Web does, and counts it",
+    )
     upstream.add_argument("--duration", type=duration, help="stop after this long (default: never)")
     _add_output_options(upstream)
     upstream.set_defaults(run=_upstream)
@@ -317,6 +323,7 @@ def _upstream(args: argparse.Namespace) -> int:
             fault_every=args.fault_every,
             faults=args.faults,
             seed=args.seed,
+            replace=args.replace,
         )
     except (TypeError, ValueError) as error:
         raise _UsageError(str(error).replace("_", "-")) from None

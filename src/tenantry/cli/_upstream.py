@@ -41,6 +41,9 @@ class UpstreamConfig:
             None for none.
         faults: The kinds of fault to draw from.
         seed: Traffic and faults derive from it and the connection's number.
+        replace: A second connection to a path closes the older one with
+            close code 4440 (connection replaced), as WhatsApp Web does;
+            each such replacement is reported and counted.
     """
 
     port: int = 8765
@@ -49,6 +52,7 @@ class UpstreamConfig:
     fault_every: float | None = None
     faults: tuple[Fault, ...] = tuple(Fault)
     seed: int = 1
+    replace: bool = False
 
     def __attrs_post_init__(self) -> None:
         check_count(self.port, "port", minimum=0)
@@ -97,7 +101,10 @@ async def serve_upstream(
     It runs for days: the upstream remembers no connection once it has ended
     (``history=0``), only what it counts.
     """
-    async with open_fake_upstream(history=0) as upstream, trio.open_nursery() as nursery:
+    async with (
+        open_fake_upstream(history=0, replace=config.replace) as upstream,
+        trio.open_nursery() as nursery,
+    ):
         url = await upstream.serve_tcp(config.port, host=config.host)
         task_status.started(url)
         served = 0
@@ -113,6 +120,21 @@ async def serve_upstream(
 
 
 async def _serve_connection(
+    upstream: FakeUpstream,
+    connection: UpstreamConnection,
+    config: UpstreamConfig,
+    say: Callable[[str], None],
+) -> None:
+    """Serve *connection* until it ends; report it if a newer one replaced it."""
+    await _feed_and_break(upstream, connection, config, say)
+    if connection.replaced:
+        say(
+            f"connection {connection.index} on {connection.path} replaced by a newer one "
+            f"({upstream.replacements} replacements so far)"
+        )
+
+
+async def _feed_and_break(
     upstream: FakeUpstream,
     connection: UpstreamConnection,
     config: UpstreamConfig,

@@ -6,9 +6,16 @@ that reconnect scenarios run deterministically under
 """
 
 from .._public import publish as _publish
+from ._coordinator import MemoryCoordinator
 from ._memory import MemoryConnector
 from ._upstream import FakeUpstream, UpstreamConnection, open_fake_upstream
 
-__all__ = ["FakeUpstream", "MemoryConnector", "UpstreamConnection", "open_fake_upstream"]
+__all__ = [
+    "FakeUpstream",
+    "MemoryConnector",
+    "MemoryCoordinator",
+    "UpstreamConnection",
+    "open_fake_upstream",
+]
 
 _publish(globals(), __all__, __name__)

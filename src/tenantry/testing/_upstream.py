@@ -8,6 +8,12 @@ messages received. What it forgets is still counted: `FakeUpstream.accepted`,
 exact. A path's count of connections is kept while the path has a
 connection in memory, and for as long as the upstream runs for any path a
 test asked for (`FakeUpstream.connector_to`, `FakeUpstream.wait_connections`).
+
+With ``replace=True`` it behaves as WhatsApp Web does with a session
+connected twice: a new connection to a path that already has a live one
+closes the older with close code 4440 (reason 440, "connection replaced")
+and counts it in `FakeUpstream.replacements`. A fleet that keeps its
+promise of one connection per tenant never makes it count.
 """
 
 from __future__ import annotations
@@ -121,6 +127,8 @@ class UpstreamConnection:
         self._protocol = JsonProtocol()
         self._ended = trio.Event()
         self._seq = itertools.count(1)
+        self.replaced = False
+        """Whether a newer connection to the same path replaced this one (``replace=True``)."""
 
     @property
     def sent(self) -> list[tuple[str, Any]]:
@@ -271,13 +279,21 @@ class FakeUpstream:
         history: How many ended connections stay in `connections`, and how
             many events sent and messages received each connection keeps
             (the most recent). Counts are exact whatever it is.
+        replace: A second live connection to a path closes the older one
+            with close code 4440 (reason 440, connection replaced), counted
+            in `replacements`.
     """
 
-    def __init__(self, nursery: trio.Nursery, *, history: int = 1000) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, *, history: int = 1000, replace: bool = False
+    ) -> None:
         self._nursery = nursery
         self.history = check_count(history, "history", minimum=0)
+        self.replace = replace
         self.accepted = 0
         """Connections accepted so far, all of them (`connections` holds the recent ones)."""
+        self.replacements = 0
+        """Older connections closed with 4440 because a newer one arrived (``replace=True``)."""
         self._records: dict[int, UpstreamConnection] = {}
         self._ended: collections.deque[UpstreamConnection] = collections.deque()
         """The remembered connections that are over, in the order they ended."""
@@ -360,6 +376,12 @@ class FakeUpstream:
                 self._remember_ended(connection)
             await trio.aclose_forcefully(gate)
 
+    def _replace(self, old: UpstreamConnection) -> None:
+        """Close *old* with 4440 (connection replaced): a newer connection took its path."""
+        self.replacements += 1
+        old.replaced = True
+        self._nursery.start_soon(_close_replaced, old)
+
     def _remember_ended(self, connection: UpstreamConnection) -> None:
         """Keep *connection*'s record among the last ``history`` ended; forget the oldest."""
         self._ended.append(connection)
@@ -391,18 +413,32 @@ class FakeUpstream:
         accepted.append(connection)
         self._records[self.accepted] = connection
         self.accepted += 1
+        older = [c for c in state.records.values() if not c.ended]
         state.records[state.accepted] = connection
         state.accepted += 1
+        if self.replace:
+            for old in older:
+                self._replace(old)
         for key in (None, path):  # each waiter then checks its own count
             if (arrived := self._arrivals.pop(key, None)) is not None:
                 arrived.set()
         await connection._serve()  # noqa: SLF001
 
 
+async def _close_replaced(old: UpstreamConnection) -> None:
+    with contextlib.suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+        await old.close(4440, "connection replaced")
+
+
 @asynccontextmanager
-async def open_fake_upstream(*, history: int = 1000) -> AsyncIterator[FakeUpstream]:
-    """A `FakeUpstream` whose tasks live in this block; *history* bounds what it remembers."""
+async def open_fake_upstream(
+    *, history: int = 1000, replace: bool = False
+) -> AsyncIterator[FakeUpstream]:
+    """A `FakeUpstream` whose tasks live in this block; *history* bounds what it remembers.
+
+    *replace*: a second connection to a path replaces the first (see `FakeUpstream`).
+    """
     check_count(history, "history", minimum=0)  # here, not as an error of the nursery
     async with trio.open_nursery() as nursery:
-        yield FakeUpstream(nursery, history=history)
+        yield FakeUpstream(nursery, history=history, replace=replace)
         nursery.cancel_scope.cancel()
