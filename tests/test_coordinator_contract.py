@@ -25,8 +25,8 @@ import pytest
 import trio
 import trio.testing
 
-import tenantry.testing
 from tenantry.cluster import Coordinator, Member, PostgresCoordinator, TenantRow
+from tenantry.testing import MemoryCoordinator
 
 SHORT_TTL = 0.3
 """A TTL a test waits out (twice over, on the real clock for PostgreSQL)."""
@@ -35,15 +35,7 @@ LONG_TTL = 60.0
 WAIT_BOUND = 20.0
 """A wait for a notified change ends well within this, or the wake-up is broken."""
 
-BACKENDS = [
-    "postgres",
-    pytest.param(
-        "memory",
-        marks=pytest.mark.skipif(
-            not hasattr(tenantry.testing, "MemoryCoordinator"), reason="no MemoryCoordinator"
-        ),
-    ),
-]
+BACKENDS = ["postgres", "memory"]
 
 
 @attrs.frozen
@@ -65,11 +57,15 @@ def backend(request: pytest.FixtureRequest) -> Backend:
             ),
             clock=None,
         )
-    store = tenantry.testing.MemoryCoordinator()  # type: ignore[attr-defined]
+    stores: list[MemoryCoordinator] = []  # one store, made inside the run (on its clock)
 
     @contextlib.asynccontextmanager
     async def shared() -> AsyncIterator[Coordinator]:
-        yield store
+        if not stores:
+            stores.append(MemoryCoordinator())
+            yield stores[0]
+        else:
+            yield stores[0].client()  # another member's own client of the same store
 
     return Backend(shared, clock=trio.testing.MockClock(autojump_threshold=0))
 

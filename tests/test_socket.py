@@ -288,6 +288,7 @@ async def test_bad_frames_are_counted_and_survived(
         RejectReason.TOO_LARGE: 1,
         RejectReason.INVALID_JSON: 1,
         RejectReason.BAD_SHAPE: 1,
+        RejectReason.UNDECODABLE: 0,
         RejectReason.INVALID_EVENT: 1,
     }
     assert sock.buffer.stats.received == 1
