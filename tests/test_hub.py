@@ -385,6 +385,33 @@ async def test_tenant_ids_are_unique(autojump_clock: trio.testing.MockClock) -> 
         assert hub.tenant_ids == ["a"]
 
 
+async def test_adds_run_in_the_callers_task_and_take_the_id_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_fake_upstream() as upstream:
+        before = living_tasks()
+        async with open_hub(seed=1) as hub:
+            await trio.testing.wait_all_tasks_blocked()
+            assert living_tasks() == before  # no task of the hub's own waits for adds
+            errors: list[str] = []
+
+            async def add() -> None:
+                try:
+                    await hub.add(spec(upstream))
+                except ValueError as error:
+                    errors.append(str(error))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(add)
+                nursery.start_soon(add)
+            assert errors == ["tenant 'a' is already on the hub"]
+            assert hub.tenant_ids == ["a"]
+            await hub.remove("a")
+        with pytest.raises(trio.ClosedResourceError, match="the hub is closing"):
+            await hub.add(spec(upstream, "late"))
+        assert hub.tenant_ids == []
+
+
 async def test_hub_exit_with_100_tenants_leaves_zero_tasks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -1,11 +1,12 @@
 """The Hub scope: many tenants in one program, and the global caches.
 
 `open_hub` is an async context manager around one nursery that owns the
-global caches (and their janitor), the hub's command task, and one task per
-tenant (``_tenant.py``). Adding a tenant builds it in the caller's task (so
-whatever can fail, fails there) and then sends it to the hub's command task,
-which starts it in the hub's nursery: callers never touch the nursery, and
-nothing a caller adds can end the command task.
+global caches (and their janitor) and one task per tenant (``_tenant.py``).
+Adding a tenant builds it and starts its task in the hub's nursery from the
+caller's task (``nursery.start``), so whatever keeps it from starting fails
+there, and the add returns as soon as the tenant's scope runs, with no
+hand-off to a task of the hub's. The id is taken before that first
+``await``, so two adds of one id cannot both pass the check.
 Restarting or removing a tenant is a command the tenant carries out in the
 caller's task, one at a time (`Tenant.restart`, `Tenant.stop`).
 Leaving the ``async with`` stops every tenant the way `Hub.remove` does --
@@ -19,7 +20,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import final
 
-import attrs
 import trio
 
 from ._accounting import hub_samples
@@ -34,13 +34,6 @@ __all__ = ["Hub", "open_hub"]
 logger = logging.getLogger("tenantry.hub")
 
 
-@attrs.define
-class _Add:
-    tenant: Tenant
-    done: trio.Event = attrs.field(factory=trio.Event)
-    error: Exception | None = None
-
-
 @final
 class Hub:
     """Many tenants' supervisors under one scope. Made by `open_hub`."""
@@ -53,7 +46,7 @@ class Hub:
         self._tenants: dict[str, Tenant] = {}
         self._finished: dict[str, trio.Event] = {}
         self._removing: set[str] = set()
-        self._adds_send, self._adds = trio.open_memory_channel[_Add](64)
+        self._closing = False
 
     @property
     def global_caches(self) -> CacheSet:
@@ -81,17 +74,24 @@ class Hub:
         """
         if not isinstance(spec, TenantSpec):
             raise TypeError(f"spec must be a TenantSpec, got {type(spec).__name__}")
+        if self._closing:
+            raise trio.ClosedResourceError("the hub is closing")
+        tenant_id = spec.tenant_id
+        if tenant_id in self._tenants:
+            removing = " (being removed)" if tenant_id in self._removing else ""
+            raise ValueError(f"tenant {tenant_id!r} is already on the hub{removing}")
         tenant = Tenant(
             spec, global_caches=self._global_caches, gauges=self._gauges, seed=self._seed
         )
-        request = _Add(tenant)
+        self._tenants[tenant_id] = tenant  # taken before the first await: ids stay unique
+        self._finished[tenant_id] = trio.Event()
+        started = False
         try:
-            await self._adds_send.send(request)
-        except trio.ClosedResourceError:
-            raise trio.ClosedResourceError("the hub is closing") from None
-        await request.done.wait()
-        if request.error is not None:
-            raise request.error
+            await self._nursery.start(self._run_tenant, tenant)
+            started = True
+        finally:
+            if not started and self._tenants.get(tenant_id) is tenant:
+                self._forget(tenant_id)  # its task never ran, so it could not let go of the id
 
     async def restart(self, tenant_id: str) -> None:
         """Close the tenant's socket (ordered shutdown) and reconnect at once.
@@ -130,36 +130,25 @@ class Hub:
 
     # -- the hub's own tasks ---------------------------------------------------
 
-    async def _serve_adds(self) -> None:
-        async for request in self._adds:
-            tenant_id = request.tenant.tenant_id
-            if tenant_id in self._tenants:
-                removing = " (being removed)" if tenant_id in self._removing else ""
-                request.error = ValueError(f"tenant {tenant_id!r} is already on the hub{removing}")
-            else:
-                try:
-                    await self._nursery.start(self._run_tenant, request.tenant)
-                except Exception as exc:  # noqa: BLE001 - the caller's to handle, not the hub's
-                    request.error = exc
-            request.done.set()
-
     async def _run_tenant(
         self, tenant: Tenant, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         tenant_id = tenant.tenant_id
-        self._tenants[tenant_id] = tenant
-        self._finished[tenant_id] = finished = trio.Event()
         logger.info("tenant added: %s", tenant_id, extra={"tenant": tenant_id})
         try:
             await tenant.run(task_status=task_status)
         finally:
-            del self._tenants[tenant_id], self._finished[tenant_id]
-            self._removing.discard(tenant_id)
-            finished.set()
+            self._forget(tenant_id)
+
+    def _forget(self, tenant_id: str) -> None:
+        """Let go of a tenant whose task has ended (or never ran); wake `remove`."""
+        del self._tenants[tenant_id]
+        self._removing.discard(tenant_id)
+        self._finished.pop(tenant_id).set()
 
     async def _stop_all(self) -> None:
         """Remove every tenant, shielded but bounded: each socket's own grace, plus slack."""
-        self._adds_send.close()
+        self._closing = True
         bound = max((t.spec.options.grace for t in self._tenants.values()), default=0.0) + 5.0
         with trio.move_on_after(bound, shield=True) as scope:
             async with trio.open_nursery() as nursery:
@@ -193,7 +182,6 @@ async def open_hub(
     try:
         async with trio.open_nursery() as nursery:
             hub = Hub(nursery, caches, seed)
-            nursery.start_soon(hub._serve_adds)  # noqa: SLF001 - the scope that owns the hub
             try:
                 with caches.janitor(nursery):
                     yield hub
