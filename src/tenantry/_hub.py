@@ -1,7 +1,8 @@
 """The Hub scope: many tenants in one program, and the global caches.
 
 `open_hub` is an async context manager around one nursery that owns the
-global caches (and their janitor) and one task per tenant (``_tenant.py``).
+global caches (and their janitor), the timer task its sockets' keepalives
+share (``_timers.py``), and one task per tenant (``_tenant.py``).
 Adding a tenant builds it and starts its task in the hub's nursery from the
 caller's task (``nursery.start``), so whatever keeps it from starting fails
 there, and the add returns as soon as the tenant's scope runs, with no
@@ -28,6 +29,7 @@ from ._gauges import Gauges
 from ._metrics import Metrics
 from ._status import TenantStatus
 from ._tenant import Tenant, TenantSpec
+from ._timers import Timers
 
 __all__ = ["Hub", "open_hub"]
 
@@ -47,6 +49,7 @@ class Hub:
         self._finished: dict[str, trio.Event] = {}
         self._removing: set[str] = set()
         self._closing = False
+        self._timers = Timers()  # its sockets' keepalives: one task for them all
 
     @property
     def global_caches(self) -> CacheSet:
@@ -81,7 +84,11 @@ class Hub:
             removing = " (being removed)" if tenant_id in self._removing else ""
             raise ValueError(f"tenant {tenant_id!r} is already on the hub{removing}")
         tenant = Tenant(
-            spec, global_caches=self._global_caches, gauges=self._gauges, seed=self._seed
+            spec,
+            global_caches=self._global_caches,
+            gauges=self._gauges,
+            seed=self._seed,
+            timers=self._timers,
         )
         self._tenants[tenant_id] = tenant  # taken before the first await: ids stay unique
         self._finished[tenant_id] = trio.Event()
@@ -182,6 +189,7 @@ async def open_hub(
     try:
         async with trio.open_nursery() as nursery:
             hub = Hub(nursery, caches, seed)
+            nursery.start_soon(hub._timers.run)  # noqa: SLF001 - the scope that owns the hub
             try:
                 with caches.janitor(nursery):
                     yield hub

@@ -47,8 +47,9 @@ from ._gauges import Gauges
 from ._options import SocketOptions
 from ._reasons import Decision, DisconnectReason, ReasonCode, default_decide
 from ._reconnect import NextStep, ReconnectPolicy
-from ._socket import ConnectFailed, Socket, open_socket
+from ._socket import ConnectFailed, Socket
 from ._status import TenantState, TenantStatus
+from ._timers import Timers
 from ._validate import (
     async_function,
     instance_of,
@@ -82,8 +83,8 @@ class TenantSpec:
             the tenant (across reconnects), `Scope.SOCKET` ones as long as a
             connection.
         options: How each connection runs (`SocketOptions`: protocol,
-            buffer, keepalive, headers, limits, timeouts), passed to
-            `open_socket` for each connection.
+            buffer, keepalive, headers, limits, timeouts), as for
+            `open_socket`, for each connection.
 
     *policy*, *caches* and *options* are keyword-only.
 
@@ -131,11 +132,13 @@ class Tenant:
         global_caches: CacheSet | None,
         gauges: Gauges,
         seed: int | None,
+        timers: Timers | None = None,
     ) -> None:
         self.spec = spec
         self.tenant_id = spec.tenant_id
         self._global_caches = global_caches
         self._gauges = gauges
+        self._timers = timers  # the hub's, shared by its sockets' keepalives
         rng = SplitMix64(None if seed is None else f"{seed}:{spec.tenant_id}")
         policy = spec.policy
         if policy.decide is not default_decide:  # user code: contained like a handler
@@ -234,14 +237,16 @@ class Tenant:
         failed = False
         sock: Socket | None = None
         try:
-            async with open_socket(
+            # Built here rather than by open_socket: the spec's fields are checked already.
+            async with Socket(
                 spec.connect,
                 tenant_id=spec.tenant_id,
                 options=spec.options,
-                caches=spec.caches,
+                caches=CacheSet(spec.caches, Scope.SOCKET, label=spec.tenant_id),
                 tenant_caches=self._caches,
                 global_caches=self._global_caches,
                 gauges=self._gauges,
+                timers=self._timers,
             ) as sock:
                 self._connected(sock)
                 await spec.handler(sock)
