@@ -46,7 +46,7 @@ class Hub:
         self._seed = seed
         self._gauges = Gauges()
         self._tenants: dict[str, Tenant] = {}
-        self._finished: dict[str, trio.Event] = {}
+        self._finished: dict[str, trio.Event] = {}  # of the tenants being removed
         self._removing: set[str] = set()
         self._closing = False
         self._timers = Timers()  # its sockets' keepalives: one task for them all
@@ -91,7 +91,6 @@ class Hub:
             timers=self._timers,
         )
         self._tenants[tenant_id] = tenant  # taken before the first await: ids stay unique
-        self._finished[tenant_id] = trio.Event()
         started = False
         try:
             await self._nursery.start(self._run_tenant, tenant)
@@ -116,7 +115,7 @@ class Hub:
         No reconnect can follow: the supervisor loop is gone.
         """
         tenant = self._tenant(tenant_id)
-        finished = self._finished[tenant_id]
+        finished = self._finished.setdefault(tenant_id, trio.Event())
         self._removing.add(tenant_id)
         await tenant.stop()
         await finished.wait()
@@ -151,7 +150,9 @@ class Hub:
         """Let go of a tenant whose task has ended (or never ran); wake `remove`."""
         del self._tenants[tenant_id]
         self._removing.discard(tenant_id)
-        self._finished.pop(tenant_id).set()
+        finished = self._finished.pop(tenant_id, None)
+        if finished is not None:
+            finished.set()
 
     async def _stop_all(self) -> None:
         """Remove every tenant, shielded but bounded: each socket's own grace, plus slack."""

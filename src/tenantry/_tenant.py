@@ -145,7 +145,7 @@ class Tenant:
             policy = attrs.evolve(policy, decide=self._decide)
         self._reconnector = policy.reconnector(random=rng)
         self._caches = CacheSet(spec.caches, Scope.TENANT, label=spec.tenant_id)
-        self._commanding = trio.Lock()  # the hub's commands, one at a time, in order
+        self._commanding: trio.Lock | None = None  # the hub's commands, in order; from the first
         self._attempt = trio.CancelScope()
         self._command: _Command | None = None
         self._stopped = False
@@ -154,7 +154,7 @@ class Tenant:
         self._last: DisconnectReason | None = None
         self._last_at: float | None = None
         self._next_retry_at: float | None = None
-        self._ended = Totals()  # of the connections that have ended
+        self._ended: Totals | None = None  # of the connections that have ended, from the first
         self._reconnects: collections.Counter[str] = collections.Counter()
 
     # -- the scope -------------------------------------------------------------
@@ -187,6 +187,8 @@ class Tenant:
 
         A tenant needs no task of its own waiting for commands that seldom come.
         """
+        if self._commanding is None:
+            self._commanding = trio.Lock()
         async with self._commanding:
             while self._command is not None and not self._stopped:
                 await self._command.done.wait()  # one whose caller stopped waiting
@@ -268,6 +270,8 @@ class Tenant:
             self._socket = None  # the socket scope has exited: the gauges no longer count it
             self._state = TenantState.STOPPED  # replaced at once below, unless it is stopping
             if sock is not None:
+                if self._ended is None:
+                    self._ended = Totals()
                 self._ended.add_socket(sock)
         return self._disconnected(reason, failed=failed)
 
@@ -378,12 +382,12 @@ class Tenant:
 
     def totals(self) -> Totals:
         """Cumulative counters: the ended connections plus the live one."""
-        return self._ended.with_socket(self._socket)
+        return (self._ended or Totals()).with_socket(self._socket)
 
     @property
     def retired_cache_counts(self) -> Mapping[tuple[str, str], int]:
         """(cache name, counter) -> count over the socket caches of ended connections."""
-        return self._ended.socket_cache_counts
+        return {} if self._ended is None else self._ended.socket_cache_counts
 
     @property
     def state(self) -> TenantState:
