@@ -62,6 +62,9 @@ logger = logging.getLogger("tenantry.tenant")
 
 Handler = Callable[[Socket], Awaitable[None]]
 
+_DEFAULT_POLICY = ReconnectPolicy()
+"""Shared by the specs that take the defaults: a policy is immutable, and made once."""
+
 
 @final
 @attrs.frozen
@@ -98,7 +101,7 @@ class TenantSpec:
     connect: Connector = attrs.field(converter=as_connector)
     handler: Handler = attrs.field(validator=async_function)
     policy: ReconnectPolicy = attrs.field(
-        factory=ReconnectPolicy, validator=instance_of(ReconnectPolicy), kw_only=True
+        default=_DEFAULT_POLICY, validator=instance_of(ReconnectPolicy), kw_only=True
     )
     caches: Mapping[str, CacheSpec] = attrs.field(
         default=BAILEYS_CACHE_SPECS, validator=cache_specs, repr=False, kw_only=True
