@@ -370,11 +370,11 @@ class Socket:
     def _start(self, nursery: trio.Nursery, ws: trio_websocket.WebSocketConnection) -> None:
         self._nursery, self._ws = nursery, ws
         nursery.start_soon(self._read, ws)
+        self._events.flush_on_demand(self._start_auto_flush)
         if self._timers is None:  # no hub's timers to share: a timer task of the socket's own
             self._timers = Timers()
             nursery.start_soon(self._timers.run)
-        self._arm_keepalive()
-        self._events.flush_on_demand(self._start_auto_flush)
+        self._arm_keepalive()  # the last step: nothing can fail between it and its finally
 
     async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
         decode, buffer, events = self._protocol.decode, self._buffer, self._events
