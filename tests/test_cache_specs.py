@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 import trio
 import trio.testing
 
+import tenantry._cache_specs
 from helpers import living_tasks
 from tenantry import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope, capacity_plan
+from tenantry._janitor import CacheJanitor
 
 
 def test_seed_limits() -> None:
@@ -135,6 +139,27 @@ def test_a_cache_never_read_is_never_built_but_reports_as_empty() -> None:
         caches["nope"]
     assert len(list(caches.values())) == 5  # reading every cache builds every cache
     assert len(built) == 5
+
+
+async def test_a_cache_set_janitor_is_made_with_the_first_cache_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[CacheJanitor] = []
+
+    def counted(*args: Any, **kwargs: Any) -> CacheJanitor:
+        made.append(CacheJanitor(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tenantry._cache_specs, "CacheJanitor", counted)
+    caches = CacheSet(BAILEYS_CACHE_SPECS, Scope.SOCKET)
+    async with trio.open_nursery() as nursery:
+        with caches.janitor(nursery):
+            assert made == []  # an idle scope's caches: nothing built, no janitor
+            caches["lid"].set("a", 1)
+            caches["call_offer"].set("b", 2)
+            assert len(made) == 1
+        with caches.janitor(nursery):  # built already: made at once
+            assert len(made) == 2
 
 
 async def test_a_cache_set_janitor_serves_caches_built_later(

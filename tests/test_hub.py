@@ -412,6 +412,45 @@ async def test_tenant_ids_are_unique(autojump_clock: trio.testing.MockClock) -> 
         assert hub.tenant_ids == ["a"]
 
 
+async def test_an_add_takes_two_scheduler_passes_and_the_id_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    passes = 0
+
+    async def count_passes() -> None:
+        nonlocal passes
+        while True:  # runnable at every pass, so it runs once in each
+            passes += 1
+            await trio.sleep(0)  # noqa: ASYNC115 - one step per scheduler pass
+
+    async with open_fake_upstream() as upstream, open_hub(seed=1) as hub:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(count_passes)
+            await trio.sleep(0)  # noqa: ASYNC115 - the counter has begun
+            before = passes
+            for n in range(20):
+                await hub.add(spec(upstream, f"t{n}"))
+            # The tenant starts from the caller's task: its first step, then the caller's.
+            assert passes - before <= 2 * 20 + 1
+            nursery.cancel_scope.cancel()
+        errors: list[str] = []
+
+        async def add() -> None:
+            try:
+                await hub.add(spec(upstream))
+            except ValueError as error:
+                errors.append(str(error))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(add)
+            nursery.start_soon(add)
+        assert errors == ["tenant 'a' is already on the hub"]
+        assert hub.tenant_ids == [*(f"t{n}" for n in range(20)), "a"]
+    with pytest.raises(trio.ClosedResourceError, match="the hub is closing"):
+        await hub.add(spec(upstream, "late"))
+    assert hub.tenant_ids == []
+
+
 async def test_hub_exit_with_100_tenants_leaves_zero_tasks(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -768,3 +807,33 @@ async def test_events_a_subscriber_never_took_are_counted_lost(
         metrics.value(f"tenantry_events_{name}_total") for name in ("received", "delivered", "lost")
     ]
     assert figures == [17, 0, 17]
+
+
+async def test_the_hubs_sockets_share_one_keepalive_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    intervals = {"fast": 10.0, "slow": 30.0, "quiet": 30.0}
+    async with open_fake_upstream() as upstream, open_hub(seed=1) as hub:
+        await trio.testing.wait_all_tasks_blocked()
+        before = living_tasks()
+        for tenant_id, keepalive in intervals.items():
+            await hub.add(spec(upstream, tenant_id, options=SocketOptions(keepalive=keepalive)))
+        await upstream.wait_connections(3)
+        await trio.testing.wait_all_tasks_blocked()
+        # Per tenant: its supervisor, the reader, trio-websocket's reader, and the
+        # upstream's two for the connection; no keepalive task, between pings.
+        assert living_tasks() - before == 3 * 5
+        await trio.sleep(100 - trio.current_time())
+        stalled_at = trio.current_time()
+        for tenant_id in ("fast", "slow"):
+            (await upstream.wait_connections(1, path=f"/{tenant_id}")).stall()
+        await trio.sleep(2 * 30 + 5 + 1)
+        status = {s.tenant_id: s for s in hub.status()}
+    for tenant_id in ("fast", "slow"):
+        last, at = status[tenant_id].last_disconnect, status[tenant_id].last_disconnect_at
+        assert last is not None
+        assert at is not None
+        assert (last.code, last.remote) == (408, True)
+        keepalive = intervals[tenant_id]
+        assert stalled_at + 5 <= at <= stalled_at + 2 * keepalive + 5
+    assert (status["quiet"].last_disconnect, status["quiet"].connections) == (None, 1)

@@ -10,10 +10,10 @@ and computes the worst case instead of writing it in a comment.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 from collections.abc import Callable, Iterator, Mapping
-from types import MappingProxyType
+from contextlib import AbstractContextManager
+from types import MappingProxyType, TracebackType
 from typing import Any, final
 
 import attrs
@@ -207,19 +207,15 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
             raise RuntimeError(f"{self!r} already has a build callback")
         self._on_build = callback
 
-    @contextlib.contextmanager
-    def janitor(self, nursery: trio.Nursery) -> Iterator[None]:
+    def janitor(self, nursery: trio.Nursery) -> AbstractContextManager[None]:
         """A ``with`` block during which a `CacheJanitor` in *nursery* serves these caches.
 
         Caches built during the block are served too. The janitor's task
-        runs only while some cache has a deadline.
+        runs only while some cache has a deadline, and the janitor itself
+        is made when the first cache is built: most idle tenants never
+        build one.
         """
-        with CacheJanitor(nursery, self.built()) as janitor:
-            self._set_build_callback(janitor.serve)
-            try:
-                yield
-            finally:
-                self._set_build_callback(None)
+        return _JanitorBlock(self, nursery)
 
     def stats(self) -> list[CacheStats]:
         """A `CacheStats` snapshot of each cache."""
@@ -261,6 +257,45 @@ class CacheSet(Mapping[str, BoundedCache[Any, Any]]):
         if self._on_build is not None:
             self._on_build(cache)
         return cache
+
+
+@final
+class _JanitorBlock:
+    """`CacheSet.janitor`'s block: its `CacheJanitor` comes with the first cache built."""
+
+    __slots__ = ("_caches", "_janitor", "_nursery")
+
+    def __init__(self, caches: CacheSet, nursery: trio.Nursery) -> None:
+        self._caches = caches
+        self._nursery = nursery
+        self._janitor: CacheJanitor | None = None
+
+    def __enter__(self) -> None:
+        built = self._caches.built()
+        if built:
+            self._open(built)
+        self._caches._set_build_callback(self._serve)  # noqa: SLF001 - the set's own helper
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._caches._set_build_callback(None)  # noqa: SLF001
+        if self._janitor is not None:
+            self._janitor.__exit__(exc_type, exc, tb)
+
+    def _serve(self, cache: BoundedCache[Any, Any]) -> None:
+        if self._janitor is None:
+            self._open([cache])
+        else:
+            self._janitor.serve(cache)
+
+    def _open(self, caches: list[BoundedCache[Any, Any]]) -> None:
+        janitor = CacheJanitor(self._nursery, caches)
+        janitor.__enter__()
+        self._janitor = janitor
 
 
 def _in_trio_run() -> bool:

@@ -1,11 +1,13 @@
 """The Hub scope: many tenants in one program, and the global caches.
 
 `open_hub` is an async context manager around one nursery that owns the
-global caches (and their janitor), the hub's command task, and one task per
-tenant (``_tenant.py``). Adding a tenant builds it in the caller's task (so
-whatever can fail, fails there) and then sends it to the hub's command task,
-which starts it in the hub's nursery: callers never touch the nursery, and
-nothing a caller adds can end the command task.
+global caches (and their janitor), the timer task its sockets' keepalives
+share (``_timers.py``), and one task per tenant (``_tenant.py``).
+Adding a tenant builds it and starts its task in the hub's nursery from the
+caller's task (``nursery.start``), so whatever keeps it from starting fails
+there, and the add returns as soon as the tenant's scope runs, with no
+hand-off to a task of the hub's. The id is taken before that first
+``await``, so two adds of one id cannot both pass the check.
 Restarting or removing a tenant is a command the tenant carries out in the
 caller's task, one at a time (`Tenant.restart`, `Tenant.stop`).
 Leaving the ``async with`` stops every tenant the way `Hub.remove` does --
@@ -19,7 +21,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import final
 
-import attrs
 import trio
 
 from ._accounting import hub_samples
@@ -28,17 +29,11 @@ from ._gauges import Gauges
 from ._metrics import Metrics
 from ._status import TenantStatus
 from ._tenant import Tenant, TenantSpec
+from ._timers import Timers
 
 __all__ = ["Hub", "open_hub"]
 
 logger = logging.getLogger("tenantry.hub")
-
-
-@attrs.define
-class _Add:
-    tenant: Tenant
-    done: trio.Event = attrs.field(factory=trio.Event)
-    error: Exception | None = None
 
 
 @final
@@ -51,9 +46,10 @@ class Hub:
         self._seed = seed
         self._gauges = Gauges()
         self._tenants: dict[str, Tenant] = {}
-        self._finished: dict[str, trio.Event] = {}
+        self._finished: dict[str, trio.Event] = {}  # of the tenants being removed
         self._removing: set[str] = set()
-        self._adds_send, self._adds = trio.open_memory_channel[_Add](64)
+        self._closing = False
+        self._timers = Timers()  # its sockets' keepalives: one task for them all
 
     @property
     def global_caches(self) -> CacheSet:
@@ -81,17 +77,27 @@ class Hub:
         """
         if not isinstance(spec, TenantSpec):
             raise TypeError(f"spec must be a TenantSpec, got {type(spec).__name__}")
+        if self._closing:
+            raise trio.ClosedResourceError("the hub is closing")
+        tenant_id = spec.tenant_id
+        if tenant_id in self._tenants:
+            removing = " (being removed)" if tenant_id in self._removing else ""
+            raise ValueError(f"tenant {tenant_id!r} is already on the hub{removing}")
         tenant = Tenant(
-            spec, global_caches=self._global_caches, gauges=self._gauges, seed=self._seed
+            spec,
+            global_caches=self._global_caches,
+            gauges=self._gauges,
+            seed=self._seed,
+            timers=self._timers,
         )
-        request = _Add(tenant)
+        self._tenants[tenant_id] = tenant  # taken before the first await: ids stay unique
+        started = False
         try:
-            await self._adds_send.send(request)
-        except trio.ClosedResourceError:
-            raise trio.ClosedResourceError("the hub is closing") from None
-        await request.done.wait()
-        if request.error is not None:
-            raise request.error
+            await self._nursery.start(self._run_tenant, tenant)
+            started = True
+        finally:
+            if not started and self._tenants.get(tenant_id) is tenant:
+                self._forget(tenant_id)  # its task never ran, so it could not let go of the id
 
     async def restart(self, tenant_id: str) -> None:
         """Close the tenant's socket (ordered shutdown) and reconnect at once.
@@ -116,7 +122,7 @@ class Hub:
         tenant = self._tenant(tenant_id)
         if abort:
             tenant.abort()
-        finished = self._finished[tenant_id]
+        finished = self._finished.setdefault(tenant_id, trio.Event())
         self._removing.add(tenant_id)
         await tenant.stop()
         await finished.wait()
@@ -137,36 +143,27 @@ class Hub:
 
     # -- the hub's own tasks ---------------------------------------------------
 
-    async def _serve_adds(self) -> None:
-        async for request in self._adds:
-            tenant_id = request.tenant.tenant_id
-            if tenant_id in self._tenants:
-                removing = " (being removed)" if tenant_id in self._removing else ""
-                request.error = ValueError(f"tenant {tenant_id!r} is already on the hub{removing}")
-            else:
-                try:
-                    await self._nursery.start(self._run_tenant, request.tenant)
-                except Exception as exc:  # noqa: BLE001 - the caller's to handle, not the hub's
-                    request.error = exc
-            request.done.set()
-
     async def _run_tenant(
         self, tenant: Tenant, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         tenant_id = tenant.tenant_id
-        self._tenants[tenant_id] = tenant
-        self._finished[tenant_id] = finished = trio.Event()
         logger.info("tenant added: %s", tenant_id, extra={"tenant": tenant_id})
         try:
             await tenant.run(task_status=task_status)
         finally:
-            del self._tenants[tenant_id], self._finished[tenant_id]
-            self._removing.discard(tenant_id)
+            self._forget(tenant_id)
+
+    def _forget(self, tenant_id: str) -> None:
+        """Let go of a tenant whose task has ended (or never ran); wake `remove`."""
+        del self._tenants[tenant_id]
+        self._removing.discard(tenant_id)
+        finished = self._finished.pop(tenant_id, None)
+        if finished is not None:
             finished.set()
 
     async def _stop_all(self) -> None:
         """Remove every tenant, shielded but bounded: each socket's own grace, plus slack."""
-        self._adds_send.close()
+        self._closing = True
         bound = max((t.spec.options.grace for t in self._tenants.values()), default=0.0) + 5.0
         with trio.move_on_after(bound, shield=True) as scope:
             async with trio.open_nursery() as nursery:
@@ -200,7 +197,7 @@ async def open_hub(
     try:
         async with trio.open_nursery() as nursery:
             hub = Hub(nursery, caches, seed)
-            nursery.start_soon(hub._serve_adds)  # noqa: SLF001 - the scope that owns the hub
+            nursery.start_soon(hub._timers.run)  # noqa: SLF001 - the scope that owns the hub
             try:
                 with caches.janitor(nursery):
                     yield hub

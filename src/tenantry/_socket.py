@@ -10,10 +10,13 @@ is one nursery, and everything the connection needs is a task in that
 nursery or an object only its tasks touch: the WebSocket (and
 trio-websocket's reader task), the *reader* (frames -> events -> buffer),
 the *writer* (the outbox of `send`; started by the first send), the
-keepalive, the buffer's auto-flush (a task only while events are pending),
-the cache janitor (a task only while a socket cache has a deadline), the
-socket-scoped caches (each built when first read), the subscribers and the
-listeners, the protocol's *session* and the tasks it starts. When the
+keepalive's ping (a task only while a ping waits for its pong; the wait
+between pings is an entry in a `Timers` heap: the hub's, which all its
+sockets share, or else the socket's own), the buffer's auto-flush (a task
+only while events are pending), the cache janitor (a task only while a
+socket cache has a deadline), the socket-scoped caches (each built when
+first read), the subscribers and the listeners, the protocol's *session*
+and the tasks it starts. When the
 ``async with`` exits, none of them exists any more -- by structure, not by a
 ``destroy()`` someone must remember (a flush timer has nowhere else to live,
 so none is orphaned).
@@ -26,8 +29,9 @@ once and `open_socket` raises it instead of entering the body. The reader
 hands each frame to the session's ``decode`` and puts the events it yields
 (zero or more) in the buffer, in order; control messages are handled inside
 ``decode`` as they arrive, never buffered. Protocol code replies through
-`Socket.send_frame` (the same outbox and writer as `Socket.send`, so in
-order) and runs per-connection work (a heartbeat loop) with
+`Socket.reply` from ``decode`` (queued in order, without waiting) or
+`Socket.send_frame` from a task (the same outbox and writer as
+`Socket.send`, so in order) and runs per-connection work (a heartbeat loop) with
 `Socket.start_soon`: a task in this nursery, so it lives exactly as long as
 the connection. `Socket.mark_healthy` declares the connection healthy and
 tells whoever opened the socket (a hub's tenant resets its backoff with it).
@@ -109,6 +113,7 @@ from ._protocol import (
 )
 from ._reasons import CloseOrigin, Decision, DisconnectReason, ReasonCode
 from ._stream import EventStream
+from ._timers import Timer, Timers
 from ._validate import check_async_function, check_instance, check_name, check_session
 
 __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
@@ -184,7 +189,7 @@ class _Outgoing:
 class Socket:
     """One live connection, as seen from inside its `open_socket` block.
 
-    `open_socket` builds it and enters it, once: its ``async with`` connects,
+    `open_socket` (or a hub's tenant) builds it and enters it, once: its ``async with`` connects,
     starts its tasks, and at exit runs the ordered shutdown, closes the
     WebSocket and drops its caches.
     """
@@ -204,6 +209,8 @@ class Socket:
         "_gauges",
         "_global_caches",
         "_healthy",
+        "_heard",
+        "_keepalive",
         "_life",
         "_nursery",
         "_on_healthy",
@@ -222,6 +229,7 @@ class Socket:
         "_stalled",
         "_tenant_caches",
         "_tenant_id",
+        "_timers",
         "_ws",
     )
 
@@ -236,6 +244,7 @@ class Socket:
         global_caches: CacheSet | None,
         gauges: Gauges,
         on_healthy: Callable[[], object] | None = None,
+        timers: Timers | None = None,
     ) -> None:
         self._connector = connector
         self._tenant_id = tenant_id
@@ -274,6 +283,11 @@ class Socket:
         self._recent_rejections: deque[float] | None = None  # until the first rejection
         self._frames = 0
         self._aborted = False  # the transport is (being) closed without a close frame
+        # The keepalive: an entry in the hub's timers (or, without, in the socket's own),
+        # and the frames counted when it was set.
+        self._timers = timers
+        self._keepalive: Timer | None = None
+        self._heard = 0
 
     # -- public ------------------------------------------------------------
 
@@ -580,8 +594,11 @@ class Socket:
                     except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery
                         body_error = None if self._is_own_close(exc) else exc
                     finally:
-                        await self._finish()
-                        nursery.cancel_scope.cancel()
+                        try:
+                            await self._finish()
+                        finally:
+                            self._stop_keepalive()  # before the nursery closes: it starts pings
+                            nursery.cancel_scope.cancel()
                 reason = self._close_reason
                 lost = reason is not None and reason.code == ReasonCode.CONNECTION_LOST
                 if lost or self._aborted:
@@ -612,8 +629,11 @@ class Socket:
             return False
         self._session = session
         nursery.start_soon(self._read, ws, session)
-        nursery.start_soon(self._keep_alive, ws)
         self._events.flush_on_demand(self._start_auto_flush)
+        if self._timers is None:  # no hub's timers to share: a timer task of the socket's own
+            self._timers = Timers()
+            nursery.start_soon(self._timers.run)
+        self._arm_keepalive()  # the last step: nothing can fail between it and its finally
         return True
 
     async def _read(self, ws: trio_websocket.WebSocketConnection, session: Session) -> None:
@@ -682,28 +702,48 @@ class Socket:
             finally:
                 outgoing.done.set()
 
-    async def _keep_alive(self, ws: trio_websocket.WebSocketConnection) -> None:
-        # Frames count as signs of life, so the reader never reads the clock:
-        # only an interval without any frame costs a ping. An interval the
-        # reader spent waiting for the application is no silence of the peer's.
-        keepalive = self._options.keepalive
-        while True:
-            heard = self._frames
-            await trio.sleep(keepalive)
-            if self._frames != heard or self._stalled:
-                continue
-            with trio.move_on_after(KEEPALIVE_GRACE):
-                try:
-                    await ws.ping()
-                except trio_websocket.ConnectionClosed as closed:
-                    self._begin_close(self._transport_reason(closed.reason))
-                    return
-                continue
-            if self._frames == heard:
-                silence = keepalive + KEEPALIVE_GRACE
-                reason = f"no frame and no pong for {silence:g} s"
-                self._begin_close(DisconnectReason(ReasonCode.CONNECTION_LOST, reason, remote=True))
+    # The keepalive. Frames count as signs of life, so the reader never reads
+    # the clock: only an interval without any frame costs a ping. An interval
+    # the reader spent waiting for the application is no silence of the peer's.
+
+    def _arm_keepalive(self) -> None:
+        """Look at the frames again after one more interval (`_keepalive_due`)."""
+        timers = self._timers
+        if timers is None:  # stopped (a pong that came as the nursery closed): no more
+            return
+        self._heard = self._frames
+        due = trio.current_time() + self._options.keepalive
+        self._keepalive = timers.call_at(due, self._keepalive_due)
+
+    def _keepalive_due(self) -> None:
+        """Called by the timers: frames (or a waiting reader) since, or else a ping."""
+        if self._frames != self._heard or self._stalled:
+            self._arm_keepalive()
+        elif self._nursery is not None and self._ws is not None:
+            self._nursery.start_soon(self._ping, self._ws)
+
+    async def _ping(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """Ping, and give the peer `KEEPALIVE_GRACE` seconds for its pong (or any frame)."""
+        heard = self._heard
+        with trio.move_on_after(KEEPALIVE_GRACE):
+            try:
+                await ws.ping()
+            except trio_websocket.ConnectionClosed as closed:
+                self._begin_close(self._transport_reason(closed.reason))
                 return
+            self._arm_keepalive()
+            return
+        if self._frames != heard:
+            self._arm_keepalive()
+            return
+        silence = self._options.keepalive + KEEPALIVE_GRACE
+        reason = f"no frame and no pong for {silence:g} s"
+        self._begin_close(DisconnectReason(ReasonCode.CONNECTION_LOST, reason, remote=True))
+
+    def _stop_keepalive(self) -> None:
+        self._timers = None
+        if self._keepalive is not None:
+            self._keepalive.cancel()
 
     def _start_auto_flush(self) -> None:
         if self._nursery is None:  # pragma: no cover - the reader starts after the nursery

@@ -47,8 +47,9 @@ from ._gauges import Gauges
 from ._options import SocketOptions
 from ._reasons import Decision, DisconnectReason, ReasonCode, default_decide
 from ._reconnect import NextStep, ReconnectPolicy
-from ._socket import ConnectFailed, Socket, open_socket
+from ._socket import ConnectFailed, Socket
 from ._status import TenantState, TenantStatus
+from ._timers import Timers
 from ._validate import (
     async_function,
     instance_of,
@@ -60,6 +61,9 @@ __all__ = ["TenantSpec"]
 logger = logging.getLogger("tenantry.tenant")
 
 Handler = Callable[[Socket], Awaitable[None]]
+
+_DEFAULT_POLICY = ReconnectPolicy()
+"""Shared by the specs that take the defaults: a policy is immutable, and made once."""
 
 
 @final
@@ -83,8 +87,8 @@ class TenantSpec:
             the tenant (across reconnects), `Scope.SOCKET` ones as long as a
             connection.
         options: How each connection runs (`SocketOptions`: protocol,
-            buffer, keepalive, headers, limits, timeouts), passed to
-            `open_socket` for each connection.
+            buffer, keepalive, headers, limits, timeouts), as for
+            `open_socket`, for each connection.
 
     *policy*, *caches* and *options* are keyword-only.
 
@@ -98,7 +102,7 @@ class TenantSpec:
     connect: Connector = attrs.field(converter=as_connector)
     handler: Handler = attrs.field(validator=async_function)
     policy: ReconnectPolicy = attrs.field(
-        factory=ReconnectPolicy, validator=instance_of(ReconnectPolicy), kw_only=True
+        default=_DEFAULT_POLICY, validator=instance_of(ReconnectPolicy), kw_only=True
     )
     caches: Mapping[str, CacheSpec] = attrs.field(
         default=BAILEYS_CACHE_SPECS, validator=cache_specs, repr=False, kw_only=True
@@ -132,18 +136,20 @@ class Tenant:
         global_caches: CacheSet | None,
         gauges: Gauges,
         seed: int | None,
+        timers: Timers | None = None,
     ) -> None:
         self.spec = spec
         self.tenant_id = spec.tenant_id
         self._global_caches = global_caches
         self._gauges = gauges
+        self._timers = timers  # the hub's, shared by its sockets' keepalives
         rng = SplitMix64(None if seed is None else f"{seed}:{spec.tenant_id}")
         policy = spec.policy
         if policy.decide is not default_decide:  # user code: contained like a handler
             policy = attrs.evolve(policy, decide=self._decide)
         self._reconnector = policy.reconnector(random=rng)
         self._caches = CacheSet(spec.caches, Scope.TENANT, label=spec.tenant_id)
-        self._commanding = trio.Lock()  # the hub's commands, one at a time, in order
+        self._commanding: trio.Lock | None = None  # the hub's commands, in order; from the first
         self._attempt = trio.CancelScope()
         self._command: _Command | None = None
         self._stopped = False
@@ -152,7 +158,7 @@ class Tenant:
         self._last: DisconnectReason | None = None
         self._last_at: float | None = None
         self._next_retry_at: float | None = None
-        self._ended = Totals()  # of the connections that have ended
+        self._ended: Totals | None = None  # of the connections that have ended, from the first
         self._reconnects: collections.Counter[str] = collections.Counter()
 
     # -- the scope -------------------------------------------------------------
@@ -196,6 +202,8 @@ class Tenant:
 
         A tenant needs no task of its own waiting for commands that seldom come.
         """
+        if self._commanding is None:
+            self._commanding = trio.Lock()
         async with self._commanding:
             while self._command is not None and not self._stopped:
                 await self._command.done.wait()  # one whose caller stopped waiting
@@ -247,15 +255,17 @@ class Tenant:
         retry_after: float | None = None
         sock: Socket | None = None
         try:
-            async with open_socket(
+            # Built here rather than by open_socket: the spec's fields are checked already.
+            async with Socket(
                 spec.connect,
                 tenant_id=spec.tenant_id,
                 options=spec.options,
-                caches=spec.caches,
+                caches=CacheSet(spec.caches, Scope.SOCKET, label=spec.tenant_id),
                 tenant_caches=self._caches,
                 global_caches=self._global_caches,
                 gauges=self._gauges,
                 on_healthy=self._reconnector.healthy,  # resets backoff and breaker at once
+                timers=self._timers,
             ) as sock:
                 self._connected(sock)
                 await spec.handler(sock)
@@ -277,6 +287,8 @@ class Tenant:
             self._socket = None  # the socket scope has exited: the gauges no longer count it
             self._state = TenantState.STOPPED  # replaced at once below, unless it is stopping
             if sock is not None:
+                if self._ended is None:
+                    self._ended = Totals()
                 self._ended.add_socket(sock)
         return self._disconnected(reason, failed=failed, retry_after=retry_after)
 
@@ -394,12 +406,12 @@ class Tenant:
 
     def totals(self) -> Totals:
         """Cumulative counters: the ended connections plus the live one."""
-        return self._ended.with_socket(self._socket)
+        return (self._ended or Totals()).with_socket(self._socket)
 
     @property
     def retired_cache_counts(self) -> Mapping[tuple[str, str], int]:
         """(cache name, counter) -> count over the socket caches of ended connections."""
-        return self._ended.socket_cache_counts
+        return {} if self._ended is None else self._ended.socket_cache_counts
 
     @property
     def state(self) -> TenantState:
