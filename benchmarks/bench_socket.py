@@ -99,7 +99,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -445,6 +445,21 @@ async def raw_wsproto(url: str, n: int, window: Window) -> None:
         await wire.aclose()
 
 
+def json_events() -> Callable[[str], Iterable[tuple[str, Any]]]:
+    """`JsonProtocol`'s decode, as the events of one message.
+
+    Its ``decode`` gives one ``(type, data)``, or, where a protocol's session
+    may yield several events per message, a tuple of them: both are taken.
+    """
+    decode = tenantry.JsonProtocol().decode
+
+    def events(text: str) -> Iterable[tuple[str, Any]]:
+        decoded: Any = decode(text)
+        return (decoded,) if decoded[0].__class__ is str else decoded
+
+    return events
+
+
 def prototype_reader(options: tenantry.BufferConfig, *, per_read_block: bool = False) -> Connection:
     """Prototype (b): the same loop into tenantry's real `EventBuffer` and `EventStream`.
 
@@ -459,17 +474,19 @@ def prototype_reader(options: tenantry.BufferConfig, *, per_read_block: bool = F
     async def prototype_pump(
         wire: Wire, buffer: tenantry.EventBuffer, events: tenantry.EventStream
     ) -> None:
-        decode = tenantry.JsonProtocol().decode
+        decode = json_events()
         while (messages := await wire.read_messages()) is not None:
             ready = False
             if per_read_block:
                 with buffer.buffering():
                     for text in messages:
-                        buffer.emit(*decode(text))
+                        for event_type, data in decode(text):
+                            buffer.emit(event_type, data)
                 ready = bool(buffer.ready)
             else:
                 for text in messages:
-                    ready = buffer.emit(*decode(text)) or ready
+                    for event_type, data in decode(text):
+                        ready = buffer.emit(event_type, data) or ready
             if ready:
                 await events.publish_ready()
         await events.aclose()
