@@ -60,6 +60,30 @@ def test_socket_benchmark_runs(bench: Bench) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_socket_benchmark_runs_the_prototype_reader(bench: Bench) -> None:
+    out = bench("bench_socket.py", "--events", "300", "--rounds", "1", "--many", "3", "--prototype")
+    for contender in (
+        "raw trio-websocket",
+        "tenantry default",
+        "proto raw wsproto",
+        "proto tenantry default",
+        "proto tenantry buffered",
+        "proto 1 batch/read",
+    ):
+        assert len(re.findall(rf"  {re.escape(contender)} +[\d,]+ +\d+\.\d\d +\d", out)) == 2
+    assert len(re.findall(r"ratio per round, proto tenantry default: \d+\.\d\d\n", out)) == 2
+
+
+def test_socket_benchmark_profiles_the_prototype_reader(bench: Bench) -> None:
+    out = bench(
+        "bench_socket.py", "--profile", "proto-default", "--connections", "2", "--events", "200"
+    )
+    assert "profile of proto tenantry default, 2 connection(s), 200 events" in out
+    for category in ("wsproto", "prototype wsproto driver", "prototype reader", "tenantry stream"):
+        assert re.search(rf"  {category} +\d+\.\d%", out), category
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_socket_benchmark_profiles(bench: Bench) -> None:
     out = bench("bench_socket.py", "--profile", "default", "--connections", "2", "--events", "200")
     assert "profile of tenantry default, 2 connection(s), 200 events" in out
@@ -132,6 +156,20 @@ def test_socket_benchmark_reads_a_py_spy_profile(bench: Bench, tmp_path: Path) -
     assert f"py-spy samples from {samples}: 4\n" in out
     assert re.search(r"  wsproto +75\.0%", out)
     assert re.search(r"  tenantry stream +25\.0%", out)
+
+
+def test_socket_benchmark_names_the_prototype_in_a_py_spy_profile(
+    bench: Bench, tmp_path: Path
+) -> None:
+    samples = tmp_path / "proto.txt"
+    samples.write_text(
+        "run_in_process (bench_socket.py:2);Wire.read_messages (bench_socket.py:3) 1\n"
+        "run_in_process (bench_socket.py:2);prototype_reader.<locals>.prototype_pump"
+        " (bench_socket.py:4) 1\n"
+    )
+    out = bench("bench_socket.py", "--collapsed", str(samples))
+    assert re.search(r"  prototype wsproto driver +50\.0%", out)
+    assert re.search(r"  prototype reader +50\.0%", out)
 
 
 def test_idle_benchmark_runs(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
