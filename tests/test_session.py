@@ -121,6 +121,51 @@ async def test_a_frame_carries_several_events_or_none(
     assert events_of(batches) == [("chats.update", {"id": 1, "a": 1, "b": 2}), ("x", 1), ("x", 2)]
 
 
+def yielding(*items: object) -> Callable[[Socket], Any]:
+    """A session factory whose decode yields *items* for every frame (a generator)."""
+
+    class Yielding(Multi):
+        def decode(self, frame: str | bytes) -> Iterable[tuple[str, Any]]:
+            yield from items  # type: ignore[misc]
+
+    return Yielding
+
+
+@pytest.mark.parametrize("event_type", [None, 7, b"x", "", ["a"]], ids=repr)
+async def test_an_event_type_from_the_peer_that_is_no_string_is_a_counted_rejection(
+    autojump_clock: trio.testing.MockClock, event_type: object
+) -> None:
+    """A gateway's ``t`` field is the peer's: whatever it holds, the socket survives."""
+    batches: list[Batch] = []
+    options = SocketOptions(protocol=yielding(("a", 1), (event_type, 2), ("b", 3)))
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, sends("frame"))
+        async with open_socket(connector, tenant_id="a", options=options) as sock:
+            await collect_then_close(sock, batches, after=10)
+        server.cancel_scope.cancel()
+    assert events_of(batches) == [("a", 1), ("b", 3)]
+    assert sum(sock.rejected.values()) == sock.rejected[RejectReason.INVALID_EVENT] == 1
+    assert sock.close_reason is not None
+    assert sock.close_reason.message == "done"
+
+
+@pytest.mark.parametrize("item", [("x",), "ab", 5, ("a", 1, 2), {"a": 1, "b": 2}], ids=repr)
+async def test_a_decode_that_yields_no_pair_is_a_bug_said_plainly(
+    autojump_clock: trio.testing.MockClock, item: object
+) -> None:
+    """Events of the frame before the bad item are delivered once; the bug is re-raised."""
+    batches: list[Batch] = []
+    options = SocketOptions(protocol=yielding(("a", 1), item, ("b", 2)))
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, sends("frame"))
+        with pytest.raises(TypeError, match=r"^decode yielded \w+, not an \(event type, data\)"):
+            async with open_socket(connector, tenant_id="a", options=options) as sock:
+                await collect_then_close(sock, batches, after=10)
+        server.cancel_scope.cancel()
+    assert events_of(batches) == [("a", 1)]
+    assert (sock.buffer.stats.received, sock.buffer.stats.delivered) == (1, 1)
+
+
 # -- 2. protocol state per connection -------------------------------------------------
 
 

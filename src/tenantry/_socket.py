@@ -645,9 +645,12 @@ class Socket:
                     frame = await ws.get_message()
                     self._frames += 1
                     try:
-                        for event_type, data in decode(frame):  # zero or more events
+                        for item in decode(frame):  # zero or more events
+                            pair = (
+                                item if item.__class__ is tuple and len(item) == 2 else _pair(item)
+                            )
                             try:
-                                ready = emit(event_type, data)
+                                ready = emit(*pair)
                             except InvalidEvent as invalid:
                                 shown = f"{preview(frame)} ({invalid})"
                                 self._reject(RejectReason.INVALID_EVENT, shown)
@@ -1041,6 +1044,17 @@ async def _connect(
     if connecting.cancelled_caught:
         reason = f"handshake timed out after {connect_timeout:g} s"
         raise ConnectFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, reason))
+
+
+def _pair(item: object) -> tuple[str, Any]:
+    """A decoded item as an ``(event type, data)`` pair; anything else is a bug in the session.
+
+    A two-item list is taken as a pair too; a string, a mapping or any other
+    iterable of two is not (unpacking would take it apart silently).
+    """
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return (item[0], item[1])
+    raise TypeError(f"decode yielded {type(item).__name__}, not an (event type, data) pair")
 
 
 def _local_close(message: str) -> DisconnectReason:
