@@ -222,6 +222,10 @@ async def test_each_connection_gets_a_fresh_session_before_its_first_frame(
     assert [session.count for session in Counting.made[:3]] == [3, 3, 3]  # none carried over
 
 
+async def async_factory(sock: Socket) -> JsonProtocol:
+    return JsonProtocol()
+
+
 class Shared:
     """A session object with decode and encode that is not a factory."""
 
@@ -245,8 +249,13 @@ class SelfFactory(Shared):
         (JsonProtocol, "protocol must be a session factory; got the class JsonProtocol"),
         (SelfFactory, "protocol must be a session factory; got the class SelfFactory, whose inst"),
         (dict, "protocol must make sessions .*; the class dict has no decode\\(\\) or enc"),
+        (async_factory, "protocol must be a plain function .*, not an async one: .*start_soon"),
+        (
+            functools.partial(async_factory),
+            "protocol must be a plain function .*, not an async one",
+        ),
     ],
-    ids=["object", "session", "JsonProtocol", "factory class", "class"],
+    ids=["object", "session", "JsonProtocol", "factory class", "class", "async", "async partial"],
 )
 def test_a_protocol_that_is_no_session_factory_is_refused_by_name(
     protocol: Any, message: str
@@ -269,8 +278,13 @@ def test_session_factories_are_accepted(protocol: Any) -> None:
     [
         (lambda sock: None, TypeError, r"^protocol.*protocol\(sock\) returned NoneType"),
         (lambda sock: 1 / 0, ZeroDivisionError, "division by zero"),
+        (
+            lambda sock: async_factory(sock),  # noqa: PLW0108 - a plain function returning a coroutine
+            TypeError,
+            r"^protocol\(sock\) returned a coroutine: a session factory is a plain function",
+        ),
     ],
-    ids=["no session", "raises"],
+    ids=["no session", "raises", "coroutine"],
 )
 async def test_a_broken_session_factory_fails_at_connect_as_a_user_bug(
     autojump_clock: trio.testing.MockClock, factory: Any, error: type[Exception], message: str
@@ -454,6 +468,19 @@ async def test_a_task_ends_with_its_socket_and_its_bug_is_reraised(
     assert [t - start for t in ticks] == [3.0, 6.0, 9.0]
     assert sock.close_reason is not None
     assert "ZeroDivisionError in user code: task bug" in sock.close_reason.message
+
+
+async def test_start_soon_after_the_socket_ended_raises_socket_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As `send_frame` does: a stale socket says it is closed, and why."""
+    async with trio.open_nursery() as server:
+        async with open_socket(MemoryConnector(server, sends()), tenant_id="a") as sock:
+            sock.close("done")
+        with pytest.raises(SocketClosed, match="done") as closed:
+            sock.start_soon(trio.sleep, 1)
+        server.cancel_scope.cancel()
+    assert closed.value.reason is sock.close_reason
 
 
 async def test_a_task_stopped_by_its_own_sockets_close_ends_quietly(
