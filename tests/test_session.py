@@ -59,6 +59,21 @@ def sends(*frames: str | bytes, then_idle: bool = True) -> Server:
     return serve
 
 
+def recording(received: list[str | bytes], *frames: str) -> Server:
+    """A server that sends *frames*, records what the client sends for 5 s, then closes."""
+
+    async def serve(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        for frame in frames:
+            await ws.send_message(frame)
+        with trio.move_on_after(5):
+            while True:
+                received.append(await ws.get_message())
+        await ws.aclose()
+
+    return serve
+
+
 async def collect_then_close(sock: Socket, batches: list[Batch], *, after: float) -> None:
     """Subscribe, and close the socket *after* seconds; every batch lands in *batches*."""
 
@@ -337,15 +352,8 @@ async def test_send_frame_writes_raw_frames_in_order_with_send(
 ) -> None:
     received: list[str | bytes] = []
 
-    async def serve(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        with trio.move_on_after(5):
-            while True:
-                received.append(await ws.get_message())
-        await ws.aclose()
-
     async with trio.open_nursery() as server:
-        connector = MemoryConnector(server, serve)
+        connector = MemoryConnector(server, recording(received))
         async with open_socket(connector, tenant_id="a") as sock:
             await sock.send_frame("raw")
             await sock.send("t", 1)
@@ -377,17 +385,8 @@ class _Echo:
 async def test_replies_from_decode_go_out_in_order(autojump_clock: trio.testing.MockClock) -> None:
     received: list[str | bytes] = []
 
-    async def serve(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        for n in range(20):
-            await ws.send_message(str(n))
-        with trio.move_on_after(5):
-            while True:
-                received.append(await ws.get_message())
-        await ws.aclose()
-
     async with trio.open_nursery() as server:
-        connector = MemoryConnector(server, serve)
+        connector = MemoryConnector(server, recording(received, *map(str, range(20))))
         options = SocketOptions(protocol=_Echo, max_pending_sends=2)
         async with open_socket(connector, tenant_id="a", options=options) as sock:
             with pytest.raises(TypeError, match=r"^frame must be str or bytes, got int"):
