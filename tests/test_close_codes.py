@@ -105,6 +105,7 @@ async def test_the_close_code_reaches_a_server_over_loopback_tcp() -> None:
         ({"code": 1005}, ValueError, "got 1005"),
         ({"code": 1006}, ValueError, "got 1006"),
         ({"code": 1015}, ValueError, "got 1015"),
+        ({"code": 1014}, ValueError, "got 1014"),  # wsproto's peers fail on it: 1002
         ({"code": 2999}, ValueError, "got 2999"),
         ({"code": 5000}, ValueError, "got 5000"),
         ({"code": True}, TypeError, "code must be an int"),
@@ -216,6 +217,42 @@ async def test_a_handler_closing_with_stop_stops_the_tenant(
     assert reason is not None
     assert (reason.code, reason.origin, reason.decision) == (428, CloseOrigin.LOCAL, Decision.STOP)
     assert metrics.value("tenantry_reconnects_total", reason="connection_closed") == 1
+
+
+@pytest.mark.parametrize("decision", [Decision.STOP, Decision.RECONNECT_NOW])
+async def test_a_decision_given_as_the_peers_close_races_in_is_kept_with_the_peers_reason(
+    autojump_clock: trio.testing.MockClock, decision: Decision
+) -> None:
+    """The peer's close frame is in the transport, not yet read, when the handler closes:
+    the peer's reason wins (it is what happened), and the handler's decision applies."""
+    closing: list[bool] = []
+
+    async def serve(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message('{"type": "go", "data": 1}')
+        await ws.aclose(4000, "peer")
+
+    async def handler(sock: Socket) -> None:
+        async with sock.events.subscribe() as batches:
+            async for _ in batches:
+                closing.append(sock.closing)
+                sock.close("handler", decision=decision)
+
+    options = SocketOptions(close_codes=CloseCodes())
+    async with trio.open_nursery() as nursery:
+        connector = MemoryConnector(nursery, serve)
+        async with open_socket(connector, tenant_id="a", options=options) as sock:
+            await handler(sock)
+        nursery.cancel_scope.cancel()
+    assert closing == [False]  # the socket did not know of the peer's close yet
+    reason = sock.close_reason
+    assert reason is not None
+    assert (reason.origin, reason.raw_code, reason.message) == (
+        CloseOrigin.CLOSE_FRAME,
+        4000,
+        "peer",
+    )
+    assert reason.decision is decision
 
 
 async def test_a_handler_closing_with_reconnect_now_skips_the_delay_but_counts_failures(
