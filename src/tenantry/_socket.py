@@ -125,6 +125,11 @@ KEEPALIVE_GRACE = 5.0
 
 _Args = TypeVarTuple("_Args")
 
+_INTERNAL_ERROR = 1011
+"""The close code sent when user code failed (a listener, the session, a task)."""
+_PROTOCOL_ERROR = 1002
+"""The close code sent when the peer sent too many frames that could not be decoded."""
+
 _REFUSED_BY_TRANSPORT = {1007: RejectReason.INVALID_UTF8, 1009: RejectReason.TOO_LARGE}
 """Close codes with which trio-websocket fails a connection over one bad frame."""
 
@@ -912,7 +917,20 @@ class Socket:
     def _fail(self, exc: Exception) -> None:
         if self._error is None:
             self._error = exc
-        self._begin_close(_local_close(f"{type(exc).__name__} in user code: {exc}"))
+        self._close_locally(
+            _INTERNAL_ERROR, _local_close(f"{type(exc).__name__} in user code: {exc}")
+        )
+
+    def _close_locally(self, code: int, reason: DisconnectReason) -> None:
+        """Begin a close of tenantry's own making, whose close frame says *code*.
+
+        Not 1000: a peer may read a normal close as "the session is over"
+        (some gateways then refuse a resume), and this close is no such thing.
+        """
+        if self._close_reason is None:
+            self._close_frame = (code, "")
+            reason = attrs.evolve(reason, raw_code=code)
+        self._begin_close(reason)
 
     def _reject(self, reason: RejectReason, shown: str) -> None:
         if self._rejected is None:
@@ -934,12 +952,13 @@ class Socket:
         while recent and recent[0] <= now - window:
             recent.popleft()
         if len(recent) > self._options.max_bad_frames:
-            self._begin_close(
+            self._close_locally(
+                _PROTOCOL_ERROR,
                 DisconnectReason(
                     ReasonCode.PROTOCOL_ERROR,
                     f"{len(recent)} bad frames within {window:g} s",
                     remote=False,
-                )
+                ),
             )
 
 
