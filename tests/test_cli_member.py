@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,13 @@ import trio
 from helpers import idle
 from tenantry import TenantSpec
 from tenantry.cli import fake_upstream_spec, main
-from tenantry.cli._member import CLOCK_RATE_VARIABLE, DSN_VARIABLE, RateClock, member_status
+from tenantry.cli._member import (
+    CLOCK_RATE_VARIABLE,
+    DSN_VARIABLE,
+    RateClock,
+    load_spec_factory,
+    member_status,
+)
 from tenantry.cluster import LeaseConfig, open_cluster_hub
 from tenantry.testing import MemoryCoordinator, open_fake_upstream
 
@@ -105,6 +112,19 @@ def test_the_rate_clock_runs_at_its_rate() -> None:
     assert clock.current_time() == 2.0
     assert clock.deadline_to_sleep_time(3.0) == 2.0  # one second of its time: two real ones
     assert clock.deadline_to_sleep_time(1.0) == 0.0
+
+
+def test_a_spec_factory_is_found_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "myfleet_factories.py").write_text(
+        "from tenantry.cli import fake_upstream_spec as make_spec\n", encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    path = list(sys.path)
+    assert load_spec_factory("myfleet_factories:make_spec") is fake_upstream_spec
+    assert sys.path == path  # as it was
+    sys.modules.pop("myfleet_factories", None)
 
 
 def test_the_built_in_spec_factory_needs_a_url() -> None:

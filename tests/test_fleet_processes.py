@@ -82,6 +82,58 @@ def report(scenario: str, ttl: float = TTL, **figures: Any) -> None:
 # -- the upstream: accepts, feeds, and judges -------------------------------------------
 
 
+@attrs.define(eq=False)
+class Wire(trio.abc.Stream):
+    """The upstream's end of one TCP connection, counting the client's data frames.
+
+    trio-websocket discards the messages that arrive once the upstream has
+    started closing a connection (as it does to replace it), so the frames
+    are counted here, below it, as they arrive: text and binary frames after
+    the opening handshake (client frames are masked, RFC 6455 section 5.2).
+    """
+
+    stream: trio.abc.Stream
+    frames: int = 0
+    _pending: bytearray = attrs.field(factory=bytearray)
+    _opened: bool = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.stream.receive_some(max_bytes)
+        self._pending += data
+        self._count()
+        return data
+
+    def _count(self) -> None:
+        if not self._opened:
+            end = self._pending.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            del self._pending[: end + 4]
+            self._opened = True
+        while len(self._pending) >= 2:
+            size, at = self._pending[1] & 0x7F, 2
+            if size >= 126:
+                width = 2 if size == 126 else 8
+                if len(self._pending) < at + width:
+                    return
+                size, at = int.from_bytes(self._pending[at : at + width], "big"), at + width
+            at += 4 if self._pending[1] & 0x80 else 0
+            if len(self._pending) < at + size:
+                return
+            if self._pending[0] & 0x0F in (1, 2):
+                self.frames += 1
+            del self._pending[: at + size]
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 @attrs.define
 class Judge:
     """The 440-replacing upstream, with what the verdicts need."""
@@ -90,8 +142,9 @@ class Judge:
     url: str = ""
     accepted_at: dict[int, float] = attrs.field(factory=dict)
     """Connection index -> when it was accepted (the test's clock)."""
+    wires: dict[int, Wire] = attrs.field(factory=dict)
     superseded: dict[int, int] = attrs.field(factory=dict)
-    """Connection index -> its received count when a newer one to its path was accepted."""
+    """Connection index -> the frames it had sent when a newer one to its path was accepted."""
 
     def live(self, tenant: str) -> list[UpstreamConnection]:
         return [c for c in self.upstream.connections_to(f"/{tenant}") if not c.ended]
@@ -108,22 +161,30 @@ class Judge:
         return [c for c in self.upstream.connections if c.replaced]
 
     def zombie_sends(self) -> int:
-        """Messages that came on a connection after a newer one to its tenant was accepted."""
-        return sum(
-            c.received_count - self.superseded[c.index]
-            for c in self.upstream.connections
-            if c.index in self.superseded
-        )
+        """Data frames that came on a connection after a newer one to its tenant was accepted."""
+        return sum(self.wires[index].frames - frames for index, frames in self.superseded.items())
 
-    async def serve(self) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def serve_wire(stream: trio.abc.Stream) -> None:
+            await self.upstream._serve_stream(Wire(stream))
+
         served = 0
         async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(trio.serve_tcp, serve_wire, 0)
+            host, port = listeners[0].socket.getsockname()[:2]
+            self.url = f"ws://{host}:{port}/"
+            task_status.started()
             while True:
                 served += 1
                 connection = await self.upstream.wait_connections(served)
                 self.accepted_at[connection.index] = trio.current_time()
+                with contextlib.suppress(trio_websocket.ConnectionClosed):  # already gone
+                    wire = connection._gate._stream
+                    assert isinstance(wire, Wire)
+                    self.wires[connection.index] = wire
                 for older in self.upstream.connections_to(connection.path)[:-1]:
-                    self.superseded.setdefault(older.index, older.received_count)
+                    if older.index in self.wires:
+                        self.superseded.setdefault(older.index, self.wires[older.index].frames)
                 nursery.start_soon(_feed, connection)
 
 
@@ -292,8 +353,7 @@ async def fleet(postgres: PostgresServer, tmp_path: Path, tenants: int) -> Async
         trio.open_nursery() as nursery,
     ):
         judge = Judge(upstream)
-        judge.url = await upstream.serve_tcp()
-        nursery.start_soon(judge.serve)
+        await nursery.start(judge.serve)
         crew = Fleet(postgres, f"fleet_{secrets.token_hex(4)}", judge, nursery, tmp_path)
         await crew.put_tenants(tenants)
         try:
@@ -317,6 +377,32 @@ async def started(crew: Fleet, count: int) -> float:
     for i in range(count):
         await crew.start(f"m{i}")
     return await wait_until("the tenants spread over the members", crew.settled)
+
+
+# trio-websocket's open_websocket_url leaves its TCP socket to the garbage collector when the
+# server closes first (here: the replaced connection).
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_the_judge_counts_what_a_superseded_connection_sends() -> None:
+    async with open_fake_upstream(replace=True) as upstream, trio.open_nursery() as nursery:
+        judge = Judge(upstream)
+        await nursery.start(judge.serve)
+        url = f"{judge.url}t1"
+        async with trio_websocket.open_websocket_url(url) as old:
+            await old.send_message("before")
+            await upstream.wait_connections(1)
+            with contextlib.suppress(trio_websocket.ConnectionClosed):
+                await old.get_message()  # the first event: the upstream read "before" by now
+            assert judge.zombie_sends() == 0
+            async with trio_websocket.open_websocket_url(url):
+                await upstream.wait_connections(2)
+                with contextlib.suppress(trio_websocket.ConnectionClosed):
+                    await old.send_message("after" * 100)  # a 500-byte frame: 2 length bytes
+                    await old.send_message("after")
+                with trio.fail_after(BOUND):
+                    while judge.zombie_sends() < 2:  # noqa: ASYNC110 - bytes on their way
+                        await trio.sleep(0.01)
+        assert judge.replacements == 1
+        nursery.cancel_scope.cancel()
 
 
 # -- the database, frozen for real ------------------------------------------------------
