@@ -176,7 +176,9 @@ def run_until_status(signum: int) -> tuple[int, str, str]:
     assert command.stdout is not None
     assert command.stderr is not None
     first = command.stdout.readline()  # the first status line: the member runs
-    said = [command.stderr.readline() for _ in range(2)]  # the store's failure, then the member's
+    said = [command.stderr.readline()]
+    while "cannot join" not in said[-1] and said[-1] and len(said) < 10:
+        said.append(command.stderr.readline())  # the store's failure, then the member's
     assert "cannot join" in said[-1], said
     command.send_signal(signum)
     out, err = command.communicate(timeout=60)
