@@ -417,8 +417,8 @@ def server_processes(postgres: PostgresServer) -> list[int]:
     """The postmaster and its children (backends, writer, checkpointer, ...)."""
     with psycopg.connect(postgres.dsn()) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    postmaster = _parent(int(row[0]))
+        assert row is not None
+        postmaster = _parent(int(row[0]))  # while the backend lives
     children = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
