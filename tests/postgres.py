@@ -104,8 +104,12 @@ def _run(command: list[str], log: Path, as_user: tuple[int, int] | None) -> None
 
 
 @contextlib.contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
-    """A fresh server in a temporary directory, stopped and deleted on exit."""
+def running_postgres(*, extra: str = "") -> Iterator[PostgresServer]:
+    """A fresh server in a temporary directory, stopped and deleted on exit.
+
+    *extra*: more ``-c name=value`` settings for the server (the benchmark's
+    ``shared_preload_libraries=pg_stat_statements``).
+    """
     binaries = pg_bin()
     as_user = _run_as()
     root = Path(tempfile.mkdtemp(prefix="tenantry-pg-"))
@@ -126,6 +130,7 @@ def running_postgres() -> Iterator[PostgresServer]:
         settings = (
             f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            f" {extra}"
         )
         pg_ctl = str(binaries / "pg_ctl")
         _run([pg_ctl, "-D", str(data), "-l", str(log), "-o", settings, "-w", "start"], log, as_user)
