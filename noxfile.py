@@ -94,7 +94,7 @@ def bench_fleet(session: nox.Session) -> None:
     It starts its own PostgreSQL (the server binaries must be there) and member
     processes; arguments after ``--`` replace ``--full`` (e.g. ``-- --tenants 200``).
     """
-    session.install("-e", ".[postgres]", *BENCH_DEPS, "pytest>=8.4")
+    session.install("-e", ".[postgres,cli]", *BENCH_DEPS, "pytest>=8.4")
     session.run("python", "benchmarks/bench_fleet.py", *(session.posargs or ["--full"]))
 
 

@@ -30,9 +30,9 @@ figure the lease rule makes failover depend on. Upstream replacements
     python benchmarks/bench_fleet.py --full      # 1,000 tenants, 50 kills
 
 Needs the PostgreSQL server binaries (see tests/postgres.py) and psycopg 3.
-Each member is ``tenantry member`` when the installed tenantry has it,
-else this script's own member (``bench_fleet.py member NAME``), which does
-the same with `open_cluster_hub`.
+Each member is a ``tenantry member`` process with the built-in spec factory
+``tenantry.cli:fake_upstream_spec``, and the default lease scaled to
+``--ttl`` (hand-offs faster, so that a rejoin does not take minutes).
 """
 
 from __future__ import annotations
@@ -56,8 +56,7 @@ from typing import Any
 import psycopg
 import trio
 
-from tenantry import Socket, TenantSpec
-from tenantry.cluster import LeaseConfig, PostgresCoordinator, open_cluster_hub
+from tenantry.cluster import LeaseConfig, PostgresCoordinator
 from tenantry.cluster._assignment import rendezvous
 from tenantry.testing import FakeUpstream, UpstreamConnection, open_fake_upstream
 
@@ -72,7 +71,7 @@ MONITOR = "/* bench */ "
 """Marks the benchmark's own queries, so that the statement counts leave them out."""
 
 
-# -- one member (a child process) ---------------------------------------------------
+# -- one member ----------------------------------------------------------------------
 
 
 def lease_from(args: argparse.Namespace) -> LeaseConfig:
@@ -89,36 +88,29 @@ def lease_from(args: argparse.Namespace) -> LeaseConfig:
     )
 
 
-async def idle(sock: Socket) -> None:
-    await trio.sleep_forever()
-
-
-def upstream_spec(tenant_id: str, description: Mapping[str, Any], epoch: int) -> TenantSpec:
-    """A tenant of the fake upstream: its URL is in its description."""
-    return TenantSpec(tenant_id, str(description["url"]), handler=idle)
-
-
-async def run_member(name: str, dsn: str, lease: LeaseConfig) -> None:
-    """Be member *name* until killed; a JSON status line a second on stdout."""
-    coordinator = PostgresCoordinator(dsn)
-    async with open_cluster_hub(
-        coordinator, member=name, spec_factory=upstream_spec, lease=lease
-    ) as hub:
-        while True:
-            line = {"member": name, "tenants": len(hub.tenant_ids), "margin": hub.lease_margin}
-            print(json.dumps(line), flush=True)
-            await trio.sleep(1)
-
-
 def member_command(name: str, args: argparse.Namespace) -> list[str]:
-    """The command line of member *name*."""
+    """``tenantry member`` with the run's lease and the built-in spec factory for the upstream."""
+    lease = lease_from(args)
+    figures = {
+        "--ttl": lease.ttl,
+        "--rho": lease.rho,
+        "--close-budget": lease.close_budget,
+        "--settle-delay": lease.settle_delay,
+        "--poll-interval": lease.poll_interval,
+        "--handoff-rate": lease.handoff_rate,
+        "--handoff-burst": lease.handoff_burst,
+        "--store-timeout": lease.renew_interval,
+    }
     return [
         sys.executable,
-        __file__,
+        "-m",
+        "tenantry",
         "member",
+        "--name",
         name,
-        "--ttl",
-        str(args.ttl),
+        "--spec-factory",
+        "tenantry.cli:fake_upstream_spec",
+        *(str(part) for option, value in figures.items() for part in (option, value)),
     ]
 
 
@@ -486,12 +478,6 @@ def main() -> None:
         default=str(Path(tempfile.gettempdir()) / "bench_fleet_members.log"),
         help="where the members' logs go",
     )
-    if len(sys.argv) > 1 and sys.argv[1] == "member":
-        parser.add_argument("command")
-        parser.add_argument("name")
-        args = parser.parse_args()
-        trio.run(run_member, args.name, os.environ["TENANTRY_DSN"], lease_from(args))
-        return
     args = parser.parse_args()
     if args.full:
         args.tenants, args.kills = max(args.tenants, 1000), max(args.kills, 50)
