@@ -1,5 +1,5 @@
-"""Development sessions: ``nox -s soak tests lint typecheck docs bench bench_fleet``, and
-``reliability``, ``demo``, ``coverage``.
+"""Development sessions: ``nox -s soak tests lint typecheck docs bench reliability demo coverage``
+and ``nox -s fleet bench_fleet``.
 
 Tool versions are pinned here so that a new release of a linter cannot turn
 CI red on a clean clone overnight.
@@ -34,6 +34,19 @@ def tests(session: nox.Session) -> None:
     """The whole test suite; it starts its own PostgreSQL (the server binaries must be there)."""
     session.install("-e", ".[prometheus,cli,postgres]", *TEST_DEPS)
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fleet(session: nox.Session) -> None:
+    """The process-kill suite at full size: 5 member processes, 60 tenants (prints failovers)."""
+    session.install("-e", ".[cli,postgres]", *TEST_DEPS)
+    session.run(
+        "pytest",
+        "-s",
+        "tests/test_fleet_processes.py",
+        *session.posargs,
+        env={"TENANTRY_FLEET_FULL": "1"},
+    )
 
 
 @nox.session(python=PYTHON)

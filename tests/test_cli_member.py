@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,13 @@ import trio
 from helpers import idle
 from tenantry import TenantSpec
 from tenantry.cli import fake_upstream_spec, main
-from tenantry.cli._member import CLOCK_RATE_VARIABLE, DSN_VARIABLE, RateClock, member_status
+from tenantry.cli._member import (
+    CLOCK_RATE_VARIABLE,
+    DSN_VARIABLE,
+    RateClock,
+    load_spec_factory,
+    member_status,
+)
 from tenantry.cluster import LeaseConfig, open_cluster_hub
 from tenantry.testing import MemoryCoordinator, open_fake_upstream
 
@@ -107,6 +114,19 @@ def test_the_rate_clock_runs_at_its_rate() -> None:
     assert clock.deadline_to_sleep_time(1.0) == 0.0
 
 
+def test_a_spec_factory_is_found_in_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "myfleet_factories.py").write_text(
+        "from tenantry.cli import fake_upstream_spec as make_spec\n", encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    path = list(sys.path)
+    assert load_spec_factory("myfleet_factories:make_spec") is fake_upstream_spec
+    assert sys.path == path  # as it was
+    sys.modules.pop("myfleet_factories", None)
+
+
 def test_the_built_in_spec_factory_needs_a_url() -> None:
     spec = fake_upstream_spec("t1", {"url": "ws://127.0.0.1:8765/t1"}, 3)
     assert spec.tenant_id == "t1"
@@ -156,7 +176,9 @@ def run_until_status(signum: int) -> tuple[int, str, str]:
     assert command.stdout is not None
     assert command.stderr is not None
     first = command.stdout.readline()  # the first status line: the member runs
-    said = [command.stderr.readline() for _ in range(2)]  # the store's failure, then the member's
+    said = [command.stderr.readline()]
+    while "cannot join" not in said[-1] and said[-1] and len(said) < 10:
+        said.append(command.stderr.readline())  # the store's failure, then the member's
     assert "cannot join" in said[-1], said
     command.send_signal(signum)
     out, err = command.communicate(timeout=60)

@@ -45,6 +45,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO, final
@@ -104,6 +105,9 @@ def fake_upstream_spec(tenant_id: str, description: Mapping[str, Any], epoch: in
 def load_spec_factory(text: str) -> SpecFactory:
     """The callable named by ``module:function`` (dotted attributes allowed after the colon).
 
+    The module is looked for in the current directory first, then on the
+    Python path.
+
     Raises:
         ValueError, TypeError: the text is not of that form, the module cannot be
             imported, or it has no such callable; the message says which.
@@ -111,10 +115,14 @@ def load_spec_factory(text: str) -> SpecFactory:
     module_name, colon, attribute = text.partition(":")
     if not colon or not module_name or not attribute:
         raise ValueError(f"--spec-factory must be module:function, got {text!r}")
+    path = list(sys.path)
+    sys.path.insert(0, os.getcwd())  # as ``python -m`` does: the user's modules, from here
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"--spec-factory: cannot import {module_name!r}: {error}") from None
+    finally:
+        sys.path[:] = path
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
