@@ -43,7 +43,6 @@ import json
 import math
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -61,7 +60,7 @@ from tenantry.cluster._assignment import rendezvous
 from tenantry.testing import FakeUpstream, UpstreamConnection, open_fake_upstream
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from postgres import running_postgres  # the tests' server, reused
+from postgres import PostgresServer, database_stopped, running_postgres  # the tests'
 
 SCHEMA = "tenantry"
 PROJECTED_TENANTS = 10_000
@@ -182,25 +181,6 @@ class Database:
             counts[kind] = counts.get(kind, 0) + int(calls)
         return counts
 
-    def server_pids(self) -> list[int]:
-        """The postmaster and every process it started."""
-        ((backend,),) = self.query("SELECT pg_backend_pid()")
-        postmaster = parent_of(backend)
-        children = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if parent_of(int(entry.name)) == postmaster:
-                        children.append(int(entry.name))
-                except (OSError, ValueError):
-                    continue
-        return [postmaster, *children]
-
-
-def parent_of(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
 
 def classify(text: str) -> str:
     for marker, kind in (
@@ -245,10 +225,15 @@ class Run:
     """The fleet under test: the member processes, the upstream, the database; each phase."""
 
     def __init__(
-        self, args: argparse.Namespace, dsn: str, nursery: trio.Nursery, upstream: Upstream
+        self,
+        args: argparse.Namespace,
+        server: PostgresServer,
+        nursery: trio.Nursery,
+        upstream: Upstream,
     ) -> None:
         self.args = args
-        self.dsn = dsn
+        self.server = server
+        self.dsn = dsn = server.dsn()
         self.nursery = nursery
         self.upstream = upstream
         self.db = Database(dsn)
@@ -361,33 +346,27 @@ class Run:
 
     async def outage(self) -> None:
         """Stop every server process for ``--outage`` TTLs: time the drop and the recovery."""
-        pids = self.db.server_pids()
         before = self.upstream.upstream.replacements
-        t0 = trio.current_time()
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        try:
 
-            async def dropped() -> bool:
-                return self.upstream.live() == 0
+        async def dropped() -> bool:
+            return self.upstream.live() == 0
 
+        with database_stopped(self.server):
+            t0 = trio.current_time()
             self.results["drop"] = await until(dropped, 3 * self.args.ttl, "every tenant dropped")
             await trio.sleep_until(t0 + self.args.outage * self.args.ttl)
-        finally:
-            for pid in pids:
-                os.kill(pid, signal.SIGCONT)
         self.results["recover"] = await until(
             self.settled, self.patience, "every tenant back after the outage"
         )
         self.results["outage_replacements"] = self.upstream.upstream.replacements - before
 
 
-async def bench(args: argparse.Namespace, dsn: str) -> dict[str, Any]:
+async def bench(args: argparse.Namespace, server: PostgresServer) -> dict[str, Any]:
     async with open_fake_upstream(history=0, replace=True) as fake, trio.open_nursery() as nursery:
         url = await fake.serve_tcp()
         upstream = Upstream(fake)
         nursery.start_soon(upstream.watch)
-        run = Run(args, dsn, nursery, upstream)
+        run = Run(args, server, nursery, upstream)
         await run.first_assignment(url)
         await run.at_rest()
         await run.kills()
@@ -518,7 +497,7 @@ def main() -> None:
     if args.full:
         args.tenants, args.kills = max(args.tenants, 1000), max(args.kills, 50)
     with running_postgres(extra="-c shared_preload_libraries=pg_stat_statements") as server:
-        results = trio.run(bench, args, server.dsn())
+        results = trio.run(bench, args, server)
     report(args, results)
 
 
