@@ -465,7 +465,7 @@ def report(args: argparse.Namespace, r: Mapping[str, Any]) -> None:
     print(
         f"  failover               {default.ttl - default.renew_interval:g}-{default.ttl:g} s "
         f"(the dead row) + 0-{default.poll_interval:g} s (the poll) + acquisitions and "
-        f"connects ({max(tail, 0.0):.2f} s p99 here, with {tenants / (n - 1):.0f} tenants per "
+        f"connects ({max(tail, 0.0):.2f} s p99 here, with {tenants / n / (n - 1):.0f} tenants per "
         f"survivor; {projected / members / (members - 1):.0f} there)"
     )
 
