@@ -1,5 +1,5 @@
 """Development sessions: ``nox -s soak tests lint typecheck docs bench reliability demo coverage``
-and ``nox -s fleet``.
+and ``nox -s fleet bench_fleet``.
 
 Tool versions are pinned here so that a new release of a linter cannot turn
 CI red on a clean clone overnight.
@@ -98,6 +98,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_close.py")
     session.run("python", "benchmarks/bench_soak.py")
     session.run("python", "benchmarks/bench_soak.py", "--default-gc")
+
+
+@nox.session(python=PYTHON)
+def bench_fleet(session: nox.Session) -> None:
+    """The fleet benchmark at full size (1,000 tenants, 50 kills; about ten minutes).
+
+    It starts its own PostgreSQL (the server binaries must be there) and member
+    processes; arguments after ``--`` replace ``--full`` (e.g. ``-- --tenants 200``).
+    """
+    session.install("-e", ".[postgres,cli]", *BENCH_DEPS, "pytest>=8.4")
+    session.run("python", "benchmarks/bench_fleet.py", *(session.posargs or ["--full"]))
 
 
 @nox.session(python=PYTHON)

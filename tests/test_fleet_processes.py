@@ -32,17 +32,16 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-import psycopg
 import pytest
 import trio
 import trio_websocket
 
-from postgres import PostgresServer, Proxy, open_proxy
+from postgres import PostgresServer, Proxy, database_stopped, open_proxy
 from tenantry.cli._member import CLOCK_RATE_VARIABLE, DSN_VARIABLE
 from tenantry.cluster import PostgresCoordinator
 from tenantry.cluster._assignment import rendezvous
@@ -403,48 +402,6 @@ async def test_the_judge_counts_what_a_superseded_connection_sends() -> None:
                         await trio.sleep(0.01)
         assert judge.replacements == 1
         nursery.cancel_scope.cancel()
-
-
-# -- the database, frozen for real ------------------------------------------------------
-
-
-def _parent(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[1])
-
-
-def server_processes(postgres: PostgresServer) -> list[int]:
-    """The postmaster and its children (backends, writer, checkpointer, ...)."""
-    with psycopg.connect(postgres.dsn()) as conn:
-        row = conn.execute("SELECT pg_backend_pid()").fetchone()
-        assert row is not None
-        postmaster = _parent(int(row[0]))  # while the backend lives
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if _parent(int(entry.name)) == postmaster:
-                    children.append(int(entry.name))
-    return [postmaster, *children]
-
-
-@contextlib.contextmanager
-def database_stopped(postgres: PostgresServer) -> Iterator[Callable[[], None]]:
-    """SIGSTOP every server process; the callable (and leaving) sends SIGCONT."""
-    pids = server_processes(postgres)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):  # a backend that just ended
-            os.kill(pid, signal.SIGSTOP)
-
-    def resume() -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-
-    try:
-        yield resume
-    finally:
-        resume()
 
 
 # -- the scenarios ----------------------------------------------------------------------
