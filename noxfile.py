@@ -23,7 +23,7 @@ TEST_DEPS = [
     "websockets>=13",  # a peer we did not write: the benchmarks' reference client
 ]
 RUFF = "ruff==0.17.6"
-MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100", "trustme>=1.1"]
+MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100", "trustme>=1.1", "websockets>=13"]
 DOCS_DEPS = ["sphinx>=8,<10", "furo>=2024.8.6"]
 BENCH_DEPS = ["cachetools>=5.3", "websockets>=13"]
 COVERAGE = "coverage>=7.4"
