@@ -266,53 +266,15 @@ def _add_member(commands: Any) -> None:
         default="tenantry",
         help="the database schema of the fleet's tables (default: %(default)s)",
     )
-    member.add_argument(
-        "--ttl",
-        type=duration,
-        metavar="SECONDS",
-        default=lease.ttl,
-        help="lease lifetime after each renewal; failover takes about this long "
-        "(default: %(default)ss)",
-    )
-    member.add_argument(
-        "--rho",
-        type=float,
-        default=lease.rho,
-        help="bound on the clock-rate error against the database's clock (default: %(default)s)",
-    )
-    member.add_argument(
-        "--close-budget",
-        type=duration,
-        metavar="SECONDS",
-        default=lease.close_budget,
-        help="time kept before the lease deadline to abort the sockets (default: %(default)ss)",
-    )
-    member.add_argument(
-        "--settle-delay",
-        type=duration,
-        metavar="SECONDS",
-        default=lease.settle_delay,
-        help="how long a new member must be seen before it gets tenants (default: %(default)ss)",
-    )
-    member.add_argument(
-        "--handoff-rate",
-        type=float,
-        default=lease.handoff_rate,
-        help="tenants handed to another member per second (default: %(default)s)",
-    )
-    member.add_argument(
-        "--handoff-burst",
-        type=int,
-        default=lease.handoff_burst,
-        help="hand-offs allowed at once before the rate applies (default: %(default)s)",
-    )
-    member.add_argument(
-        "--poll-interval",
-        type=duration,
-        metavar="SECONDS",
-        default=lease.poll_interval,
-        help="longest wait between two reads of the tenant list (default: %(default)ss)",
-    )
+    for field, kind, help_text in _LEASE_OPTIONS:
+        seconds = kind is duration
+        member.add_argument(
+            "--" + field.replace("_", "-"),
+            type=kind,
+            metavar="SECONDS" if seconds else None,
+            default=getattr(lease, field),
+            help=f"{help_text} (default: %(default)s{'s' if seconds else ''})",
+        )
     member.add_argument(
         "--store-timeout",
         type=duration,
@@ -334,6 +296,18 @@ def _add_member(commands: Any) -> None:
         help="show tenantry's log records from this level on stderr (default: %(default)s)",
     )
     member.set_defaults(run=_member)
+
+
+_LEASE_OPTIONS: tuple[tuple[str, Callable[[str], float], str], ...] = (
+    ("ttl", duration, "lease lifetime after each renewal; failover takes about this long"),
+    ("rho", float, "bound on the clock-rate error against the database's clock"),
+    ("close_budget", duration, "time kept before the lease deadline to abort the sockets"),
+    ("settle_delay", duration, "how long a new member must be seen before it gets tenants"),
+    ("handoff_rate", float, "tenants handed to another member per second"),
+    ("handoff_burst", int, "hand-offs allowed at once before the rate applies"),
+    ("poll_interval", duration, "longest wait between two reads of the tenant list"),
+)
+"""The `LeaseConfig` fields ``tenantry member`` takes as options: (field, type, help)."""
 
 
 def _add_output_options(command: argparse.ArgumentParser) -> None:
@@ -473,15 +447,7 @@ def _member(args: argparse.Namespace) -> int:
     from ..cluster import LeaseConfig, PostgresCoordinator  # noqa: PLC0415
 
     try:
-        lease = LeaseConfig(
-            ttl=args.ttl,
-            rho=args.rho,
-            close_budget=args.close_budget,
-            settle_delay=args.settle_delay,
-            handoff_rate=args.handoff_rate,
-            handoff_burst=args.handoff_burst,
-            poll_interval=args.poll_interval,
-        )
+        lease = LeaseConfig(**{field: getattr(args, field) for field, _, _ in _LEASE_OPTIONS})
     except (TypeError, ValueError) as error:
         raise _UsageError(str(error).replace("_", "-")) from None
     try:
