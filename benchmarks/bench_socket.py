@@ -172,6 +172,21 @@ def dispatcher() -> dict[str, Callable[[Any], None]]:
     return {"messages.upsert": handle}
 
 
+async def consume(
+    batches: trio.abc.ReceiveChannel[tenantry.Batch],
+    n: int,
+    dispatch: dict[str, Callable[[Any], None]],
+) -> None:
+    """Hand every event of *batches* to the application until *n* have come."""
+    received = 0
+    async for batch in batches:
+        for item in batch:
+            dispatch[item.type](item.data)
+        received += batch.count
+        if received >= n:
+            break
+
+
 # -- the upstream (child process) ---------------------------------------------
 
 
@@ -308,19 +323,13 @@ async def raw(url: str, n: int, window: Window) -> None:
 def with_tenantry(options: tenantry.SocketOptions) -> Connection:
     async def receive(url: str, n: int, window: Window) -> None:
         dispatch = dispatcher()
-        received = 0
         async with (
             tenantry.open_socket(url, tenant_id="bench", options=options) as sock,
             sock.events.subscribe() as batches,
         ):
             await window.opened()
             await sock.send("go", {})
-            async for batch in batches:
-                for item in batch:
-                    dispatch[item.type](item.data)
-                received += batch.count
-                if received >= n:
-                    break
+            await consume(batches, n, dispatch)
             window.finished()
             sock.close()
 
@@ -506,13 +515,7 @@ def prototype_reader(options: tenantry.BufferConfig, *, per_read_block: bool = F
                     nursery.start_soon(prototype_pump, wire, buffer, events)
                     await window.opened()
                     await wire.send_text("go")
-                    received = 0
-                    async for batch in batches:
-                        for item in batch:
-                            dispatch[item.type](item.data)
-                        received += batch.count
-                        if received >= n:
-                            break
+                    await consume(batches, n, dispatch)
                     window.finished()
         finally:
             await wire.aclose()

@@ -76,3 +76,11 @@ def raw_server(answer: bytes = b"", *, read: bool = True, then: str = "close") -
             await trio.aclose_forcefully(stream)
 
     return serve
+
+
+def exit_status(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """``main(argv)``'s exit status, whether it returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code  # type: ignore[return-value]

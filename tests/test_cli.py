@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+from helpers import exit_status
 from tenantry import Batch, open_socket
 from tenantry.cli import Fault, SoakConfig, SoakReport, collecting_less, main, run_soak
 from tenantry.cli import _main as cli_main
@@ -273,11 +274,7 @@ def test_soak_progress_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
 def test_user_mistakes_are_one_line_and_exit_2(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code  # type: ignore[assignment]
-    assert status == 2
+    assert exit_status(main, argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert "error:" in err

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 
-from helpers import idle
+from helpers import exit_status, idle
 from tenantry import TenantSpec
 from tenantry.cli import fake_upstream_spec, main
 from tenantry.cli._member import (
@@ -64,11 +64,7 @@ def test_member_mistakes_are_one_line_and_exit_2(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(DSN_VARIABLE, f"host=127.0.0.1 password={SECRET}")
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code  # type: ignore[assignment]
-    assert status == 2
+    assert exit_status(main, argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert says in err

@@ -36,10 +36,12 @@ Seen = list[tuple[int, str | None] | None]
 
 
 async def serve_and_record(
-    seen: Seen, done: trio.Event, request: trio_websocket.WebSocketRequest
+    seen: Seen, done: trio.Event, request: trio_websocket.WebSocketRequest, first: str = ""
 ) -> None:
-    """Accept, read until the client closes, and record the close code and text it sent."""
+    """Accept, send *first* if given, read until the client closes, and record its close."""
     ws = await request.accept()
+    if first:
+        await ws.send_message(first)
     try:
         while True:
             await ws.get_message()
@@ -348,16 +350,7 @@ async def test_a_close_of_tenantrys_own_making_is_no_normal_close(
     done = trio.Event()
 
     async def one_event(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        await ws.send_message('{"type": "t", "data": 1}')
-        try:
-            while True:
-                await ws.get_message()
-        except trio_websocket.ConnectionClosed as closed:
-            seen.append(
-                None if closed.reason is None else (closed.reason.code, closed.reason.reason)
-            )
-            done.set()
+        await serve_and_record(seen, done, request, first='{"type": "t", "data": 1}')
 
     def broken(data: object) -> None:
         raise ZeroDivisionError("listener bug")
@@ -387,10 +380,7 @@ async def test_a_flood_of_bad_frames_closes_with_a_protocol_error_code(
             while True:
                 await ws.send_message("not json")
         except trio_websocket.ConnectionClosed as closed:
-            seen.append(
-                None if closed.reason is None else (closed.reason.code, closed.reason.reason)
-            )
-            done.set()
+            record_close(seen, done, closed)
 
     async with trio.open_nursery() as nursery:
         connector = MemoryConnector(nursery, garble)
