@@ -11,6 +11,12 @@ from tenantry import Batch, EventStream, Socket
 Handler = Callable[[Socket], Awaitable[None]]
 StreamServer = Callable[[trio.abc.Stream], Awaitable[None]]
 
+UPGRADE_WITH_A_WRONG_ACCEPT = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n"
+)
+"""An upgrade whose Sec-WebSocket-Accept answers no request."""
+
 
 class FakeClock:
     """A hand-driven clock for the pure state machines."""

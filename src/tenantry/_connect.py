@@ -240,6 +240,15 @@ def _invalid_response(crashed: BaseExceptionGroup[Exception]) -> DisconnectReaso
         return DisconnectReason(
             ReasonCode.PROTOCOL_ERROR, f"handshake failed: {type(leaf).__name__}"
         )
+    return invalid_response_reason(error)
+
+
+def invalid_response_reason(error: BaseException) -> DisconnectReason:
+    """The reason for wsproto's `RemoteProtocolError` *error* about the handshake's answer.
+
+    It says what was wrong (with h11's reason for a "Bad HTTP message"),
+    never a byte of the answer.
+    """
     detail = str(error)
     if error.__context__ is not None:  # h11's reason for wsproto's "Bad HTTP message"
         detail += f" ({str(error.__context__).partition(':')[0]})"
