@@ -62,7 +62,7 @@ class Peer:
                 self.seen.append(event)
                 if isinstance(event, kind):
                     return event
-            self.ws.receive_data(await self.stream.receive_some() or None)
+            self.ws.receive_data(bytes(await self.stream.receive_some()) or None)
 
 
 async def connect(stream: trio.abc.Stream, max_message_size: int = LIMIT) -> Transport:
@@ -491,7 +491,7 @@ async def test_against_trio_websockets_server_over_tcp() -> None:
         ws = await request.accept()
         try:
             while True:
-                message = await ws.get_message()
+                message = str(await ws.get_message())
                 for i in range(3):
                     await ws.send_message(f"{message}-{i}")
                 await ws.ping(b"server")
@@ -529,7 +529,8 @@ class WebsocketsServer:
 
     async def handle(self, ws: ServerConnection) -> None:
         try:
-            async for message in ws:
+            async for received in ws:
+                message = str(received)
                 if message == "close":
                     await ws.close(4001, "asked to")
                     return
