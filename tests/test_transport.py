@@ -339,6 +339,7 @@ async def test_a_reply_behind_a_blocked_writer_is_left_to_it(
     async with connected(pair=trio.testing.lockstep_stream_pair) as (transport, peer):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(transport.send, "blocked")  # the peer reads nothing yet
+            await trio.testing.wait_all_tasks_blocked()  # the writer holds the send lock
             nursery.start_soon(peer.send, text("a"), ws_events.Ping(payload=b"p"))
             assert await transport.receive() == ["a"]  # not waiting for the writer
             await peer.until(ws_events.Pong)
