@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import queue
+import ssl
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -21,15 +23,18 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+import trustme
 import wsproto
 import wsproto.events as ws_events
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from helpers import UPGRADE_WITH_A_WRONG_ACCEPT, StreamServer, raw_server
 from tenantry._connect import MAX_REJECTION_BODY, HandshakeFailed
-from tenantry._transport import Closed, Transport, TransportClosed, handshake
+from tenantry._transport import Closed, Transport, TransportClosed, _Core, handshake
 
 LIMIT = 100
 """max_message_size of the transports here."""
@@ -360,6 +365,84 @@ async def test_a_cancelled_receive_loses_no_message(
         with pytest.raises(TransportClosed) as ended:  # the write's state is unknown: lost
             await transport.receive()
         assert ended.value.closed == Closed(1006, "a write was cancelled", remote=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0), max_size=30), limit=st.integers(1, 40))
+def test_any_split_into_reads_gives_the_same_messages_and_replies(
+    cuts: list[int], limit: int
+) -> None:
+    """The core alone (no I/O): however the bytes are cut into reads, the same outcome."""
+    server = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    server.receive_data(client.send(ws_events.Request(host="h", target="/")))
+    assert isinstance(next(server.events()), ws_events.Request)
+    client.receive_data(server.send(ws_events.AcceptConnection()))
+    assert isinstance(next(client.events()), ws_events.AcceptConnection)
+    script: list[ws_events.Event] = [
+        text("é" * 10),
+        text("ab", finished=False),
+        ws_events.Ping(payload=b"p1"),  # between two fragments
+        text("cd"),
+        ws_events.BytesMessage(data=b"\x00" * 30),
+        text("x" * 30, finished=False),
+        text("y" * 15),
+        ws_events.CloseConnection(code=4000, reason="bye"),
+    ]
+    wire = b"".join(server.send(event) for event in script)
+    expected = ["é" * 10, "abcd", b"\x00" * 30, "x" * 30 + "y" * 15]
+    if limit < 45:  # the limit cuts the script short: 1009 at the first message over it
+        over = next(i for i, m in enumerate(expected) if len(m) > limit)
+        expected = expected[:over]
+    core = _Core(client, max_message_size=limit)
+    points = sorted({0, len(wire), *(cut % (len(wire) + 1) for cut in cuts)})
+    received: list[str | bytes] = []
+    for start, end in itertools.pairwise(points):
+        received += core.feed(wire[start:end])
+    assert received == expected
+    assert core.closed == (
+        Closed(4000, "bye", remote=True)
+        if limit >= 45
+        else Closed(1009, f"Exceeded maximum message size: {limit} bytes", remote=False)
+    )
+    server.receive_data(bytes(core.outgoing))
+    answers = [e for e in server.events() if not isinstance(e, ws_events.TextMessage)]
+    pong = ws_events.Pong(payload=b"p1")
+    if limit >= 45:
+        assert answers == [pong, ws_events.CloseConnection(code=4000, reason="bye")]
+    else:
+        assert answers[-1] == ws_events.CloseConnection(
+            code=1009, reason=f"Exceeded maximum message size: {limit} bytes"
+        )
+
+
+async def test_over_tls(autojump_clock: trio.testing.MockClock) -> None:
+    """Any Trio stream will do: here TLS, whose reads are one record (16 KiB) at most."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("upstream").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    client_raw, server_raw = trio.testing.memory_stream_pair()
+    client = trio.SSLStream(client_raw, client_context, server_hostname="upstream")
+    peer = Peer(trio.SSLStream(server_raw, server_context, server_side=True))
+    events = [text(f"event {i:04d} " + "x" * 80) for i in range(600)]  # about 56 KB
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.accept, *events)
+            transport = await connect(client)
+        received: list[str | bytes] = []
+        reads = 0
+        while len(received) < len(events):
+            received += await transport.receive()
+            reads += 1
+        assert received == [event.data for event in events]
+        assert reads > 1  # a read is one record at most
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(transport.aclose, 4000, timeout=5))
+            close = await peer.until(ws_events.CloseConnection)
+            await peer.send(close.response())
+    assert transport.closed == Closed(4000, "", remote=False)
 
 
 # -- sending and closing -----------------------------------------------------------------
