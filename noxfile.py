@@ -1,4 +1,5 @@
-"""Development sessions: ``nox -s soak tests lint typecheck docs bench reliability demo coverage``.
+"""Development sessions: ``nox -s soak tests lint typecheck docs bench reliability demo coverage``
+and ``nox -s fleet bench_fleet``.
 
 Tool versions are pinned here so that a new release of a linter cannot turn
 CI red on a clean clone overnight.
@@ -22,7 +23,7 @@ TEST_DEPS = [
     "websockets>=13",  # a peer we did not write: the benchmarks' reference client
 ]
 RUFF = "ruff==0.17.6"
-MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100", "trustme>=1.1"]
+MYPY = ["mypy==2.4.1", "pytest>=8.4", "hypothesis>=6.100", "trustme>=1.1", "websockets>=13"]
 DOCS_DEPS = ["sphinx>=8,<10", "furo>=2024.8.6"]
 BENCH_DEPS = ["cachetools>=5.3", "websockets>=13"]
 COVERAGE = "coverage>=7.4"
@@ -33,6 +34,19 @@ def tests(session: nox.Session) -> None:
     """The whole test suite; it starts its own PostgreSQL (the server binaries must be there)."""
     session.install("-e", ".[prometheus,cli,postgres]", *TEST_DEPS)
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fleet(session: nox.Session) -> None:
+    """The process-kill suite at full size: 5 member processes, 60 tenants (prints failovers)."""
+    session.install("-e", ".[cli,postgres]", *TEST_DEPS)
+    session.run(
+        "pytest",
+        "-s",
+        "tests/test_fleet_processes.py",
+        *session.posargs,
+        env={"TENANTRY_FLEET_FULL": "1"},
+    )
 
 
 @nox.session(python=PYTHON)
@@ -84,6 +98,17 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_close.py")
     session.run("python", "benchmarks/bench_soak.py")
     session.run("python", "benchmarks/bench_soak.py", "--default-gc")
+
+
+@nox.session(python=PYTHON)
+def bench_fleet(session: nox.Session) -> None:
+    """The fleet benchmark at full size (1,000 tenants, 50 kills; about ten minutes).
+
+    It starts its own PostgreSQL (the server binaries must be there) and member
+    processes; arguments after ``--`` replace ``--full`` (e.g. ``-- --tenants 200``).
+    """
+    session.install("-e", ".[postgres,cli]", *BENCH_DEPS, "pytest>=8.4")
+    session.run("python", "benchmarks/bench_fleet.py", *(session.posargs or ["--full"]))
 
 
 @nox.session(python=PYTHON)

@@ -152,8 +152,8 @@ def _append_table(  # noqa: PLR0917 - Sphinx passes event arguments by position
 
 def _default_text(value: object) -> str:
     """A default as a reader would write it: a public constant by its name."""
-    if isinstance(value, attrs.Factory) and not value.takes_self:
-        return f"{getattr(value.factory, '__name__', 'factory')}()"
+    if isinstance(value, attrs.Factory):  # one that takes self depends on the other fields
+        return "..." if value.takes_self else f"{getattr(value.factory, '__name__', 'factory')}()"
     if isinstance(value, enum.Enum):
         return f"{type(value).__name__}.{value.name}"
     if isinstance(value, FunctionType):
@@ -173,7 +173,8 @@ def _signature(  # noqa: PLR0917 - Sphinx passes event arguments by position
 ) -> tuple[str | None, str | None] | None:
     """Signatures as a reader would write the call.
 
-    An enum is not called: it gets no ``(value)``. An attrs class's generated
+    An enum is not called: it gets no ``(value)``; nor is a `typing.Protocol`
+    (``Session``, ``Connector``): no ``(*args, **kwargs)``. An attrs class's generated
     __init__ has no source to preserve, so its defaults would read
     ``attr_dict['keepalive'].default``, or ``NOTHING`` for a factory: they
     are shown as values. A default written as a private constant
@@ -182,6 +183,8 @@ def _signature(  # noqa: PLR0917 - Sphinx passes event arguments by position
     if not signature:
         return None
     if isinstance(obj, type) and issubclass(obj, enum.Enum):
+        return "", return_annotation
+    if isinstance(obj, type) and getattr(obj, "_is_protocol", False):  # implemented, not called
         return "", return_annotation
     if what in {"class", "exception"} and attrs.has(obj):
         signature = _attrs_defaults(obj, signature)

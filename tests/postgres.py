@@ -12,7 +12,9 @@ the server runs as the ``postgres`` user (or ``nobody``).
 `open_proxy` sits between a coordinator and that server: `Proxy.freeze`
 stops forwarding while every socket stays open (a server stopped with
 SIGSTOP, or a silent partition), `Proxy.cut` closes them all and refuses
-new ones (a killed server).
+new ones (a killed server). `database_stopped` stops the server itself:
+SIGSTOP to the postmaster and every process it started (the process-kill
+suite and ``benchmarks/bench_fleet.py``).
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import functools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import attrs
+import psycopg
 import pytest
 import trio
 
@@ -104,8 +108,12 @@ def _run(command: list[str], log: Path, as_user: tuple[int, int] | None) -> None
 
 
 @contextlib.contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
-    """A fresh server in a temporary directory, stopped and deleted on exit."""
+def running_postgres(*, extra: str = "") -> Iterator[PostgresServer]:
+    """A fresh server in a temporary directory, stopped and deleted on exit.
+
+    *extra*: more ``-c name=value`` settings for the server (the benchmark's
+    ``shared_preload_libraries=pg_stat_statements``).
+    """
     binaries = pg_bin()
     as_user = _run_as()
     root = Path(tempfile.mkdtemp(prefix="tenantry-pg-"))
@@ -126,6 +134,7 @@ def running_postgres() -> Iterator[PostgresServer]:
         settings = (
             f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            f" {extra}"
         )
         pg_ctl = str(binaries / "pg_ctl")
         _run([pg_ctl, "-D", str(data), "-l", str(log), "-o", settings, "-w", "start"], log, as_user)
@@ -192,3 +201,45 @@ async def open_proxy(target: int) -> AsyncIterator[Proxy]:
         proxy.port = listeners[0].socket.getsockname()[1]
         yield proxy
         nursery.cancel_scope.cancel()
+
+
+# -- the server, frozen for real (SIGSTOP) -----------------------------------------------
+
+
+def _parent(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[1])
+
+
+def server_processes(postgres: PostgresServer) -> list[int]:
+    """The postmaster and its children (backends, writer, checkpointer, ...)."""
+    with psycopg.connect(postgres.dsn()) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        postmaster = _parent(int(row[0]))  # while the backend lives
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if _parent(int(entry.name)) == postmaster:
+                    children.append(int(entry.name))
+    return [postmaster, *children]
+
+
+@contextlib.contextmanager
+def database_stopped(postgres: PostgresServer) -> Iterator[Callable[[], None]]:
+    """SIGSTOP every server process; the callable (and leaving) sends SIGCONT."""
+    pids = server_processes(postgres)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume() -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    try:
+        yield resume
+    finally:
+        resume()

@@ -496,9 +496,16 @@ def test_an_always_buffering_buffer_compiles_at_once() -> None:
     assert EventBuffer(BufferConfig(always_buffer=True), clock=FakeClock())._plans
 
 
-def test_a_non_string_type_is_invalid() -> None:
-    with pytest.raises(InvalidEvent, match="event type"):
-        buffered().emit(42, {})  # type: ignore[arg-type]
+@pytest.mark.parametrize("event_type", [42, None, b"x", "", ["a"], {"t": 1}], ids=repr)
+@pytest.mark.parametrize("always_buffer", [True, False])
+def test_a_type_that_is_no_non_empty_string_is_invalid(
+    event_type: object, always_buffer: bool
+) -> None:
+    """Unhashable ones too: a protocol's event type is often the peer's value."""
+    buffer = EventBuffer(BufferConfig(always_buffer=always_buffer), clock=FakeClock())
+    with pytest.raises(InvalidEvent, match="event type must be a non-empty string"):
+        buffer.emit(event_type, {})  # type: ignore[arg-type]
+    assert buffer.stats.received == 0
 
 
 def test_emitted_data_is_never_mutated() -> None:

@@ -21,6 +21,7 @@ events, flushes and buffering blocks:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -163,6 +164,29 @@ def apply(store: dict[Any, Any], event_type: str, data: Any) -> None:
             table.setdefault(key, data)
 
 
+def play(
+    buffer: EventBuffer,
+    script: list[Any],
+    emit: Callable[[str, Any], None],
+    after: Callable[[], None],
+) -> None:
+    """Run *script* on *buffer* (flushes, nested buffering, events through *emit*), calling
+    *after* after each step; then close the buffer and call *after* once more."""
+    with ExitStack() as blocks:
+        for step in script:
+            if step == "flush":
+                buffer.flush()
+            elif step == "enter":
+                blocks.enter_context(buffer.buffering())
+            elif step == "exit":
+                blocks.close()
+            else:
+                emit(*step)
+            after()
+    buffer.close()
+    after()
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 @settings(max_examples=300, deadline=None)
 @given(data=st.data(), always=st.booleans(), max_items=st.integers(1, 8))
@@ -184,25 +208,18 @@ def test_batches_replay_to_the_same_store_as_raw_events(
                 apply(consolidated, event.type, event.data)
             buffer.settle(batch.count)
 
-    with ExitStack() as blocks:
-        for step in script:
-            if step == "flush":
-                buffer.flush()
-            elif step == "enter":
-                blocks.enter_context(buffer.buffering())
-            elif step == "exit":
-                blocks.close()
-            else:
-                event_type, data = step
-                apply(raw, event_type, data)
-                buffer.emit(event_type, data)
-            deliver()
-            stats = buffer.stats
-            assert stats.received == stats.delivered + stats.merged + stats.pending
-            assert (stats.lost, stats.in_flight) == (0, 0)
-            assert stats.pending <= max_items
-    buffer.close()
-    deliver()
+    def emit(event_type: str, data: Any) -> None:
+        apply(raw, event_type, data)
+        buffer.emit(event_type, data)
+
+    def check() -> None:
+        deliver()
+        stats = buffer.stats
+        assert stats.received == stats.delivered + stats.merged + stats.pending
+        assert (stats.lost, stats.in_flight) == (0, 0)
+        assert stats.pending <= max_items
+
+    play(buffer, script, emit, check)
     assert consolidated == raw
 
 
@@ -321,22 +338,12 @@ def test_batches_replay_to_the_same_store_as_baileys_buffer(
                 for event_type, item in model.flush():
                     apply(theirs, event_type, item)
 
-    with ExitStack() as blocks:
-        for step in script:
-            if step == "flush":
-                buffer.flush()
-            elif step == "enter":
-                blocks.enter_context(buffer.buffering())
-            elif step == "exit":
-                blocks.close()
-            else:
-                event_type, item = step
-                if always or buffer.depth:
-                    model.append(event_type, item)
-                else:  # neither buffer holds it
-                    apply(theirs, event_type, item)
-                buffer.emit(event_type, item)
-            deliver()
-    buffer.close()
-    deliver()
+    def emit(event_type: str, item: Any) -> None:
+        if always or buffer.depth:
+            model.append(event_type, item)
+        else:  # neither buffer holds it
+            apply(theirs, event_type, item)
+        buffer.emit(event_type, item)
+
+    play(buffer, script, emit, deliver)
     assert ours == theirs

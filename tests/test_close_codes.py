@@ -44,8 +44,13 @@ async def serve_and_record(
         while True:
             await ws.get_message()
     except trio_websocket.ConnectionClosed as closed:
-        seen.append(None if closed.reason is None else (closed.reason.code, closed.reason.reason))
-        done.set()
+        record_close(seen, done, closed)
+
+
+def record_close(seen: Seen, done: trio.Event, closed: trio_websocket.ConnectionClosed) -> None:
+    """Record the close code and text the client sent (None: it sent no close frame)."""
+    seen.append(None if closed.reason is None else (closed.reason.code, closed.reason.reason))
+    done.set()
 
 
 @pytest.mark.parametrize(
@@ -105,6 +110,7 @@ async def test_the_close_code_reaches_a_server_over_loopback_tcp() -> None:
         ({"code": 1005}, ValueError, "got 1005"),
         ({"code": 1006}, ValueError, "got 1006"),
         ({"code": 1015}, ValueError, "got 1015"),
+        ({"code": 1014}, ValueError, "got 1014"),  # wsproto's peers fail on it: 1002
         ({"code": 2999}, ValueError, "got 2999"),
         ({"code": 5000}, ValueError, "got 5000"),
         ({"code": True}, TypeError, "code must be an int"),
@@ -218,6 +224,42 @@ async def test_a_handler_closing_with_stop_stops_the_tenant(
     assert metrics.value("tenantry_reconnects_total", reason="connection_closed") == 1
 
 
+@pytest.mark.parametrize("decision", [Decision.STOP, Decision.RECONNECT_NOW])
+async def test_a_decision_given_as_the_peers_close_races_in_is_kept_with_the_peers_reason(
+    autojump_clock: trio.testing.MockClock, decision: Decision
+) -> None:
+    """The peer's close frame is in the transport, not yet read, when the handler closes:
+    the peer's reason wins (it is what happened), and the handler's decision applies."""
+    closing: list[bool] = []
+
+    async def serve(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message('{"type": "go", "data": 1}')
+        await ws.aclose(4000, "peer")
+
+    async def handler(sock: Socket) -> None:
+        async with sock.events.subscribe() as batches:
+            async for _ in batches:
+                closing.append(sock.closing)
+                sock.close("handler", decision=decision)
+
+    options = SocketOptions(close_codes=CloseCodes())
+    async with trio.open_nursery() as nursery:
+        connector = MemoryConnector(nursery, serve)
+        async with open_socket(connector, tenant_id="a", options=options) as sock:
+            await handler(sock)
+        nursery.cancel_scope.cancel()
+    assert closing == [False]  # the socket did not know of the peer's close yet
+    reason = sock.close_reason
+    assert reason is not None
+    assert (reason.origin, reason.raw_code, reason.message) == (
+        CloseOrigin.CLOSE_FRAME,
+        4000,
+        "peer",
+    )
+    assert reason.decision is decision
+
+
 async def test_a_handler_closing_with_reconnect_now_skips_the_delay_but_counts_failures(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -296,3 +338,68 @@ async def test_a_local_reason_given_to_close_records_the_code_sent(
     assert sock.close_reason.raw_code == 4000
     assert given.close_reason is not None
     assert given.close_reason.raw_code == 4001  # kept as given
+
+
+async def test_a_close_of_tenantrys_own_making_is_no_normal_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A bug in user code sends 1011: a peer must not read it as "the session is over"."""
+    seen: Seen = []
+    done = trio.Event()
+
+    async def one_event(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message('{"type": "t", "data": 1}')
+        try:
+            while True:
+                await ws.get_message()
+        except trio_websocket.ConnectionClosed as closed:
+            seen.append(
+                None if closed.reason is None else (closed.reason.code, closed.reason.reason)
+            )
+            done.set()
+
+    def broken(data: object) -> None:
+        raise ZeroDivisionError("listener bug")
+
+    async def listen(connector: MemoryConnector) -> None:
+        async with open_socket(connector, tenant_id="a") as sock:
+            sock.events.on("t", broken)
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(ZeroDivisionError):
+            await listen(MemoryConnector(nursery, one_event))
+        await done.wait()
+        nursery.cancel_scope.cancel()
+    assert seen == [(1011, None)]
+
+
+async def test_a_flood_of_bad_frames_closes_with_a_protocol_error_code(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: Seen = []
+    done = trio.Event()
+
+    async def garble(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            while True:
+                await ws.send_message("not json")
+        except trio_websocket.ConnectionClosed as closed:
+            seen.append(
+                None if closed.reason is None else (closed.reason.code, closed.reason.reason)
+            )
+            done.set()
+
+    async with trio.open_nursery() as nursery:
+        connector = MemoryConnector(nursery, garble)
+        options = SocketOptions(max_bad_frames=3)
+        async with open_socket(connector, tenant_id="a", options=options) as sock:
+            await trio.sleep_forever()
+        await done.wait()
+        nursery.cancel_scope.cancel()
+    assert seen == [(1002, None)]
+    assert sock.close_reason is not None
+    assert sock.close_reason.code == ReasonCode.PROTOCOL_ERROR
+    assert sock.close_reason.raw_code == 1002

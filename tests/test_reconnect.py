@@ -552,3 +552,9 @@ def test_max_retry_after_is_validated(value: object, error: type[Exception]) -> 
     with pytest.raises(error, match="max_retry_after"):
         ReconnectPolicy(max_retry_after=value)  # type: ignore[arg-type]
     assert ReconnectPolicy().max_retry_after == 300
+
+
+def test_a_policy_shows_its_decide_function_by_name() -> None:
+    """Its repr (and the signature of every default built from it) is the same in every run."""
+    assert "decide=default_decide," in repr(ReconnectPolicy())
+    assert "0x" not in repr(ReconnectPolicy())

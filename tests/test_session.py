@@ -59,6 +59,21 @@ def sends(*frames: str | bytes, then_idle: bool = True) -> Server:
     return serve
 
 
+def recording(received: list[str | bytes], *frames: str) -> Server:
+    """A server that sends *frames*, records what the client sends for 5 s, then closes."""
+
+    async def serve(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        for frame in frames:
+            await ws.send_message(frame)
+        with trio.move_on_after(5):
+            while True:
+                received.append(await ws.get_message())
+        await ws.aclose()
+
+    return serve
+
+
 async def collect_then_close(sock: Socket, batches: list[Batch], *, after: float) -> None:
     """Subscribe, and close the socket *after* seconds; every batch lands in *batches*."""
 
@@ -121,6 +136,51 @@ async def test_a_frame_carries_several_events_or_none(
     assert events_of(batches) == [("chats.update", {"id": 1, "a": 1, "b": 2}), ("x", 1), ("x", 2)]
 
 
+def yielding(*items: object) -> Callable[[Socket], Any]:
+    """A session factory whose decode yields *items* for every frame (a generator)."""
+
+    class Yielding(Multi):
+        def decode(self, frame: str | bytes) -> Iterable[tuple[str, Any]]:
+            yield from items  # type: ignore[misc]
+
+    return Yielding
+
+
+@pytest.mark.parametrize("event_type", [None, 7, b"x", "", ["a"]], ids=repr)
+async def test_an_event_type_from_the_peer_that_is_no_string_is_a_counted_rejection(
+    autojump_clock: trio.testing.MockClock, event_type: object
+) -> None:
+    """A gateway's ``t`` field is the peer's: whatever it holds, the socket survives."""
+    batches: list[Batch] = []
+    options = SocketOptions(protocol=yielding(("a", 1), (event_type, 2), ("b", 3)))
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, sends("frame"))
+        async with open_socket(connector, tenant_id="a", options=options) as sock:
+            await collect_then_close(sock, batches, after=10)
+        server.cancel_scope.cancel()
+    assert events_of(batches) == [("a", 1), ("b", 3)]
+    assert sum(sock.rejected.values()) == sock.rejected[RejectReason.INVALID_EVENT] == 1
+    assert sock.close_reason is not None
+    assert sock.close_reason.message == "done"
+
+
+@pytest.mark.parametrize("item", [("x",), "ab", 5, ("a", 1, 2), {"a": 1, "b": 2}], ids=repr)
+async def test_a_decode_that_yields_no_pair_is_a_bug_said_plainly(
+    autojump_clock: trio.testing.MockClock, item: object
+) -> None:
+    """Events of the frame before the bad item are delivered once; the bug is re-raised."""
+    batches: list[Batch] = []
+    options = SocketOptions(protocol=yielding(("a", 1), item, ("b", 2)))
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, sends("frame"))
+        with pytest.raises(TypeError, match=r"^decode yielded \w+, not an \(event type, data\)"):
+            async with open_socket(connector, tenant_id="a", options=options) as sock:
+                await collect_then_close(sock, batches, after=10)
+        server.cancel_scope.cancel()
+    assert events_of(batches) == [("a", 1)]
+    assert (sock.buffer.stats.received, sock.buffer.stats.delivered) == (1, 1)
+
+
 # -- 2. protocol state per connection -------------------------------------------------
 
 
@@ -177,6 +237,10 @@ async def test_each_connection_gets_a_fresh_session_before_its_first_frame(
     assert [session.count for session in Counting.made[:3]] == [3, 3, 3]  # none carried over
 
 
+async def async_factory(sock: Socket) -> JsonProtocol:
+    return JsonProtocol()
+
+
 class Shared:
     """A session object with decode and encode that is not a factory."""
 
@@ -200,8 +264,13 @@ class SelfFactory(Shared):
         (JsonProtocol, "protocol must be a session factory; got the class JsonProtocol"),
         (SelfFactory, "protocol must be a session factory; got the class SelfFactory, whose inst"),
         (dict, "protocol must make sessions .*; the class dict has no decode\\(\\) or enc"),
+        (async_factory, "protocol must be a plain function .*, not an async one: .*start_soon"),
+        (
+            functools.partial(async_factory),
+            "protocol must be a plain function .*, not an async one",
+        ),
     ],
-    ids=["object", "session", "JsonProtocol", "factory class", "class"],
+    ids=["object", "session", "JsonProtocol", "factory class", "class", "async", "async partial"],
 )
 def test_a_protocol_that_is_no_session_factory_is_refused_by_name(
     protocol: Any, message: str
@@ -224,8 +293,13 @@ def test_session_factories_are_accepted(protocol: Any) -> None:
     [
         (lambda sock: None, TypeError, r"^protocol.*protocol\(sock\) returned NoneType"),
         (lambda sock: 1 / 0, ZeroDivisionError, "division by zero"),
+        (
+            lambda sock: async_factory(sock),  # noqa: PLW0108 - a plain function returning a coroutine
+            TypeError,
+            r"^protocol\(sock\) returned a coroutine: a session factory is a plain function",
+        ),
     ],
-    ids=["no session", "raises"],
+    ids=["no session", "raises", "coroutine"],
 )
 async def test_a_broken_session_factory_fails_at_connect_as_a_user_bug(
     autojump_clock: trio.testing.MockClock, factory: Any, error: type[Exception], message: str
@@ -278,15 +352,8 @@ async def test_send_frame_writes_raw_frames_in_order_with_send(
 ) -> None:
     received: list[str | bytes] = []
 
-    async def serve(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        with trio.move_on_after(5):
-            while True:
-                received.append(await ws.get_message())
-        await ws.aclose()
-
     async with trio.open_nursery() as server:
-        connector = MemoryConnector(server, serve)
+        connector = MemoryConnector(server, recording(received))
         async with open_socket(connector, tenant_id="a") as sock:
             await sock.send_frame("raw")
             await sock.send("t", 1)
@@ -318,17 +385,8 @@ class _Echo:
 async def test_replies_from_decode_go_out_in_order(autojump_clock: trio.testing.MockClock) -> None:
     received: list[str | bytes] = []
 
-    async def serve(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        for n in range(20):
-            await ws.send_message(str(n))
-        with trio.move_on_after(5):
-            while True:
-                received.append(await ws.get_message())
-        await ws.aclose()
-
     async with trio.open_nursery() as server:
-        connector = MemoryConnector(server, serve)
+        connector = MemoryConnector(server, recording(received, *map(str, range(20))))
         options = SocketOptions(protocol=_Echo, max_pending_sends=2)
         async with open_socket(connector, tenant_id="a", options=options) as sock:
             with pytest.raises(TypeError, match=r"^frame must be str or bytes, got int"):
@@ -409,6 +467,19 @@ async def test_a_task_ends_with_its_socket_and_its_bug_is_reraised(
     assert [t - start for t in ticks] == [3.0, 6.0, 9.0]
     assert sock.close_reason is not None
     assert "ZeroDivisionError in user code: task bug" in sock.close_reason.message
+
+
+async def test_start_soon_after_the_socket_ended_raises_socket_closed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """As `send_frame` does: a stale socket says it is closed, and why."""
+    async with trio.open_nursery() as server:
+        async with open_socket(MemoryConnector(server, sends()), tenant_id="a") as sock:
+            sock.close("done")
+        with pytest.raises(SocketClosed, match="done") as closed:
+            sock.start_soon(trio.sleep, 1)
+        server.cancel_scope.cancel()
+    assert closed.value.reason is sock.close_reason
 
 
 async def test_a_task_stopped_by_its_own_sockets_close_ends_quietly(

@@ -234,6 +234,8 @@ class EventBuffer:
                 counted or kept).
             trio.ClosedResourceError: the buffer is closed.
         """
+        if event_type.__class__ is not str or not event_type:  # often the peer's value
+            _check_event_type(event_type)
         if not self._holding:
             return self._emit_straight(event_type, data)
         plan = self._keyed.get(event_type)
@@ -441,10 +443,7 @@ class EventBuffer:
     def _emit_straight(self, event_type: str, data: Any) -> bool:
         """Pass an event straight on, after the checks its rule would make if held."""
         rule = self._rules.get(event_type)
-        if rule is None:
-            if not isinstance(event_type, str):
-                raise InvalidEvent(f"event type must be a string, got {event_type!r}")
-        elif rule.key is not None:
+        if rule is not None and rule.key is not None:
             if not isinstance(data, Mapping):
                 raise InvalidEvent(
                     f"{event_type} data must be a mapping, got {type(data).__name__}"
@@ -453,13 +452,11 @@ class EventBuffer:
                 hash(key_getter(rule.key)(data))
             except Exception as exc:
                 raise InvalidEvent(f"{event_type} event without a valid key: {exc!r}") from exc
-        elif rule.kind is RuleKind.HISTORY:
+        elif rule is not None and rule.kind is RuleKind.HISTORY:
             _history_entities(rule.parts, event_type, data)
         return self._emit_now(event_type, data)
 
     def _emit_unknown(self, event_type: str, data: Any) -> bool:
-        if not isinstance(event_type, str):
-            raise InvalidEvent(f"event type must be a string, got {event_type!r}")
         self._received += 1
         items = self._unknown.get(event_type)
         if items is None:
@@ -536,6 +533,13 @@ class EventBuffer:
         """Turn the rule table into plans: this buffer's stores and the batch order."""
         plans = self._plans = compile_rules(self._rules)
         self._keyed, self._unkeyed, self._order = plans.keyed, plans.unkeyed, plans.order
+
+
+def _check_event_type(event_type: object) -> None:
+    """Raise `InvalidEvent` unless *event_type* is a non-empty string."""
+    if not isinstance(event_type, str) or not event_type:
+        shown = "an empty one" if isinstance(event_type, str) else type(event_type).__name__
+        raise InvalidEvent(f"event type must be a non-empty string, got {shown}")
 
 
 def _history_entities(

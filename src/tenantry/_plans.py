@@ -92,13 +92,29 @@ class KeyedPlan:
         raise NotImplementedError
 
 
-@final
-class _Upsert(KeyedPlan):
+class _EntityPlan(KeyedPlan):
+    """A plan of an entity's kinds: searches its pending upserts, and sees its updates."""
+
     __slots__ = ("updates",)
 
     def __init__(self, spec: KeySpec, entity: _Entity) -> None:
         super().__init__(spec, entity.upserts)
         self.updates = entity.updates
+
+
+class _MergingPlan(_EntityPlan):
+    """An upsert or update plan that merges with the rule's own function."""
+
+    __slots__ = ("merge",)
+
+    def __init__(self, spec: KeySpec, entity: _Entity, merge: Merge) -> None:
+        super().__init__(spec, entity)
+        self.merge = merge
+
+
+@final
+class _Upsert(_EntityPlan):
+    __slots__ = ()
 
     def put(self, key: Any, data: Any, existing: Any) -> int:
         if existing is None:
@@ -111,12 +127,8 @@ class _Upsert(KeyedPlan):
 
 
 @final
-class _Update(KeyedPlan):
-    __slots__ = ("updates",)
-
-    def __init__(self, spec: KeySpec, entity: _Entity) -> None:
-        super().__init__(spec, entity.upserts)
-        self.updates = entity.updates
+class _Update(_EntityPlan):
+    __slots__ = ()
 
     def put(self, key: Any, data: Any, existing: Any) -> int:
         store = self.store  # into a pending upsert of its key, else its pending update
@@ -131,15 +143,10 @@ class _Update(KeyedPlan):
 
 
 @final
-class _MergingUpsert(KeyedPlan):
+class _MergingUpsert(_MergingPlan):
     """`_Upsert` with the rule's own merge function."""
 
-    __slots__ = ("merge", "updates")
-
-    def __init__(self, spec: KeySpec, entity: _Entity, merge: Merge) -> None:
-        super().__init__(spec, entity.upserts)
-        self.updates = entity.updates
-        self.merge = merge
+    __slots__ = ()
 
     def put(self, key: Any, data: Any, existing: Any) -> int:
         absorbed = existing is None
@@ -156,15 +163,10 @@ class _MergingUpsert(KeyedPlan):
 
 
 @final
-class _MergingUpdate(KeyedPlan):
+class _MergingUpdate(_MergingPlan):
     """`_Update` with the rule's own merge function."""
 
-    __slots__ = ("merge", "updates")
-
-    def __init__(self, spec: KeySpec, entity: _Entity, merge: Merge) -> None:
-        super().__init__(spec, entity.upserts)
-        self.updates = entity.updates
-        self.merge = merge
+    __slots__ = ()
 
     def put(self, key: Any, data: Any, existing: Any) -> int:
         store = self.store  # into a pending upsert of its key, else its pending update
@@ -179,14 +181,13 @@ class _MergingUpdate(KeyedPlan):
 
 
 @final
-class _Delete(KeyedPlan):
-    __slots__ = ("deletes", "updates")
+class _Delete(_EntityPlan):
+    __slots__ = ("deletes",)
 
     cancels = True
 
     def __init__(self, spec: KeySpec, entity: _Entity) -> None:
-        super().__init__(spec, entity.upserts)
-        self.updates = entity.updates
+        super().__init__(spec, entity)
         self.deletes = entity.deletes
 
     def put(self, key: Any, data: Any, existing: Any) -> int:
@@ -261,12 +262,12 @@ class ImmediatePlan:
 
 IMMEDIATE: Final = ImmediatePlan()
 
-_ENTITY_PLANS: Final[dict[RuleKind, type[_Upsert | _Update | _Delete]]] = {
+_ENTITY_PLANS: Final[dict[RuleKind, type[_EntityPlan]]] = {
     RuleKind.DELETE: _Delete,
     RuleKind.UPSERT: _Upsert,
     RuleKind.UPDATE: _Update,
 }
-_MERGING_PLANS: Final[dict[RuleKind, type[_MergingUpsert | _MergingUpdate]]] = {
+_MERGING_PLANS: Final[dict[RuleKind, type[_MergingPlan]]] = {
     RuleKind.UPSERT: _MergingUpsert,
     RuleKind.UPDATE: _MergingUpdate,
 }

@@ -115,6 +115,12 @@ class Session(Protocol):
         event. Called by the socket's reader, one frame after another; the
         next frame is read once the events of this one are in the buffer.
 
+        Each item is a tuple (or a list) of two. An event type that is not
+        a non-empty string (the peer's value, often) is rejected and counted
+        as `RejectReason.INVALID_EVENT`, as data that does not fit its rule
+        is; any other item is a bug in the session (`TypeError`). Events
+        yielded before an exception are kept: delivered once, like any other.
+
         Raises:
             FrameRejected: the frame is not a valid message of this protocol.
             CloseRequested: the message asks to end the connection.

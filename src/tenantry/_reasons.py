@@ -31,7 +31,8 @@ a ping unanswered for 5 s          TRANSPORT    None          408 connection los
 could not connect (TLS, timeout)   TRANSPORT    None          408 (400 for a garbled answer)
 handshake rejected, HTTP N         HTTP_STATUS  N             N
 ``stream:error`` frame, code N     PROTOCOL     N             N
-too many bad frames                LOCAL        None          400 protocol error (tenantry's)
+too many bad frames                LOCAL        1002 (sent)   400 protocol error (tenantry's)
+a bug in user code (a listener)    LOCAL        1011 (sent)   428 connection closed
 ``Socket.close(code=C)``           LOCAL        C             428 connection closed
 =================================  ===========  ============  =================================
 

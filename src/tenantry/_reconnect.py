@@ -66,6 +66,11 @@ from ._validate import positive_count, seconds
 __all__ = ["NextStep", "ReconnectPolicy", "Reconnector"]
 
 
+def _function_name(value: object) -> str:
+    """A function by its name: its repr's address changes every run."""
+    return getattr(value, "__qualname__", None) or repr(value)
+
+
 @final
 @attrs.frozen(kw_only=True)
 class ReconnectPolicy:
@@ -93,7 +98,7 @@ class ReconnectPolicy:
     reset_timeout: float = attrs.field(default=60.0, validator=seconds)
     stable_after: float = attrs.field(default=30.0, validator=seconds)
     decide: Callable[[DisconnectReason], Decision] = attrs.field(
-        default=default_decide, validator=attrs.validators.is_callable()
+        default=default_decide, validator=attrs.validators.is_callable(), repr=_function_name
     )
     max_retry_after: float = attrs.field(default=300.0, validator=seconds)
 

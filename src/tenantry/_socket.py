@@ -125,6 +125,11 @@ KEEPALIVE_GRACE = 5.0
 
 _Args = TypeVarTuple("_Args")
 
+_INTERNAL_ERROR = 1011
+"""The close code sent when user code failed (a listener, the session, a task)."""
+_PROTOCOL_ERROR = 1002
+"""The close code sent when the peer sent too many frames that could not be decoded."""
+
 _REFUSED_BY_TRANSPORT = {1007: RejectReason.INVALID_UTF8, 1009: RejectReason.TOO_LARGE}
 """Close codes with which trio-websocket fails a connection over one bad frame."""
 
@@ -464,11 +469,12 @@ class Socket:
 
         Raises:
             TypeError: *async_fn* is not an async function.
+            SocketClosed: the socket's scope has exited: its tasks are over.
         """
         check_async_function(async_fn, "async_fn")
         nursery = self._nursery
-        if nursery is None:  # pragma: no cover - the protocol is made once the nursery is
-            raise RuntimeError("socket used before it started")
+        if nursery is None:  # the socket's tasks are over (it was made once the nursery was)
+            raise self._closed_error()
         nursery.start_soon(self._run_task, async_fn, args, name=async_fn)
 
     def close(
@@ -487,7 +493,7 @@ class Socket:
                 *code*.
             code: The WebSocket close code to send: 1000 (normal), one of
                 RFC 6455's other codes a client may send (1001-1003,
-                1007-1014), or 3000-4999 (registered and private codes,
+                1007-1013), or 3000-4999 (registered and private codes,
                 e.g. one a gateway reads as "keep the session for a
                 resume"). The close frame carries it and the reason's
                 message (up to 123 bytes of UTF-8).
@@ -498,7 +504,9 @@ class Socket:
 
         Idempotent: the first reason wins, and if the peer's close frame (or
         a drop) has already reached the transport, the peer's reason does
-        (and no close frame is sent).
+        (and no close frame is sent); the *decision* then still applies,
+        carried by the peer's reason. Once the socket is closing (`closing`),
+        a close changes nothing, its decision included.
 
         Raises:
             TypeError, ValueError: a *reason*, *code* or *decision* that could
@@ -599,6 +607,7 @@ class Socket:
                         finally:
                             self._stop_keepalive()  # before the nursery closes: it starts pings
                             nursery.cancel_scope.cancel()
+                self._nursery = None  # closed to new tasks: `start_soon` says so
                 reason = self._close_reason
                 lost = reason is not None and reason.code == ReasonCode.CONNECTION_LOST
                 if lost or self._aborted:
@@ -645,9 +654,12 @@ class Socket:
                     frame = await ws.get_message()
                     self._frames += 1
                     try:
-                        for event_type, data in decode(frame):  # zero or more events
+                        for item in decode(frame):  # zero or more events
+                            pair = (
+                                item if item.__class__ is tuple and len(item) == 2 else _pair(item)
+                            )
                             try:
-                                ready = emit(event_type, data)
+                                ready = emit(*pair)
                             except InvalidEvent as invalid:
                                 shown = f"{preview(frame)} ({invalid})"
                                 self._reject(RejectReason.INVALID_EVENT, shown)
@@ -774,7 +786,10 @@ class Socket:
             raise RuntimeError("socket closed before it started")
         ended = ws.closed
         if ended is not None:
+            decision = reason.decision  # a local close's, which the peer's reason then carries
             reason = self._transport_reason(ended)
+            if decision is not None:
+                reason = attrs.evolve(reason, decision=decision)
             self._read_done = trio.Event()
         else:
             self._reading.cancel()
@@ -902,7 +917,20 @@ class Socket:
     def _fail(self, exc: Exception) -> None:
         if self._error is None:
             self._error = exc
-        self._begin_close(_local_close(f"{type(exc).__name__} in user code: {exc}"))
+        self._close_locally(
+            _INTERNAL_ERROR, _local_close(f"{type(exc).__name__} in user code: {exc}")
+        )
+
+    def _close_locally(self, code: int, reason: DisconnectReason) -> None:
+        """Begin a close of tenantry's own making, whose close frame says *code*.
+
+        Not 1000: a peer may read a normal close as "the session is over"
+        (some gateways then refuse a resume), and this close is no such thing.
+        """
+        if self._close_reason is None:
+            self._close_frame = (code, "")
+            reason = attrs.evolve(reason, raw_code=code)
+        self._begin_close(reason)
 
     def _reject(self, reason: RejectReason, shown: str) -> None:
         if self._rejected is None:
@@ -924,12 +952,13 @@ class Socket:
         while recent and recent[0] <= now - window:
             recent.popleft()
         if len(recent) > self._options.max_bad_frames:
-            self._begin_close(
+            self._close_locally(
+                _PROTOCOL_ERROR,
                 DisconnectReason(
                     ReasonCode.PROTOCOL_ERROR,
                     f"{len(recent)} bad frames within {window:g} s",
                     remote=False,
-                )
+                ),
             )
 
 
@@ -1043,12 +1072,24 @@ async def _connect(
         raise ConnectFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, reason))
 
 
+def _pair(item: object) -> tuple[str, Any]:
+    """A decoded item as an ``(event type, data)`` pair; anything else is a bug in the session.
+
+    A two-item list is taken as a pair too; a string, a mapping or any other
+    iterable of two is not (unpacking would take it apart silently).
+    """
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return (item[0], item[1])
+    raise TypeError(f"decode yielded {type(item).__name__}, not an (event type, data) pair")
+
+
 def _local_close(message: str) -> DisconnectReason:
     return DisconnectReason(ReasonCode.CONNECTION_CLOSED, message, remote=False)
 
 
-_SENDABLE_CLOSE_CODES = (range(1000, 1004), range(1007, 1015), range(3000, 5000))
-"""Close codes an endpoint may send (RFC 6455 section 7.4 and the IANA registry)."""
+_SENDABLE_CLOSE_CODES = (range(1000, 1004), range(1007, 1014), range(3000, 5000))
+"""Close codes an endpoint may send (RFC 6455 section 7.4 and the IANA registry), but for
+1014 (bad gateway): a peer built on wsproto (trio-websocket's servers) fails on it with 1002."""
 _MAX_CLOSE_TEXT = 123
 """Bytes of UTF-8 a close frame's reason may carry (125 less the code's 2)."""
 
@@ -1058,7 +1099,7 @@ def _check_close_code(code: object) -> int:
         raise TypeError(f"code must be an int, got {type(code).__name__}")
     if not any(code in codes for codes in _SENDABLE_CLOSE_CODES):
         raise ValueError(
-            f"code must be a close code an endpoint may send (1000-1003, 1007-1014,"
+            f"code must be a close code an endpoint may send (1000-1003, 1007-1013,"
             f" 3000-4999), got {code}"
         )
     return int(code)

@@ -100,16 +100,22 @@ def check_async_function(value: object, field: str) -> None:
     until it is called, so it is refused (`inspect.markcoroutinefunction`
     marks one as async).
     """
-    target = value
-    while isinstance(target, functools.partial):
-        target = target.func
-    if inspect.iscoroutinefunction(target):
-        return
-    if not isinstance(target, type) and inspect.iscoroutinefunction(type(target).__call__):
+    if _is_async_function(value):
         return
     name = getattr(value, "__qualname__", None)
     shown = type(value).__name__ + ("" if name is None else f" {name!r}")
     raise TypeError(f"{field} must be an async function (async def), got {shown}")
+
+
+def _is_async_function(value: object) -> bool:
+    """Whether *value* is an ``async def`` function, an object whose ``__call__`` is one,
+    or a `functools.partial` of either."""
+    target = value
+    while isinstance(target, functools.partial):
+        target = target.func
+    if inspect.iscoroutinefunction(target):
+        return True
+    return not isinstance(target, type) and inspect.iscoroutinefunction(type(target).__call__)
 
 
 def async_function(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -138,6 +144,8 @@ def check_protocol(value: object, field: str) -> None:
             )
         _check_session_methods(value, field, f"the class {value.__name__}")
         return
+    if _is_async_function(value):
+        raise TypeError(f"{field} must be a plain function that returns a session, {_NOT_ASYNC}")
     if not callable(value):
         shown = type(value).__name__
         if not _missing_methods(value):
@@ -152,8 +160,21 @@ def check_protocol(value: object, field: str) -> None:
         )
 
 
+_NOT_ASYNC = (
+    "not an async one: the session is made before the first frame is read; start its"
+    " async work (an identify, a heartbeat loop) with sock.start_soon"
+)
+
+
 def check_session(value: object, field: str) -> None:
     """*value*, made by the session factory *field*, has ``decode`` and ``encode``, else raise."""
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()  # never awaited: closed here rather than warned about later
+        raise TypeError(
+            f"{field}(sock) returned a {type(value).__name__}: a session factory is a plain"
+            f" function, {_NOT_ASYNC}"
+        )
     _check_session_methods(value, field, f"{field}(sock) returned {type(value).__name__}, which")
 
 

@@ -1,9 +1,10 @@
-"""``tenantry``: argument parsing and the three commands.
+"""``tenantry``: argument parsing and the four commands.
 
-Exit status: 0 when all went well, 1 when a soak broke an invariant (each
-one named on stderr), 2 for a mistake in the command line or a spec file
-(one line on stderr, never a traceback), 130 when interrupted (one line on
-stderr; a soak prints the report of what ran first).
+Exit status: 0 when all went well (a member stopped by SIGTERM included), 1
+when a soak broke an invariant (each one named on stderr), 2 for a mistake
+in the command line, a spec file or the environment (one line on stderr,
+never a traceback), 130 when interrupted (one line on stderr; a soak prints
+the report of what ran first; a member leaves the fleet first).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import gc
 import json
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -23,9 +25,11 @@ from typing import Any, NoReturn, TypeVar
 import trio
 import trio.testing
 
+from .._validate import check_name
 from ._config import SoakConfig
 from ._console import open_output
 from ._faults import Fault
+from ._member import DSN_VARIABLE, clock_from_environment, load_spec_factory, run_member
 from ._plan import ENTRY_OVERHEAD_BYTES, SpecFileError, load_specs, plan_rows
 from ._report import SoakProgress, SoakReport
 from ._soak import run_soak
@@ -78,12 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tenantry",
         description="Many tenants' WebSocket connections in one Trio program: "
-        "see the guarantees hold under faults, plan cache capacity, serve a fake upstream.",
+        "see the guarantees hold under faults, plan cache capacity, serve a fake upstream, "
+        "run a member of a fleet.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_soak(commands)
     _add_plan(commands)
     _add_upstream(commands)
+    _add_member(commands)
     return parser
 
 
@@ -226,6 +232,110 @@ def _add_upstream(commands: Any) -> None:
     upstream.set_defaults(run=_upstream)
 
 
+def _add_member(commands: Any) -> None:
+    from ..cluster import LeaseConfig  # noqa: PLC0415 - the defaults, shown in --help
+
+    lease = LeaseConfig()
+    member = commands.add_parser(
+        "member",
+        help="run one member of a fleet sharing a tenant list in PostgreSQL",
+        description="Join the fleet whose tenant list and leases live in PostgreSQL, run the "
+        "tenants it gives this member, and print a status line (JSON) per interval and on "
+        "every change. The database's connection string is read from the environment "
+        f"variable {DSN_VARIABLE}, never from the command line. SIGTERM or Ctrl-C leaves "
+        "the fleet in order: tenants close, then move to the other members at once.",
+        epilog="The lease rule: after each renewal sent at t, this member keeps its tenants "
+        "connected until t + ttl * (1 - rho) - close-budget at most. The built-in spec "
+        "factory tenantry.cli:fake_upstream_spec runs tenants described as "
+        '{"url": "ws://host:port/path"} against `tenantry upstream --replace`.',
+    )
+    member.add_argument(
+        "--name",
+        required=True,
+        help="this member's name: unique in the fleet, stable across restarts (e.g. the host name)",
+    )
+    member.add_argument(
+        "--spec-factory",
+        required=True,
+        metavar="MODULE:FUNCTION",
+        help="your function (tenant_id, description, epoch) -> TenantSpec, "
+        "e.g. myapp.fleet:make_spec",
+    )
+    member.add_argument(
+        "--schema",
+        default="tenantry",
+        help="the database schema of the fleet's tables (default: %(default)s)",
+    )
+    member.add_argument(
+        "--ttl",
+        type=duration,
+        metavar="SECONDS",
+        default=lease.ttl,
+        help="lease lifetime after each renewal; failover takes about this long "
+        "(default: %(default)ss)",
+    )
+    member.add_argument(
+        "--rho",
+        type=float,
+        default=lease.rho,
+        help="bound on the clock-rate error against the database's clock (default: %(default)s)",
+    )
+    member.add_argument(
+        "--close-budget",
+        type=duration,
+        metavar="SECONDS",
+        default=lease.close_budget,
+        help="time kept before the lease deadline to abort the sockets (default: %(default)ss)",
+    )
+    member.add_argument(
+        "--settle-delay",
+        type=duration,
+        metavar="SECONDS",
+        default=lease.settle_delay,
+        help="how long a new member must be seen before it gets tenants (default: %(default)ss)",
+    )
+    member.add_argument(
+        "--handoff-rate",
+        type=float,
+        default=lease.handoff_rate,
+        help="tenants handed to another member per second (default: %(default)s)",
+    )
+    member.add_argument(
+        "--handoff-burst",
+        type=int,
+        default=lease.handoff_burst,
+        help="hand-offs allowed at once before the rate applies (default: %(default)s)",
+    )
+    member.add_argument(
+        "--poll-interval",
+        type=duration,
+        metavar="SECONDS",
+        default=lease.poll_interval,
+        help="longest wait between two reads of the tenant list (default: %(default)ss)",
+    )
+    member.add_argument(
+        "--store-timeout",
+        type=duration,
+        metavar="SECONDS",
+        default=5.0,
+        help="bound on each database call; keep it below the TTL (default: %(default)ss)",
+    )
+    member.add_argument(
+        "--status-every",
+        type=duration,
+        metavar="SECONDS",
+        default=5.0,
+        help="seconds between two status lines when nothing changes (default: %(default)s)",
+    )
+    member.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="warning",
+        help="show tenantry's log records from this level on stderr (default: %(default)s)",
+    )
+    member.set_defaults(run=_member)
+
+
 def _add_output_options(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--plain", action="store_true", help="plain text even if rich is installed"
@@ -355,6 +465,61 @@ def _upstream(args: argparse.Namespace) -> int:
             text = getattr(reason, "strerror", None) or reason
             raise _UsageError(f"cannot listen on {args.host}:{args.port}: {text}") from None
     if interrupted:
+        raise _Interrupted
+    return 0
+
+
+def _member(args: argparse.Namespace) -> int:
+    from ..cluster import LeaseConfig, PostgresCoordinator  # noqa: PLC0415
+
+    try:
+        lease = LeaseConfig(
+            ttl=args.ttl,
+            rho=args.rho,
+            close_budget=args.close_budget,
+            settle_delay=args.settle_delay,
+            handoff_rate=args.handoff_rate,
+            handoff_burst=args.handoff_burst,
+            poll_interval=args.poll_interval,
+        )
+    except (TypeError, ValueError) as error:
+        raise _UsageError(str(error).replace("_", "-")) from None
+    try:
+        name = check_name(args.name.strip(), "--name")
+        spec_factory = load_spec_factory(args.spec_factory)
+        clock = clock_from_environment()
+    except (TypeError, ValueError) as error:
+        raise _UsageError(str(error)) from None
+    if args.store_timeout >= lease.ttl:
+        raise _UsageError(
+            f"--store-timeout ({args.store_timeout:g} s) must be shorter than --ttl "
+            f"({lease.ttl:g} s): a member waiting that long on one call loses its lease"
+        )
+    dsn = os.environ.get(DSN_VARIABLE)
+    if not dsn:
+        raise _UsageError(
+            f"set the environment variable {DSN_VARIABLE} to the database's connection string "
+            '(e.g. "host=db.example port=5432 dbname=fleet user=tenantry")'
+        )
+    try:
+        coordinator = PostgresCoordinator(dsn, schema=args.schema, timeout=args.store_timeout)
+    except ImportError as error:
+        raise _UsageError(str(error)) from None
+    except (TypeError, ValueError) as error:
+        raise _UsageError(f"{DSN_VARIABLE}: {error}") from None
+
+    async def member() -> int:
+        return await run_member(
+            coordinator,
+            name=name,
+            spec_factory=spec_factory,
+            lease=lease,
+            status_every=args.status_every,
+            out=sys.stdout,
+        )
+
+    stopped_by = _run(member, clock=clock)
+    if stopped_by == signal.SIGINT:
         raise _Interrupted
     return 0
 
