@@ -7,7 +7,8 @@ import trio_websocket
 
 from helpers import living_tasks
 from tenantry import UrlConnector
-from tenantry._connect import as_connector, redact_url
+from tenantry._connect import HandshakeFailed, as_connector, redact_url
+from tenantry._transport import TransportClosed
 from tenantry.testing import MemoryConnector
 
 LIMIT = 1024 * 1024
@@ -36,8 +37,8 @@ async def test_memory_connector_runs_the_real_protocol(
         headers = {"Authorization": "Bearer s3cret"}
         before = living_tasks()
         async with connector.open(headers=headers, max_message_size=LIMIT) as ws:
-            await ws.send_message("hello")
-            assert await ws.get_message() == "hello"
+            await ws.send("hello")
+            assert await ws.receive() == ["hello"]
             assert living_tasks() > before
         await trio.testing.wait_all_tasks_blocked()
         assert living_tasks() == before  # the connection's tasks ended with the block
@@ -61,10 +62,10 @@ async def test_memory_connector_close_paths(
     async with trio.open_nursery() as server:
         connector = MemoryConnector(server, handler)
         async with connector.open(headers={}, max_message_size=LIMIT) as ws:
-            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
-                await ws.get_message()
-        assert closed.value.reason is not None
-        assert closed.value.reason.code == expected_code
+            with pytest.raises(TransportClosed) as closed:
+                await ws.receive()
+        assert closed.value.code == expected_code
+        assert closed.value.closed.remote
         server.cancel_scope.cancel()
 
 
@@ -74,10 +75,11 @@ async def test_a_rejected_handshake_raises_plainly(autojump_clock: trio.testing.
 
     async with trio.open_nursery() as server:
         connector = MemoryConnector(server, handler)
-        with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+        with pytest.raises(HandshakeFailed) as rejected:
             async with connector.open(headers={}, max_message_size=LIMIT):
                 pytest.fail("the handshake was rejected")
-        assert rejected.value.status_code == 403
+        assert rejected.value.status == 403
+        assert rejected.value.body == b"forbidden"
         server.cancel_scope.cancel()
 
 
@@ -87,8 +89,8 @@ async def test_url_connector_over_loopback_tcp() -> None:
         connector = UrlConnector(f"ws://127.0.0.1:{server.port}/events?token=abc")
         with trio.fail_after(10):
             async with connector.open(headers={"X-Tenant": "acme"}, max_message_size=LIMIT) as ws:
-                await ws.send_message("over tcp")
-                assert await ws.get_message() == "over tcp"
+                await ws.send("over tcp")
+                assert await ws.receive() == ["over tcp"]
         nursery.cancel_scope.cancel()
 
 
@@ -98,12 +100,12 @@ async def test_url_connector_rejection_over_loopback_tcp() -> None:
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(trio_websocket.serve_websocket, reject, "127.0.0.1", 0, None)
-        with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+        with trio.fail_after(10), pytest.raises(HandshakeFailed) as rejected:
             async with UrlConnector(f"ws://127.0.0.1:{server.port}/").open(
                 headers={}, max_message_size=LIMIT
             ):
                 pytest.fail("the handshake was rejected")
-        assert rejected.value.status_code == 503
+        assert rejected.value.status == 503
         nursery.cancel_scope.cancel()
 
 

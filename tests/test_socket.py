@@ -13,8 +13,9 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+import wsproto.events as ws_events
 
-from helpers import collect, living_tasks
+from helpers import Peer, StreamServer, collect, living_tasks
 from tenantry import (
     Batch,
     BufferConfig,
@@ -534,29 +535,35 @@ async def test_a_listener_error_in_an_interval_flush_fails_the_socket(
 # -- sends racing a remote close -------------------------------------------------------
 
 
-def closing_after(events: int, code: int, closed: trio.Event) -> Handler:
-    """A server that sends *events* events, closes with *code*, then sets *closed*."""
+def closing_after(events: int, code: int, closed: trio.Event) -> StreamServer:
+    """A server that sends *events* events and its close frame with *code* in one write
+    (so they reach the client in one read), then sets *closed* once it has the answer."""
 
-    async def handler(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        for i in range(events):
-            await ws.send_message(frame("chats.update", {"id": i}))
+    async def serve(stream: trio.abc.Stream) -> None:
+        peer = Peer(stream)
+        await peer.accept()
         await trio.sleep(1)
-        await ws.aclose(code=code, reason="logged out")
+        messages = [
+            ws_events.TextMessage(data=frame("chats.update", {"id": i})) for i in range(events)
+        ]
+        await peer.send(*messages, ws_events.CloseConnection(code=code, reason="logged out"))
+        with trio.move_on_after(60):
+            await peer.until(ws_events.CloseConnection)
         closed.set()
+        await trio.aclose_forcefully(stream)
 
-    return handler
+    return serve
 
 
 async def test_a_send_racing_a_remote_close_carries_the_peers_reason(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # A subscriber that never reads holds the reader back, so the close frame reaches
-    # the transport (and so the writer) before the reader can read it.
+    # A subscriber that never reads holds the reader back at the second event, so the
+    # close frame that came in the same read reaches the writer before the reader does.
     closed = trio.Event()
     failures: list[SocketClosed] = []
     async with trio.open_nursery() as server:
-        connector = MemoryConnector(server, closing_after(3, 4401, closed))
+        connector = MemoryConnector(server, serve_stream=closing_after(3, 4401, closed))
         async with (
             open_socket(connector, tenant_id="acme") as sock,
             sock.events.subscribe(max_pending=1),
@@ -577,8 +584,8 @@ async def test_a_send_racing_a_remote_close_carries_the_peers_reason(
 async def test_a_close_begun_by_a_send_still_reads_what_the_peer_sent_before_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # Event 0 is with the subscriber, 1 in its channel, 2 with the reader, 3 in
-    # trio-websocket's one-message queue when the close frame arrives.
+    # Event 0 is with the subscriber, 1 in its channel, 2 and 3 with the reader (one
+    # read, with the close frame) when the send meets the close.
     closed, sent = trio.Event(), trio.Event()
     got: list[Any] = []
     failures: list[SocketClosed] = []
@@ -598,7 +605,7 @@ async def test_a_close_begun_by_a_send_still_reads_what_the_peer_sent_before_it(
         sent.set()
 
     async with trio.open_nursery() as server:
-        connector = MemoryConnector(server, closing_after(4, 4401, closed))
+        connector = MemoryConnector(server, serve_stream=closing_after(4, 4401, closed))
         async with open_socket(connector, tenant_id="acme") as sock, trio.open_nursery() as body:
             body.start_soon(slow, sock)
             body.start_soon(sender, sock)
@@ -617,12 +624,12 @@ async def test_a_local_close_after_the_peers_close_keeps_the_peers_reason(
 ) -> None:
     closed = trio.Event()
     async with trio.open_nursery() as server:
-        connector = MemoryConnector(server, closing_after(3, 4401, closed))
+        connector = MemoryConnector(server, serve_stream=closing_after(3, 4401, closed))
         async with (
             open_socket(connector, tenant_id="acme") as sock,
             sock.events.subscribe(max_pending=1),
         ):
-            await closed.wait()  # the reader has not read the close frame yet
+            await closed.wait()  # the reader has not reached the close frame yet
         server.cancel_scope.cancel()
     assert sock.close_reason is not None
     assert (sock.close_reason.code, sock.close_reason.remote) == (ReasonCode.LOGGED_OUT, True)
@@ -638,7 +645,7 @@ async def test_a_body_ending_with_its_sockets_close_in_a_group_ends_cleanly(
 
     closed = trio.Event()
     async with trio.open_nursery() as server:
-        connector = MemoryConnector(server, closing_after(3, 4401, closed))
+        connector = MemoryConnector(server, serve_stream=closing_after(3, 4401, closed))
         async with (
             open_socket(connector, tenant_id="acme") as sock,
             sock.events.subscribe(max_pending=1),

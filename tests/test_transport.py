@@ -32,42 +32,12 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from helpers import UPGRADE_WITH_A_WRONG_ACCEPT, StreamServer, raw_server
+from helpers import UPGRADE_WITH_A_WRONG_ACCEPT, Peer, StreamServer, raw_server
 from tenantry._connect import MAX_REJECTION_BODY, HandshakeFailed
 from tenantry._transport import Closed, Transport, TransportClosed, _Core, handshake
 
 LIMIT = 100
 """max_message_size of the transports here."""
-
-
-class Peer:
-    """The server's end, scripted by the test: wsproto's server side over a stream."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
-        self.seen: list[ws_events.Event] = []
-
-    async def accept(self, *then: ws_events.Event) -> None:
-        """Answer the upgrade; *then*'s frames go out in the same write."""
-        await self.until(ws_events.Request)
-        await self.stream.send_all(self.frames(ws_events.AcceptConnection(), *then))
-
-    def frames(self, *events: ws_events.Event) -> bytes:
-        return b"".join(self.ws.send(event) for event in events)
-
-    async def send(self, *events: ws_events.Event) -> None:
-        """*events* in one write."""
-        await self.stream.send_all(self.frames(*events))
-
-    async def until(self, kind: type[ws_events.Event]) -> Any:
-        """Read until an event of *kind* arrives (kept in `seen`, as every event read)."""
-        while True:
-            for event in self.ws.events():
-                self.seen.append(event)
-                if isinstance(event, kind):
-                    return event
-            self.ws.receive_data(bytes(await self.stream.receive_some()) or None)
 
 
 async def connect(stream: trio.abc.Stream, max_message_size: int = LIMIT) -> Transport:

@@ -67,26 +67,72 @@ counts it as lost (1006), and only closing it remains.
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple, final
 
+import h11
 import trio
+import trio_websocket
 import wsproto
 import wsproto.events as ws_events
 import wsproto.utilities
 from wsproto.connection import ConnectionState
 
-from ._connect import (
-    MAX_REJECTION,
-    HandshakeFailed,
-    describe_transport_error,
-    encode_headers,
-    invalid_response_reason,
-    rejection_of,
-)
 from ._reasons import DisconnectReason, ReasonCode
+from ._validate import check_headers
 
-__all__ = ["RECEIVE_BYTES", "Closed", "Transport", "TransportClosed", "handshake"]
+__all__ = [
+    "MAX_REJECTION",
+    "MAX_REJECTION_BODY",
+    "RECEIVE_BYTES",
+    "Closed",
+    "HandshakeFailed",
+    "Headers",
+    "Link",
+    "Transport",
+    "TransportClosed",
+    "WebSocketAdapter",
+    "as_link",
+    "describe_transport_error",
+    "encode_headers",
+    "handshake",
+    "invalid_response_reason",
+    "rejection_of",
+]
+
+MAX_REJECTION_BODY = 4096
+"""Bytes of a rejected handshake's body that are kept; the rest is dropped."""
+
+MAX_REJECTION = 65536
+"""Bytes of a rejected handshake's answer (head and body) read before giving up on the rest."""
+
+Headers = tuple[tuple[str, str], ...]
+"""A response's headers: (name in lower case, value decoded as Latin-1) pairs, in order."""
+
+
+class HandshakeFailed(trio_websocket.HandshakeError):
+    """The opening handshake failed; ``reason`` says why, as a disconnect reason.
+
+    A rejection whose body was cut short (or too long to read) keeps the
+    response's ``status``, ``headers`` and the start of its ``body`` as a
+    `trio_websocket.ConnectionRejected` does; none of them is in ``str()``.
+    """
+
+    def __init__(
+        self,
+        reason: DisconnectReason,
+        *,
+        status: int | None = None,
+        headers: Headers = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+        self.status = status
+        self.headers = headers
+        self.body = body
+
 
 RECEIVE_BYTES = 65536
 """Bytes asked of the stream per read: about 250 small events, or 4 TLS records."""
@@ -263,6 +309,8 @@ class Transport:
         if self._ready or (core.outgoing and not self._sending.locked()):
             return await self._deliver([])  # left by the handshake, or by a cancelled call
         if core.closed is not None:
+            await trio.sleep(0)  # noqa: ASYNC115 - a checkpoint, as every call makes: the tasks
+            # woken by the messages before the close run before the close is raised
             raise TransportClosed(core.closed)
         async with self._receiving:
             try:
@@ -366,6 +414,93 @@ class Transport:
         await trio.aclose_forcefully(self._stream)
 
 
+@final
+class WebSocketAdapter:
+    """A trio-websocket connection (a user's own connector's) with `Transport`'s surface.
+
+    It reads one message per `receive`, at trio-websocket's speed.
+    trio-websocket waits for a ping's pong inside ``ping``, so `pongs` counts
+    it as soon as `ping` returns. Whether a close was the peer's is a guess
+    here: a 1007 or 1009 is taken as trio-websocket's own refusal of a bad
+    message (local), any other close as the peer's. The connector that made
+    the connection closes it when its block ends; `aclose` only sends the
+    close frame and waits (bounded) for the answer.
+    """
+
+    _REFUSALS = (1007, 1009)
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+        self.pongs = 0
+        self._pong = trio.Event()
+
+    @property
+    def closed(self) -> Closed | None:
+        """How the connection closed, once known; None while it is open."""
+        ended = self._ws.closed
+        if ended is None:
+            return None
+        return Closed(ended.code, ended.reason or "", remote=ended.code not in self._REFUSALS)
+
+    def _ended(self) -> TransportClosed:
+        return TransportClosed(self.closed or Closed(_ABNORMAL, "", remote=True))
+
+    async def receive(self) -> list[Message]:
+        """One message, as a list; `TransportClosed` once the connection is closed."""
+        try:
+            return [await self._ws.get_message()]
+        except trio_websocket.ConnectionClosed:
+            raise self._ended() from None
+
+    async def send(self, message: Message) -> None:
+        """Send one message; `TransportClosed` if the connection is closed."""
+        try:
+            await self._ws.send_message(message)
+        except trio_websocket.ConnectionClosed:
+            raise self._ended() from None
+
+    async def ping(self, payload: bytes = b"") -> None:
+        """Ping, and wait for its pong (trio-websocket's way); then it counts in `pongs`."""
+        try:
+            await self._ws.ping(payload or None)
+        except trio_websocket.ConnectionClosed:
+            raise self._ended() from None
+        self.pongs += 1
+        self._pong.set()
+        self._pong = trio.Event()
+
+    async def wait_pong(self, seen: int) -> None:
+        """Return once more than *seen* pongs have been received."""
+        while self.pongs <= seen:
+            await self._pong.wait()
+
+    async def aclose(
+        self,
+        code: int = 1000,
+        reason: str = "",
+        *,
+        timeout: float,  # noqa: ASYNC109 - a close handshake always has a bound: the caller's
+    ) -> None:
+        """Send a close frame and wait for the answer, at most *timeout* seconds."""
+        with trio.move_on_after(timeout):
+            await self._ws.aclose(code, reason or None)
+
+    async def abort(self) -> None:
+        """Close the connection at once, without a close handshake."""
+        await trio.aclose_forcefully(self._ws)
+
+
+Link = Transport | WebSocketAdapter
+"""A socket's connection: tenantry's own, or a user connector's trio-websocket one, adapted."""
+
+
+def as_link(connection: Transport | trio_websocket.WebSocketConnection) -> Link:
+    """*connection* as a `Link`: a trio-websocket connection is adapted."""
+    if isinstance(connection, trio_websocket.WebSocketConnection):
+        return WebSocketAdapter(connection)
+    return connection
+
+
 def _join(parts: list[Message]) -> Message:
     if isinstance(parts[0], str):
         return "".join(parts)  # type: ignore[arg-type]  # a message's parts are of one kind
@@ -432,3 +567,60 @@ def _rejected(status: int, answer: bytearray) -> HandshakeFailed:
     headers, body = rejection_of(bytes(answer))
     reason = DisconnectReason.from_handshake_status(status)
     return HandshakeFailed(reason, status=status, headers=headers, body=body)
+
+
+def invalid_response_reason(error: BaseException) -> DisconnectReason:
+    """The reason for wsproto's `RemoteProtocolError` *error* about the handshake's answer.
+
+    It says what was wrong (with h11's reason for a "Bad HTTP message"),
+    never a byte of the answer.
+    """
+    detail = str(error)
+    if error.__context__ is not None:  # h11's reason for wsproto's "Bad HTTP message"
+        detail += f" ({str(error.__context__).partition(':')[0]})"
+    return DisconnectReason(ReasonCode.PROTOCOL_ERROR, f"invalid handshake response: {detail}")
+
+
+def describe_transport_error(error: Exception, *, during: str) -> str:
+    """What ended a transport *during* a step, for a reason (a TLS error by its cause)."""
+    cause = error.__cause__ if isinstance(error, trio.BrokenResourceError) else error
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause.strerror or cause}"
+    if isinstance(cause, OSError):  # a reset, say
+        return f"connection lost during {during}: {cause}"
+    return f"connection closed during {during}"
+
+
+def rejection_of(answer: bytes) -> tuple[Headers, bytes]:
+    """The headers and the start of the body of the HTTP response that *answer* begins.
+
+    As far as *answer* goes: a head cut short gives no headers, a body cut
+    short what there is of it (dechunked), at most `MAX_REJECTION_BODY` bytes.
+    """
+    parser = h11.Connection(h11.CLIENT)
+    parser.send(h11.Request(method="GET", target="/", headers=[("Host", "upstream")]))
+    parser.send(h11.EndOfMessage())
+    parser.receive_data(answer)
+    body = bytearray()
+    headers: Headers = ()
+    try:
+        event = parser.next_event()
+        if not isinstance(event, h11.Response):
+            return (), b""
+        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
+        while len(body) < MAX_REJECTION_BODY:
+            event = parser.next_event()
+            if not isinstance(event, h11.Data):
+                break
+            body += event.data
+    except h11.RemoteProtocolError:
+        pass  # what was read so far stands
+    return headers, bytes(body[:MAX_REJECTION_BODY])
+
+
+def encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """Headers as trio-websocket wants them; a header that cannot be sent raises `ValueError`."""
+    check_headers(headers, "headers")
+    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
