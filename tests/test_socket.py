@@ -261,7 +261,10 @@ async def test_a_listener_error_is_reraised_after_the_ordered_shutdown(
             await run()
         sock = sockets[0]
         server.cancel_scope.cancel()
-    assert [b.count for b in batches] == [1]  # the subscriber got the batch, then the stream ended
+    # The subscriber got the batch, then the stream ended; an event that came in the same
+    # read (the scheduler decides) is flushed to it on the close, not lost.
+    assert [b.count for b in batches] == [1] * sock.buffer.stats.received
+    assert sock.buffer.stats.lost == 0
     assert sock.close_reason is not None
     assert "ZeroDivisionError" in sock.close_reason.message
 
@@ -837,8 +840,9 @@ async def test_held_events_stop_the_reader_at_the_buffers_limit(
             connector, tenant_id="acme", options=SocketOptions(buffer=config)
         ) as sock:
             await trio.sleep(60)
-            assert sock.buffer.stats.in_flight == 10  # held, then backpressure
-            assert sock.frames_received <= 12  # and the peer waits: nothing piles up
+            # Held, then backpressure from the end of the read that reached the limit
+            # (the scheduler decides how many frames a read brings): nothing piles up.
+            assert 10 <= sock.buffer.stats.in_flight == sock.frames_received <= 12
             async with sock.events.subscribe() as channel:
                 await collect(channel, batches)
         server.cancel_scope.cancel()
