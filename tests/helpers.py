@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
+import wsproto
+import wsproto.events as ws_events
 
 from tenantry import Batch, EventStream, Socket
 
 Handler = Callable[[Socket], Awaitable[None]]
 StreamServer = Callable[[trio.abc.Stream], Awaitable[None]]
+
+UPGRADE_WITH_A_WRONG_ACCEPT = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n"
+)
+"""An upgrade whose Sec-WebSocket-Accept answers no request."""
 
 
 class FakeClock:
@@ -84,3 +93,33 @@ def exit_status(main: Callable[[list[str]], int], argv: list[str]) -> int:
         return main(argv)
     except SystemExit as exit_:
         return exit_.code  # type: ignore[return-value]
+
+
+class Peer:
+    """The server's end, scripted by the test: wsproto's server side over a stream."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+        self.seen: list[ws_events.Event] = []
+
+    async def accept(self, *then: ws_events.Event) -> None:
+        """Answer the upgrade; *then*'s frames go out in the same write."""
+        await self.until(ws_events.Request)
+        await self.stream.send_all(self.frames(ws_events.AcceptConnection(), *then))
+
+    def frames(self, *events: ws_events.Event) -> bytes:
+        return b"".join(self.ws.send(event) for event in events)
+
+    async def send(self, *events: ws_events.Event) -> None:
+        """*events* in one write."""
+        await self.stream.send_all(self.frames(*events))
+
+    async def until(self, kind: type[ws_events.Event]) -> Any:
+        """Read until an event of *kind* arrives (kept in `seen`, as every event read)."""
+        while True:
+            for event in self.ws.events():
+                self.seen.append(event)
+                if isinstance(event, kind):
+                    return event
+            self.ws.receive_data(bytes(await self.stream.receive_some()) or None)

@@ -185,3 +185,11 @@ def test_idle_benchmark_runs(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> N
         assert re.search(rf"tenantry / trio-websocket, {figure}: \d+\.\d\dx \(target", out)
     assert "cProfile of the connect phase" in out
     assert "bytes held per idle tenant" in out
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_transport_benchmark_runs(bench: Bench) -> None:
+    out = bench("bench_transport.py", "--events", "300", "--rounds", "1", "--many", "3")
+    for contender in ("raw trio-websocket", "transport receive()", "proto raw wsproto"):
+        assert len(re.findall(rf"  {re.escape(contender)} +[\d,]+ +\d+\.\d\d +\d", out)) == 2
+    assert re.search(r"3 connection\(s\) x 100 events", out)

@@ -9,8 +9,9 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+import wsproto.events as ws_events
 
-from helpers import idle
+from helpers import Peer, idle
 from tenantry import (
     CloseCodes,
     CloseOrigin,
@@ -230,14 +231,16 @@ async def test_a_handler_closing_with_stop_stops_the_tenant(
 async def test_a_decision_given_as_the_peers_close_races_in_is_kept_with_the_peers_reason(
     autojump_clock: trio.testing.MockClock, decision: Decision
 ) -> None:
-    """The peer's close frame is in the transport, not yet read, when the handler closes:
-    the peer's reason wins (it is what happened), and the handler's decision applies."""
+    """The peer's close frame came in the read that brought "go", and the handler closes
+    before the reader reaches it: the peer's reason wins (it is what happened), and the
+    handler's decision applies."""
     closing: list[bool] = []
 
-    async def serve(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        await ws.send_message('{"type": "go", "data": 1}')
-        await ws.aclose(4000, "peer")
+    async def serve(stream: trio.abc.Stream) -> None:
+        peer = Peer(stream)
+        go = ws_events.TextMessage(data='{"type": "go", "data": 1}')
+        await peer.accept(go, ws_events.CloseConnection(code=4000, reason="peer"))
+        await peer.until(ws_events.CloseConnection)
 
     async def handler(sock: Socket) -> None:
         async with sock.events.subscribe() as batches:
@@ -247,7 +250,7 @@ async def test_a_decision_given_as_the_peers_close_races_in_is_kept_with_the_pee
 
     options = SocketOptions(close_codes=CloseCodes())
     async with trio.open_nursery() as nursery:
-        connector = MemoryConnector(nursery, serve)
+        connector = MemoryConnector(nursery, serve_stream=serve)
         async with open_socket(connector, tenant_id="a", options=options) as sock:
             await handler(sock)
         nursery.cancel_scope.cancel()

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 import trio.testing
 import trio_websocket
 
 from helpers import living_tasks
-from tenantry import UrlConnector
-from tenantry._connect import as_connector, redact_url
+from tenantry import Batch, SocketOptions, UrlConnector, open_socket
+from tenantry._connect import HandshakeFailed, as_connector, redact_url
+from tenantry._transport import TransportClosed
 from tenantry.testing import MemoryConnector
 
 LIMIT = 1024 * 1024
@@ -36,8 +40,8 @@ async def test_memory_connector_runs_the_real_protocol(
         headers = {"Authorization": "Bearer s3cret"}
         before = living_tasks()
         async with connector.open(headers=headers, max_message_size=LIMIT) as ws:
-            await ws.send_message("hello")
-            assert await ws.get_message() == "hello"
+            await ws.send("hello")
+            assert await ws.receive() == ["hello"]
             assert living_tasks() > before
         await trio.testing.wait_all_tasks_blocked()
         assert living_tasks() == before  # the connection's tasks ended with the block
@@ -61,10 +65,10 @@ async def test_memory_connector_close_paths(
     async with trio.open_nursery() as server:
         connector = MemoryConnector(server, handler)
         async with connector.open(headers={}, max_message_size=LIMIT) as ws:
-            with pytest.raises(trio_websocket.ConnectionClosed) as closed:
-                await ws.get_message()
-        assert closed.value.reason is not None
-        assert closed.value.reason.code == expected_code
+            with pytest.raises(TransportClosed) as closed:
+                await ws.receive()
+        assert closed.value.code == expected_code
+        assert closed.value.closed.remote
         server.cancel_scope.cancel()
 
 
@@ -74,10 +78,11 @@ async def test_a_rejected_handshake_raises_plainly(autojump_clock: trio.testing.
 
     async with trio.open_nursery() as server:
         connector = MemoryConnector(server, handler)
-        with pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+        with pytest.raises(HandshakeFailed) as rejected:
             async with connector.open(headers={}, max_message_size=LIMIT):
                 pytest.fail("the handshake was rejected")
-        assert rejected.value.status_code == 403
+        assert rejected.value.status == 403
+        assert rejected.value.body == b"forbidden"
         server.cancel_scope.cancel()
 
 
@@ -87,8 +92,8 @@ async def test_url_connector_over_loopback_tcp() -> None:
         connector = UrlConnector(f"ws://127.0.0.1:{server.port}/events?token=abc")
         with trio.fail_after(10):
             async with connector.open(headers={"X-Tenant": "acme"}, max_message_size=LIMIT) as ws:
-                await ws.send_message("over tcp")
-                assert await ws.get_message() == "over tcp"
+                await ws.send("over tcp")
+                assert await ws.receive() == ["over tcp"]
         nursery.cancel_scope.cancel()
 
 
@@ -98,12 +103,12 @@ async def test_url_connector_rejection_over_loopback_tcp() -> None:
 
     async with trio.open_nursery() as nursery:
         server = await nursery.start(trio_websocket.serve_websocket, reject, "127.0.0.1", 0, None)
-        with trio.fail_after(10), pytest.raises(trio_websocket.ConnectionRejected) as rejected:
+        with trio.fail_after(10), pytest.raises(HandshakeFailed) as rejected:
             async with UrlConnector(f"ws://127.0.0.1:{server.port}/").open(
                 headers={}, max_message_size=LIMIT
             ):
                 pytest.fail("the handshake was rejected")
-        assert rejected.value.status_code == 503
+        assert rejected.value.status == 503
         nursery.cancel_scope.cancel()
 
 
@@ -127,3 +132,63 @@ async def test_memory_connector_takes_one_kind_of_server() -> None:
             MemoryConnector(nursery)
         with pytest.raises(TypeError, match="handler"):
             MemoryConnector(nursery, echo, serve_stream=trio.aclose_forcefully)
+
+
+async def test_a_connector_yielding_its_own_trio_websocket_connection_still_works(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A user's connector that builds a trio-websocket connection itself: the socket
+    adapts it (one message per read), pings through it, and closes it with its code."""
+    seen: list[object] = []
+
+    async def serve(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.send_message('{"type": "chats.update", "data": {"id": 1}}')
+        seen.append(await ws.get_message())
+        try:
+            await ws.get_message()
+        except trio_websocket.ConnectionClosed as closed:
+            seen.append(None if closed.reason is None else closed.reason.code)
+
+    class OwnConnector:
+        def __init__(self, nursery: trio.Nursery) -> None:
+            self.nursery = nursery
+
+        @asynccontextmanager
+        async def open(
+            self, *, headers: Mapping[str, str], max_message_size: int
+        ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+            client, server = trio.testing.memory_stream_pair()
+
+            async def accept() -> None:
+                async with trio.open_nursery() as nursery:
+                    await serve(await trio_websocket.wrap_server_stream(nursery, server))
+
+            self.nursery.start_soon(accept)
+            async with trio.open_nursery() as nursery:
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    client,  # type: ignore[arg-type]  # any trio Stream works
+                    "h",
+                    "/",
+                    max_message_size=max_message_size,
+                )
+                yield ws
+                await ws.aclose()
+                nursery.cancel_scope.cancel()
+
+    batches: list[Batch] = []
+    options = SocketOptions(keepalive=10)
+    async with trio.open_nursery() as server:
+        async with open_socket(OwnConnector(server), tenant_id="a", options=options) as sock:
+            async with sock.events.subscribe() as channel:
+                batches.append(await channel.receive())
+                await sock.send_frame("hello")
+                await trio.sleep(60)  # pings answered: no 408
+                assert not sock.closing
+            sock.close(code=4000)
+        server.cancel_scope.cancel()
+    assert [data for batch in batches for data in batch["chats.update"]] == [{"id": 1}]
+    assert seen == ["hello", 4000]
+    assert sock.close_reason is not None
+    assert sock.close_reason.raw_code == 4000

@@ -19,7 +19,7 @@ import trio.testing
 import trio_websocket
 import trustme
 
-from helpers import StreamServer, idle, living_tasks, raw_server
+from helpers import UPGRADE_WITH_A_WRONG_ACCEPT, StreamServer, idle, living_tasks, raw_server
 from tenantry import (
     ConnectFailed,
     DisconnectReason,
@@ -32,11 +32,6 @@ from tenantry import (
 )
 from tenantry.lowlevel import Gauges
 from tenantry.testing import MemoryConnector
-
-UPGRADE_WITH_A_WRONG_ACCEPT = (
-    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Accept: bm90IHRoZSByaWdodCBrZXk=\r\n\r\n"
-)
 
 
 async def connect_failure(server: StreamServer, **kwargs: object) -> tuple[DisconnectReason, float]:

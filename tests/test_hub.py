@@ -13,8 +13,9 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+import wsproto.events as ws_events
 
-from helpers import Handler, collector, idle, living_tasks
+from helpers import Handler, Peer, collector, idle, living_tasks
 from tenantry import (
     Backoff,
     Batch,
@@ -32,7 +33,7 @@ from tenantry import (
     open_hub,
 )
 from tenantry._tenant import Tenant
-from tenantry.testing import FakeUpstream, open_fake_upstream
+from tenantry.testing import FakeUpstream, MemoryConnector, open_fake_upstream
 
 
 def spec(upstream: FakeUpstream, tenant_id: str = "a", **kwargs: Any) -> TenantSpec:
@@ -761,22 +762,31 @@ async def test_a_send_meeting_the_peers_close_is_the_close_not_a_handler_failure
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def sender(sock: Socket) -> None:
-        # The subscriber never reads: the reader falls behind, the writer sees the close first.
+        # The subscriber never reads: the reader stops at the second event, and the
+        # writer meets the close frame that came in the same read.
         async with sock.events.subscribe(max_pending=1):
             while True:
                 await sock.send("presence.update", {"id": "me"})
                 await trio.sleep(0.05)
 
+    async def serve(stream: trio.abc.Stream) -> None:
+        peer = Peer(stream)
+        events = [
+            ws_events.TextMessage(data=f'{{"type": "chats.update", "data": {{"id": {i}}}}}')
+            for i in range(3)
+        ]
+        await peer.accept(*events, ws_events.CloseConnection(code=4401, reason="logged out"))
+        with trio.move_on_after(60):
+            await peer.until(ws_events.CloseConnection)
+        await trio.aclose_forcefully(stream)
+
     with caplog.at_level(logging.INFO, logger="tenantry"):
-        async with running() as (upstream, hub):
-            await hub.add(spec(upstream, handler=sender))
-            connection = await upstream.wait_connections(1)
-            for i in range(3):
-                await connection.send_event("chats.update", {"id": i})
-            await trio.sleep(1)
-            await connection.close(4401, "logged out")
+        async with trio.open_nursery() as server, open_hub(seed=1) as hub:
+            connector = MemoryConnector(server, serve_stream=serve)
+            await hub.add(TenantSpec("a", connector, handler=sender))
             await trio.sleep(60)
             [status] = hub.status()
+            server.cancel_scope.cancel()
     assert status.state is TenantState.STOPPED
     assert status.last_disconnect is not None
     assert (status.last_disconnect.code, status.last_disconnect.remote) == (401, True)
@@ -820,9 +830,9 @@ async def test_the_hubs_sockets_share_one_keepalive_timer(
             await hub.add(spec(upstream, tenant_id, options=SocketOptions(keepalive=keepalive)))
         await upstream.wait_connections(3)
         await trio.testing.wait_all_tasks_blocked()
-        # Per tenant: its supervisor, the reader, trio-websocket's reader, and the
-        # upstream's two for the connection; no keepalive task, between pings.
-        assert living_tasks() - before == 3 * 5
+        # Per tenant: its supervisor, the reader (the transport has no task of its
+        # own), and the upstream's two for the connection; no keepalive task, between pings.
+        assert living_tasks() - before == 3 * 4
         await trio.sleep(100 - trio.current_time())
         stalled_at = trio.current_time()
         for tenant_id in ("fast", "slow"):

@@ -285,7 +285,7 @@ async def connect_and_send(connector: MemoryConnector, messages: int) -> None:
     """One client connection that sends *messages* messages, then closes."""
     async with connector.open(headers={}, max_message_size=2**16) as ws:
         for n in range(messages):
-            await ws.send_message(f"m{n}")
+            await ws.send(f"m{n}")
 
 
 async def test_a_long_running_upstream_remembers_a_bounded_history(

@@ -1,20 +1,20 @@
 """How a socket reaches its upstream: a URL, or any connector object.
 
 A *connector* opens one WebSocket connection as an async context manager:
-the connection and trio-websocket's background reader task live exactly as
-long as the ``async with`` block, which the socket scope encloses. A
-rejected handshake raises `trio_websocket.ConnectionRejected` plainly, not
-wrapped in the exception group of a nursery the caller never saw.
+the connection lives exactly as long as the ``async with`` block, which the
+socket scope encloses. The connectors here yield tenantry's own connection
+(`tenantry._transport.Transport`: wsproto driven by the socket's reader,
+without a task of its own); a user's connector may yield a
+``trio_websocket.WebSocketConnection`` instead, which the socket adapts.
 `open_socket` accepts a ``ws://``/``wss://`` URL, which becomes
 a `UrlConnector`, or a connector such as `tenantry.testing.MemoryConnector`,
-which runs the same trio-websocket protocol code over in-memory streams so
+which runs the same protocol code over in-memory streams so
 that whole reconnect scenarios run under `trio.testing.MockClock`.
 
 Every way an opening handshake can fail ends as an exception that says why,
-never as a wait without end: trio-websocket's ``wrap_client_stream`` waits
-for the server's answer and for nothing else, so `open_connection` watches
-the transport (`_WatchedStream`) and ends the wait when the transport ends
-first. Failures, and what the connectors here raise:
+never as a wait without end: the handshake runs in the caller's task, so
+the end of the transport while it waits for the answer is seen where it
+happens. Failures, and what the connectors here raise:
 
 =============================================  ==========================================
 what happened                                  raised (the reason's code and message)
@@ -25,9 +25,9 @@ a TLS error (unknown CA, expired, wrong name)  `HandshakeFailed` (408, "certific
 the transport ended before the answer          `HandshakeFailed` (408, "connection closed
                                                during handshake", or "connection lost
                                                during handshake: ..." for a reset)
-an HTTP error, body complete                   `trio_websocket.ConnectionRejected`
-an HTTP error, body cut short by the close,    `HandshakeFailed` (the HTTP status, with
-or longer than `MAX_REJECTION` bytes           the response's status, headers and body)
+an HTTP error (body complete, cut short by     `HandshakeFailed` (the HTTP status, with
+the close, or longer than `MAX_REJECTION`      the response's status, headers and body)
+bytes)
 not HTTP, or a wrong Sec-WebSocket-Accept      `HandshakeFailed` (400, "invalid handshake
                                                response: ..." saying what was wrong)
 =============================================  ==========================================
@@ -45,74 +45,54 @@ from __future__ import annotations
 import datetime
 import email.utils
 import math
-import re
 import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol, final
+from typing import Protocol, TypeAlias, final
 
 import attrs
-import h11
 import trio
 import trio_websocket
-import wsproto.utilities
 
 from ._reasons import DisconnectReason, ReasonCode
+from ._transport import (  # the handshake's parts: re-exported, the socket uses them
+    MAX_REJECTION,
+    MAX_REJECTION_BODY,
+    HandshakeFailed,
+    Headers,
+    Transport,
+    describe_transport_error,
+    encode_headers,
+    handshake,
+    invalid_response_reason,
+    rejection_of,
+)
 from ._validate import check_headers
 
 __all__ = [
+    "CLOSE_TIMEOUT",
+    "MAX_REJECTION",
+    "MAX_REJECTION_BODY",
     "Connector",
     "HandshakeFailed",
     "UrlConnector",
     "as_connector",
     "attempt_headers",
+    "describe_transport_error",
     "encode_headers",
+    "invalid_response_reason",
     "open_connection",
     "redact_url",
     "rejection_of",
     "retry_after",
 ]
 
-Connection = trio_websocket.WebSocketConnection
+Connection: TypeAlias = Transport | trio_websocket.WebSocketConnection
+"""What a connector yields: tenantry's own connection, or a trio-websocket one (adapted)."""
 
 CLOSE_TIMEOUT = 5.0
 """Seconds a connection's close handshake may take when its block ends."""
-
-MAX_REJECTION_BODY = 4096
-"""Bytes of a rejected handshake's body that are kept; the rest is dropped."""
-
-MAX_REJECTION = 65536
-"""Bytes of a rejected handshake's answer (head and body) read before giving up on the rest."""
-
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})[ \r]")
-"""The start of an HTTP response: its status code."""
-
-Headers = tuple[tuple[str, str], ...]
-"""A response's headers: (name in lower case, value decoded as Latin-1) pairs, in order."""
-
-
-class HandshakeFailed(trio_websocket.HandshakeError):
-    """The opening handshake failed; ``reason`` says why, as a disconnect reason.
-
-    A rejection whose body was cut short (or too long to read) keeps the
-    response's ``status``, ``headers`` and the start of its ``body`` as a
-    `trio_websocket.ConnectionRejected` does; none of them is in ``str()``.
-    """
-
-    def __init__(
-        self,
-        reason: DisconnectReason,
-        *,
-        status: int | None = None,
-        headers: Headers = (),
-        body: bytes = b"",
-    ) -> None:
-        super().__init__(str(reason))
-        self.reason = reason
-        self.status = status
-        self.headers = headers
-        self.body = body
 
 
 class Connector(Protocol):
@@ -123,11 +103,15 @@ class Connector(Protocol):
     ) -> AbstractAsyncContextManager[Connection]:
         """One connection, for the duration of an ``async with`` block.
 
+        The built-in connectors yield tenantry's own connection; a
+        ``trio_websocket.WebSocketConnection`` is accepted too (a connector
+        that builds its own), and read one message at a time.
+
         Raises:
+            HandshakeFailed: the handshake failed (a rejection, a TLS error
+                included); its ``reason`` says why.
             trio_websocket.ConnectionRejected: the server refused the handshake
-                (its ``status_code`` says how).
-            HandshakeFailed: the handshake failed (a TLS error included);
-                its ``reason`` says why.
+                (its ``status_code`` says how), from a trio-websocket connector.
             trio_websocket.HandshakeError, OSError: the server could not be
                 reached. `open_socket` turns any exception raised before the
                 connection is yielded into a `ConnectFailed`.
@@ -143,217 +127,38 @@ async def open_connection(
     resource: str,
     headers: Mapping[str, str],
     max_message_size: int,
-) -> AsyncIterator[Connection]:
+) -> AsyncIterator[Transport]:
     """A WebSocket over the stream ``open_stream()`` makes, for the block.
 
-    The stream, the connection and trio-websocket's reader task all end with
-    the block, whatever happened. The connection closes with a close
-    handshake (shielded and bounded by `CLOSE_TIMEOUT`) -- unless the block
-    was cancelled from outside: trio-websocket's reader task is then
-    cancelled too, no close reply can be read, and the connection is closed
-    at once instead of waiting for one. A failed handshake raises as itself
-    (see the module docstring), not wrapped in the exception group of a
-    nursery the caller never saw. Anything else (``Cancelled`` included)
-    propagates untouched.
+    The handshake runs in the caller's task (`tenantry._transport.handshake`)
+    and raises `HandshakeFailed` as itself (see the module docstring). The
+    stream ends with the block, whatever happened. The connection closes
+    with a close handshake (shielded and bounded by `CLOSE_TIMEOUT`; nothing
+    more than closing the stream if the socket already closed it) -- unless
+    the block was cancelled from outside: no close reply could be read, and
+    the connection is closed at once. Anything else (``Cancelled``
+    included) propagates untouched.
     """
-    extra_headers = encode_headers(headers)  # a header that cannot be sent fails before any I/O
+    encode_headers(headers)  # a header that cannot be sent fails before any I/O
     stream = await open_stream()
-    handshaken = False
     try:
-        async with trio.open_nursery() as nursery:
-            connection = await _handshake(
-                nursery,
-                stream,
-                host=host,
-                resource=resource,
-                extra_headers=extra_headers,
-                max_message_size=max_message_size,
-            )
-            handshaken = True
-            try:
-                yield connection
-            finally:
-                await _close(connection)
-                nursery.cancel_scope.cancel()
-    except* trio_websocket.HandshakeError as failed:  # ConnectionRejected, HandshakeFailed
-        if handshaken:
-            raise
-        raise failed.exceptions[0] from None
-    except* Exception as crashed:  # trio-websocket's reader, on an invalid response
-        if handshaken:
-            raise
-        raise HandshakeFailed(_invalid_response(crashed)) from None
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
-async def _handshake(
-    nursery: trio.Nursery,
-    stream: trio.abc.Stream,
-    *,
-    host: str,
-    resource: str,
-    extra_headers: list[tuple[bytes, bytes]],
-    max_message_size: int,
-) -> Connection:
-    """trio-websocket's client handshake, ended early if the transport ends first."""
-    with trio.CancelScope() as waiting:
-        watched = _WatchedStream(stream, waiting)
-        connection = await trio_websocket.wrap_client_stream(
-            nursery,
-            watched,  # type: ignore[arg-type]  # any trio Stream works
-            host,
-            resource,
-            extra_headers=extra_headers,
+        transport = await handshake(
+            stream,
+            host=host,
+            resource=resource,
+            headers=headers,
             max_message_size=max_message_size,
         )
-        watched.handshake_done()
-        return connection
-    raise watched.failure or HandshakeFailed(DisconnectReason(ReasonCode.CONNECTION_LOST))
-
-
-async def _close(connection: Connection) -> None:
-    if trio.current_effective_deadline() == -math.inf:  # cancelled: so is the reader
-        await trio.aclose_forcefully(connection)
-        return
-    with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-        await connection.aclose()
-
-
-def _invalid_response(crashed: BaseExceptionGroup[Exception]) -> DisconnectReason:
-    """Why trio-websocket's reader crashed during the handshake.
-
-    When the server's answer is not a valid upgrade, wsproto raises a
-    `RemoteProtocolError` saying what was wrong; trio-websocket then tries
-    to send a server's rejection from the client, which h11 refuses with a
-    `LocalProtocolError`: the one that escapes. The first one is in its
-    context. No byte of the answer is shown: a server that echoes the
-    request would show the token in its query.
-    """
-    leaf: BaseException = crashed
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    error: BaseException | None = leaf
-    while error is not None and not isinstance(error, wsproto.utilities.RemoteProtocolError):
-        error = error.__context__
-    if error is None:
-        return DisconnectReason(
-            ReasonCode.PROTOCOL_ERROR, f"handshake failed: {type(leaf).__name__}"
-        )
-    detail = str(error)
-    if error.__context__ is not None:  # h11's reason for wsproto's "Bad HTTP message"
-        detail += f" ({str(error.__context__).partition(':')[0]})"
-    return DisconnectReason(ReasonCode.PROTOCOL_ERROR, f"invalid handshake response: {detail}")
-
-
-def describe_transport_error(error: Exception, *, during: str) -> str:
-    """What ended a transport *during* a step, for a reason (a TLS error by its cause)."""
-    cause = error.__cause__ if isinstance(error, trio.BrokenResourceError) else error
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {cause.verify_message}"
-    if isinstance(cause, ssl.SSLError):
-        return f"TLS handshake failed: {cause.strerror or cause}"
-    if isinstance(cause, OSError):  # a reset, say
-        return f"connection lost during {during}: {cause}"
-    return f"connection closed during {during}"
-
-
-@final
-class _WatchedStream(trio.abc.Stream):
-    """A transport whose end, while the opening handshake runs, ends the wait for it.
-
-    trio-websocket's reader task sends the request and reads the answer. When
-    it meets the end of the transport first (end of file, a reset, a failed
-    send), it returns quietly, and ``wrap_client_stream`` would wait for the
-    answer forever. This stream sees that end, keeps why (`failure`), and
-    cancels the wait (*waiting*). It keeps the start of the response as well
-    (up to `MAX_REJECTION` bytes), so that a rejection whose body runs until
-    the connection closes keeps its HTTP status, headers and body; and it
-    ends the wait for a rejection longer than that, whose body trio-websocket
-    would otherwise gather whole. After `handshake_done` it only passes calls on.
-    """
-
-    def __init__(self, stream: trio.abc.Stream, waiting: trio.CancelScope) -> None:
-        self._stream = stream
-        self._waiting: trio.CancelScope | None = waiting
-        self._head = bytearray()
-        self.failure: HandshakeFailed | None = None
-
-    def handshake_done(self) -> None:
-        self._waiting = None
-        self._head = bytearray()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            self._ended(error)
-            raise
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        try:
-            data = await self._stream.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            self._ended(error)
-            raise
-        if self._waiting is not None:
-            if not data:
-                self._ended(trio.BrokenResourceError("end of file"))
-            elif len(self._head) < MAX_REJECTION:
-                self._head += data[: MAX_REJECTION - len(self._head)]
+            yield transport
+        finally:
+            if trio.current_effective_deadline() == -math.inf:  # cancelled from outside
+                await transport.abort()
             else:
-                status = _STATUS_LINE.match(self._head)
-                if status is not None and status[1] != b"101":  # a rejection without end
-                    self._ended(trio.BrokenResourceError("rejection too long"))
-        return data
-
-    async def aclose(self) -> None:
-        self._ended(trio.ClosedResourceError("closed by trio-websocket"))
-        await self._stream.aclose()
-
-    def _ended(self, error: Exception) -> None:
-        if self._waiting is None or self.failure is not None:
-            return
-        status = _STATUS_LINE.match(self._head)
-        if status is not None and status[1] != b"101":
-            code = int(status[1])
-            headers, body = rejection_of(bytes(self._head))
-            reason = DisconnectReason.from_handshake_status(code)
-            self.failure = HandshakeFailed(reason, status=code, headers=headers, body=body)
-        else:
-            message = describe_transport_error(error, during="handshake")
-            self.failure = HandshakeFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, message))
-        self._waiting.cancel()
-
-
-def rejection_of(answer: bytes) -> tuple[Headers, bytes]:
-    """The headers and the start of the body of the HTTP response that *answer* begins.
-
-    As far as *answer* goes: a head cut short gives no headers, a body cut
-    short what there is of it (dechunked), at most `MAX_REJECTION_BODY` bytes.
-    """
-    parser = h11.Connection(h11.CLIENT)
-    parser.send(h11.Request(method="GET", target="/", headers=[("Host", "upstream")]))
-    parser.send(h11.EndOfMessage())
-    parser.receive_data(answer)
-    body = bytearray()
-    headers: Headers = ()
-    try:
-        event = parser.next_event()
-        if not isinstance(event, h11.Response):
-            return (), b""
-        headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers)
-        while len(body) < MAX_REJECTION_BODY:
-            event = parser.next_event()
-            if not isinstance(event, h11.Data):
-                break
-            body += event.data
-    except h11.RemoteProtocolError:
-        pass  # what was read so far stands
-    return headers, bytes(body[:MAX_REJECTION_BODY])
+                with trio.CancelScope(shield=True):
+                    await transport.aclose(1000, timeout=CLOSE_TIMEOUT)
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 def retry_after(status: int, headers: Headers, *, now: float) -> float | None:
@@ -410,12 +215,6 @@ def _local_failure(message: str) -> DisconnectReason:
     return DisconnectReason(ReasonCode.CONNECTION_LOST, message, remote=False)
 
 
-def encode_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
-    """Headers as trio-websocket wants them; a header that cannot be sent raises `ValueError`."""
-    check_headers(headers, "headers")
-    return [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
-
-
 def redact_url(url: str) -> str:
     """*url* with its user info and query values replaced by ``***``: safe to log.
 
@@ -470,7 +269,7 @@ class UrlConnector:
 
     def open(
         self, *, headers: Mapping[str, str], max_message_size: int
-    ) -> AbstractAsyncContextManager[Connection]:
+    ) -> AbstractAsyncContextManager[Transport]:
         """See `Connector.open`."""
         parts = urllib.parse.urlsplit(self.url)
         host = parts.hostname or ""

@@ -114,6 +114,7 @@ from ._protocol import (
 from ._reasons import CloseOrigin, Decision, DisconnectReason, ReasonCode
 from ._stream import EventStream
 from ._timers import Timer, Timers
+from ._transport import Closed, Link, TransportClosed, as_link
 from ._validate import check_async_function, check_instance, check_name, check_session
 
 __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
@@ -131,7 +132,7 @@ _PROTOCOL_ERROR = 1002
 """The close code sent when the peer sent too many frames that could not be decoded."""
 
 _REFUSED_BY_TRANSPORT = {1007: RejectReason.INVALID_UTF8, 1009: RejectReason.TOO_LARGE}
-"""Close codes with which trio-websocket fails a connection over one bad frame."""
+"""Close codes with which the transport itself fails a connection over one bad message."""
 
 
 class SocketClosed(Exception):
@@ -268,7 +269,7 @@ class Socket:
         self._buffer = EventBuffer(options.buffer, options.rules, tenant_id=tenant_id)
         self._events = EventStream(self._buffer)
         self._life: AbstractAsyncContextManager[Socket] | None = None  # entered once
-        self._ws: trio_websocket.WebSocketConnection | None = None  # while connected
+        self._ws: Link | None = None  # while connected
         # The outbox and its writer task come with the first send: many sockets never send.
         self._outbox_send: trio.MemorySendChannel[_Outgoing] | None = None
         self._outbox: trio.MemoryReceiveChannel[_Outgoing] | None = None
@@ -557,7 +558,7 @@ class Socket:
             self._aborted = True
             # If the tasks are over already, the scope's exit aborts it instead (`_live`).
             with contextlib.suppress(RuntimeError):
-                self._nursery.start_soon(trio.aclose_forcefully, self._ws)
+                self._nursery.start_soon(self._ws.abort)
 
     def __repr__(self) -> str:
         state = "open" if self._close_reason is None else f"closed ({self._close_reason})"
@@ -611,7 +612,7 @@ class Socket:
                 reason = self._close_reason
                 lost = reason is not None and reason.code == ReasonCode.CONNECTION_LOST
                 if lost or self._aborted:
-                    await trio.aclose_forcefully(ws)  # a peer declared dead answers no close
+                    await ws.abort()  # a peer declared dead answers no close
                 else:
                     await self._close_websocket(ws)
         finally:
@@ -627,7 +628,7 @@ class Socket:
 
     # -- tasks -----------------------------------------------------------------
 
-    def _start(self, nursery: trio.Nursery, ws: trio_websocket.WebSocketConnection) -> bool:
+    def _start(self, nursery: trio.Nursery, ws: Link) -> bool:
         """Make the connection's session, then start the reader; False if the protocol failed."""
         self._nursery, self._ws = nursery, ws
         try:
@@ -645,41 +646,34 @@ class Socket:
         self._arm_keepalive()  # the last step: nothing can fail between it and its finally
         return True
 
-    async def _read(self, ws: trio_websocket.WebSocketConnection, session: Session) -> None:
+    async def _read(self, ws: Link, session: Session) -> None:
+        """Read, decode and buffer; publish once per network read, before the next one."""
         decode, emit, events = session.decode, self._buffer.emit, self._events
         max_replies = self._options.max_pending_sends
-        with self._reading:
+        with self._reading as reading:
             try:
                 while True:
-                    frame = await ws.get_message()
-                    self._frames += 1
-                    try:
-                        for item in decode(frame):  # zero or more events
-                            pair = (
-                                item if item.__class__ is tuple and len(item) == 2 else _pair(item)
-                            )
-                            try:
-                                ready = emit(*pair)
-                            except InvalidEvent as invalid:
-                                shown = f"{preview(frame)} ({invalid})"
-                                self._reject(RejectReason.INVALID_EVENT, shown)
-                                continue
-                            # Published before going on: a slow application slows the peer.
-                            if ready:
-                                self._stalled = True
-                                await events.publish_ready()
-                                self._stalled = False
-                    except FrameRejected as rejection:
-                        self._reject(rejection.reason, rejection.preview)
-                    replies, written = self._replies, self._replies_written
-                    if replies and len(replies) > max_replies and written is not None:
-                        await written.wait()  # a flood of requests slows its peer
-            except trio_websocket.ConnectionClosed as closed:
-                code = None if closed.reason is None else closed.reason.code
-                message = None if closed.reason is None else closed.reason.reason
-                self._begin_close(self._transport_reason(closed.reason))
-                if code in _REFUSED_BY_TRANSPORT:  # a bad frame too: count it as one
-                    self._reject(_REFUSED_BY_TRANSPORT[code], message or "")
+                    ready = False
+                    for frame in await ws.receive():  # every message of one read
+                        if reading.cancel_called:  # a close of this side's: read no further
+                            break
+                        self._frames += 1
+                        ready = self._take(frame, decode, emit) or ready
+                        replies, written = self._replies, self._replies_written
+                        if replies and len(replies) > max_replies and written is not None:
+                            if ready:  # what is decoded goes on meanwhile
+                                ready = await self._publish(events)
+                            await written.wait()  # a flood of requests slows its peer
+                    # Published before reading on: a slow application slows the peer. (A
+                    # read cut short by the close or an error leaves its events to the
+                    # shutdown's final flush.)
+                    if ready and not reading.cancel_called:
+                        await self._publish(events)
+            except TransportClosed as closed:
+                ended = closed.closed
+                self._begin_close(self._transport_reason(ended))
+                if not ended.remote and ended.code in _REFUSED_BY_TRANSPORT:  # a bad message
+                    self._reject(_REFUSED_BY_TRANSPORT[ended.code], ended.reason)
             except CloseRequested as request:
                 self._begin_close(request.reason)
             except Exception as exc:  # noqa: BLE001 - a listener's (or a custom protocol's) bug
@@ -687,6 +681,32 @@ class Socket:
             finally:
                 if self._read_done is not None:  # a close is waiting for the peer's last frames
                     self._read_done.set()
+
+    async def _publish(self, events: EventStream) -> bool:
+        """Publish the ready batches; the reader waits for the application meanwhile."""
+        self._stalled = True
+        await events.publish_ready()
+        self._stalled = False
+        return False
+
+    def _take(
+        self,
+        frame: str | bytes,
+        decode: Callable[[str | bytes], Any],
+        emit: Callable[[str, Any], bool],
+    ) -> bool:
+        """Decode one message into the buffer; whether a batch became ready."""
+        ready = False
+        try:
+            for item in decode(frame):  # zero or more events
+                pair = item if item.__class__ is tuple and len(item) == 2 else _pair(item)
+                try:
+                    ready = emit(*pair) or ready
+                except InvalidEvent as invalid:
+                    self._reject(RejectReason.INVALID_EVENT, f"{preview(frame)} ({invalid})")
+        except FrameRejected as rejection:
+            self._reject(rejection.reason, rejection.preview)
+        return ready
 
     def _open_outbox(self) -> trio.MemorySendChannel[_Outgoing]:
         nursery, ws = self._nursery, self._ws
@@ -698,19 +718,15 @@ class Socket:
         nursery.start_soon(self._write, ws, self._outbox)
         return self._outbox_send
 
-    async def _write(
-        self,
-        ws: trio_websocket.WebSocketConnection,
-        outbox: trio.MemoryReceiveChannel[_Outgoing],
-    ) -> None:
+    async def _write(self, ws: Link, outbox: trio.MemoryReceiveChannel[_Outgoing]) -> None:
         async for outgoing in outbox:
             try:
-                await ws.send_message(outgoing.frame)
+                await ws.send(outgoing.frame)
                 outgoing.written = True
-            except trio_websocket.ConnectionClosed as closed:
+            except TransportClosed as closed:
                 # Often before the reader reaches the close frame: the close begins here,
                 # with the peer's reason, so that the failed send can carry it.
-                self._begin_close(self._transport_reason(closed.reason))
+                self._begin_close(self._transport_reason(closed.closed))
             finally:
                 outgoing.done.set()
 
@@ -734,14 +750,20 @@ class Socket:
         elif self._nursery is not None and self._ws is not None:
             self._nursery.start_soon(self._ping, self._ws)
 
-    async def _ping(self, ws: trio_websocket.WebSocketConnection) -> None:
-        """Ping, and give the peer `KEEPALIVE_GRACE` seconds for its pong (or any frame)."""
+    async def _ping(self, ws: Link) -> None:
+        """Ping, and give the peer `KEEPALIVE_GRACE` seconds for its pong (or any frame).
+
+        The reader reads the pong (the transport counts it): a reader held up
+        by the application reads none, and `_keepalive_due` does not ping then.
+        """
         heard = self._heard
         with trio.move_on_after(KEEPALIVE_GRACE):
             try:
+                seen = ws.pongs
                 await ws.ping()
-            except trio_websocket.ConnectionClosed as closed:
-                self._begin_close(self._transport_reason(closed.reason))
+                await ws.wait_pong(seen)
+            except TransportClosed as closed:
+                self._begin_close(self._transport_reason(closed.closed))
                 return
             self._arm_keepalive()
             return
@@ -775,7 +797,7 @@ class Socket:
     def _begin_close(self, reason: DisconnectReason) -> DisconnectReason:
         """Begin the ordered shutdown, once; returns the reason in effect.
 
-        If the transport has already ended (the peer's close frame, or a
+        If the peer has already ended the transport (its close frame, or a
         drop), its reason wins over *reason*, and the reader reads on to the
         end of what the peer sent before it (`_shutdown` waits for it).
         """
@@ -785,7 +807,7 @@ class Socket:
         if nursery is None or ws is None:  # pragma: no cover - it starts before anyone can close it
             raise RuntimeError("socket closed before it started")
         ended = ws.closed
-        if ended is not None:
+        if ended is not None and ended.remote:
             decision = reason.decision  # a local close's, which the peer's reason then carries
             reason = self._transport_reason(ended)
             if decision is not None:
@@ -863,25 +885,25 @@ class Socket:
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
 
-    def _transport_reason(self, ended: trio_websocket.CloseReason | None) -> DisconnectReason:
+    def _transport_reason(self, ended: Closed | None) -> DisconnectReason:
         """Why the transport ended: the peer's close frame, under the protocol's close codes,
         or a drop (None, or 1006)."""
         if ended is None:
             return self._options.close_codes.reason(None)
         return self._options.close_codes.reason(ended.code, ended.reason)
 
-    async def _close_websocket(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _close_websocket(self, ws: Link) -> None:
         """Close the WebSocket with this side's close code and text (shielded, bounded).
 
-        A no-op if the peer's close frame came first. Cancelled from outside,
+        No close frame is sent if the peer's came first. Cancelled from outside,
         it leaves the WebSocket to the connector, which closes it at once: no
         close reply could be read.
         """
         if trio.current_effective_deadline() == -math.inf:
             return
         code, text = self._close_frame
-        with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
-            await ws.aclose(code, text or None)
+        with trio.CancelScope(shield=True):
+            await ws.aclose(code, text, timeout=CLOSE_TIMEOUT)
 
     async def _finish(self) -> None:
         """Run from the body's exit: make sure the ordered shutdown ran, then wait for it."""
@@ -1035,9 +1057,7 @@ async def open_socket(
 
 
 @asynccontextmanager
-async def _connect(
-    connector: Connector, options: SocketOptions
-) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+async def _connect(connector: Connector, options: SocketOptions) -> AsyncIterator[Link]:
     """``connector.open()``, bounded by the connect timeout; failing to connect is `ConnectFailed`.
 
     Whatever fails before the connection is yielded (an exception group
@@ -1062,7 +1082,7 @@ async def _connect(
                 if connecting.cancel_called:  # the deadline passed as the handshake ended
                     await trio.sleep(0)  # noqa: ASYNC115 - lets the timeout's Cancelled out
                 connected = True
-                yield ws
+                yield as_link(ws)
         except Exception as error:
             if connected:
                 raise

@@ -10,6 +10,7 @@ import trio
 import trio_websocket
 
 from .._connect import open_connection
+from .._transport import Transport
 from ._pipe import pipe_pair
 
 __all__ = ["MemoryConnector"]
@@ -22,12 +23,13 @@ StreamServer = Callable[[trio.abc.Stream], Awaitable[object]]
 class MemoryConnector:
     """Connects clients to *handler* over an in-memory pipe.
 
-    Each `open` makes a pair of connected in-memory streams, wraps the client end
-    with trio-websocket's ``wrap_client_stream`` and the server end with
-    ``wrap_server_stream``, and runs ``handler(request)`` for the server
-    side in *server_nursery*. The full WebSocket protocol -- handshake,
-    frames, pings, close codes -- runs as over TCP, but deterministically,
-    so tests can drive reconnects with `trio.testing.MockClock`.
+    Each `open` makes a pair of connected in-memory streams, runs the client's
+    handshake over one end (as `tenantry.UrlConnector` does over TCP), wraps the
+    server end with trio-websocket's ``wrap_server_stream``, and runs
+    ``handler(request)`` for the server side in *server_nursery*. The full
+    WebSocket protocol -- handshake, frames, pings, close codes -- runs as
+    over TCP, but deterministically, so tests can drive reconnects with
+    `trio.testing.MockClock`.
 
     Instead of a *handler*, a server that needs the raw transport can pass
     ``serve_stream(stream)``, which then owns the stream (`FakeUpstream` does).
@@ -58,7 +60,7 @@ class MemoryConnector:
 
     def open(
         self, *, headers: Mapping[str, str], max_message_size: int
-    ) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
+    ) -> AbstractAsyncContextManager[Transport]:
         """See `tenantry.Connector.open`."""
 
         async def open_stream() -> trio.abc.Stream:
