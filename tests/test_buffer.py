@@ -103,7 +103,7 @@ def test_an_entity_has_one_type_per_kind() -> None:
 # -- immediate delivery --------------------------------------------------------
 
 
-def test_without_buffering_every_event_is_its_own_batch() -> None:
+def test_without_buffering_a_change_of_type_seals_the_open_run() -> None:
     buffer = EventBuffer(clock=FakeClock(), tenant_id="t1")
     assert buffer.emit("messages.upsert", msg(1))
     assert buffer.emit("whatever", [1, 2])
@@ -119,6 +119,91 @@ def test_without_buffering_every_event_is_its_own_batch() -> None:
     assert list(second.events) == [Event("whatever", [1, 2])]
     assert second.seq == 2
     assert buffer.take_ready() is None
+
+
+def drain(buffer: EventBuffer) -> list[Batch]:
+    """Take and settle every ready batch."""
+    batches = []
+    while (batch := buffer.take_ready()) is not None:
+        buffer.settle(batch.count)
+        batches.append(batch)
+    return batches
+
+
+def test_events_passed_straight_on_travel_together_until_taken() -> None:
+    buffer = EventBuffer(clock=FakeClock())
+    said = [buffer.emit("messages.upsert", msg(n)) for n in range(5)]
+    assert said == [True, False, False, False, False]  # the owner publishes once
+    assert (buffer.ready, buffer.in_flight, buffer.pending) == (1, 5, 0)
+    assert_balanced(buffer)
+    assert buffer.stats.flushes[FlushReason.IMMEDIATE] == 0  # not sealed yet
+    [batch] = drain(buffer)
+    assert batch["messages.upsert"] == tuple(msg(n) for n in range(5))
+    assert (batch.reason, batch.count, batch.seq) == (FlushReason.IMMEDIATE, 5, 1)
+    assert buffer.stats.flushes[FlushReason.IMMEDIATE] == 1  # a batch, not an event
+    assert buffer.emit("messages.upsert", msg(9))  # taking sealed it: the next opens a new one
+    [later] = drain(buffer)
+    assert (later.count, later.seq) == (1, 2)
+    assert_balanced(buffer)
+
+
+def test_runs_keep_arrival_order_across_types() -> None:
+    buffer = EventBuffer(clock=FakeClock())
+    script = [("messages.update", 1), ("messages.update", 2), ("messages.upsert", 3)]
+    script += [("messages.update", 4), ("connection.update", 5), ("connection.update", 6)]
+    said = [buffer.emit(kind, {**msg(n), "n": n}) for kind, n in script]
+    assert said == [True, False, True, True, True, False]
+    batches = drain(buffer)
+    assert [(b.types, b.count) for b in batches] == [
+        (("messages.update",), 2),
+        (("messages.upsert",), 1),
+        (("messages.update",), 1),
+        (("connection.update",), 2),
+    ]
+    assert [event.data["n"] for b in batches for event in b] == [1, 2, 3, 4, 5, 6]
+    assert [b.seq for b in batches] == [1, 2, 3, 4]
+
+
+def test_a_run_is_sealed_at_max_items_and_asks_to_be_published_there() -> None:
+    buffer = EventBuffer(BufferConfig(max_items=3), clock=FakeClock())
+    said = [buffer.emit("messages.upsert", msg(n)) for n in range(7)]
+    # Opening a run, and reaching max_items in flight, both ask the owner to publish.
+    assert said == [True, False, True, True, True, True, True]
+    assert buffer.in_flight == 7
+    assert [b.count for b in drain(buffer)] == [3, 3, 1]
+    assert_balanced(buffer)
+
+
+def test_an_open_run_is_sealed_before_any_later_batch() -> None:
+    buffer = EventBuffer(clock=FakeClock())
+    buffer.emit("messages.upsert", msg(1))
+    with buffer.buffering():
+        buffer.emit("chats.update", {"id": "c1", "unreadCount": 1})
+        buffer.emit("connection.update", {"connection": "open"})  # never held: a new run
+    buffer.emit("connection.update", {"connection": "close"})
+    batches = drain(buffer)
+    assert [(b.reason, b.types, b.count) for b in batches] == [
+        (FlushReason.IMMEDIATE, ("messages.upsert",), 1),
+        (FlushReason.IMMEDIATE, ("connection.update",), 1),
+        (FlushReason.EXPLICIT, ("chats.update",), 1),
+        (FlushReason.IMMEDIATE, ("connection.update",), 1),
+    ]
+    assert [b.seq for b in batches] == [1, 2, 3, 4]
+
+
+def test_closing_with_an_open_run_hands_it_over_and_refuses_more() -> None:
+    buffer = EventBuffer(clock=FakeClock())
+    buffer.emit("messages.upsert", msg(1))
+    buffer.emit("messages.upsert", msg(2))
+    assert not buffer.close()  # nothing was pending: no CLOSE batch
+    assert buffer.ready == 1
+    with pytest.raises(trio.ClosedResourceError):
+        buffer.emit("messages.upsert", msg(3))
+    batch = buffer.take_ready()
+    assert batch is not None
+    buffer.settle(batch.count, lost=True)
+    assert (batch.count, buffer.stats.lost, buffer.in_flight) == (2, 2, 0)
+    assert_balanced(buffer)
 
 
 def test_iterating_a_batch_gives_its_events_in_order() -> None:

@@ -18,6 +18,7 @@ import wsproto.events as ws_events
 from helpers import Peer, StreamServer, collect, living_tasks
 from tenantry import (
     Batch,
+    FlushReason,
     BufferConfig,
     ConnectFailed,
     ReasonCode,
@@ -867,3 +868,43 @@ async def test_listeners_alone_receive_their_types_and_the_rest_is_lost(
     assert seen == [1, 3]
     assert (stats.received, stats.delivered, stats.lost) == (3, 2, 1)
     assert caplog.text.count("no subscriber and no listener") == 1
+
+
+async def test_one_reads_events_travel_together_and_wait_for_no_later_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The server writes each burst in one write, and the next only once the
+    # subscriber has had the last: an event held for a later read would hang here.
+    go = trio.Event()
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        peer = Peer(stream)
+        await peer.accept()
+        upserts = [
+            frame("messages.upsert", {"key": {"remoteJid": "j", "id": f"M{n}"}}) for n in range(5)
+        ]
+        updates = [frame("chats.update", {"id": f"c{n}"}) for n in range(2)]
+        await peer.send(*(ws_events.TextMessage(data=text) for text in upserts + updates))
+        await go.wait()
+        await peer.send(*(ws_events.TextMessage(data=text) for text in upserts[:3]))
+        await peer.until(ws_events.CloseConnection)
+
+    async with trio.open_nursery() as server:
+        connector = MemoryConnector(server, serve_stream=serve)
+        async with (
+            open_socket(connector, tenant_id="acme") as sock,
+            sock.events.subscribe() as batches,
+        ):
+            with trio.fail_after(10):
+                first, second = await batches.receive(), await batches.receive()
+                go.set()
+                third = await batches.receive()
+            stats = sock.buffer.stats
+        server.cancel_scope.cancel()
+    assert [(b.types, b.count) for b in (first, second, third)] == [
+        (("messages.upsert",), 5),
+        (("chats.update",), 2),
+        (("messages.upsert",), 3),
+    ]
+    assert stats.flushes[FlushReason.IMMEDIATE] == 3
+    assert (stats.received, stats.delivered) == (10, 10)

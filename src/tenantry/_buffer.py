@@ -23,6 +23,16 @@ and publishes them; `EventStream` does that, and runs the auto-flush task.
 feeding events -- a socket's reader -- publishes it before reading more, and
 a slow subscriber slows the reader instead of growing memory.
 
+Events that are not held (nothing is buffering, or their type is never
+buffered) are not one batch each. They join the *open run*: consecutive
+events of one type, in arrival order, sealed into one IMMEDIATE batch when
+the owner takes it (`EventBuffer.take_ready`), when an event of another type
+arrives, when any other batch is made, or at ``max_items`` events. A socket's
+reader emits every event one network read completes and then publishes: the
+read's events travel as one batch (one per run of a type), and none of them
+waits for a later read. Sealing on a change of type keeps arrival order
+without changing a batch's shape: within a run there is nothing to reorder.
+
 Two defects of such a hand-managed buffer are absent by construction. A
 ``destroy`` that throws pending events away: here `EventBuffer.close` makes a
 final batch of everything pending. A forced final flush that is a no-op when
@@ -170,6 +180,8 @@ class EventBuffer:
         "_ready",
         "_received",
         "_rules",
+        "_run",
+        "_run_type",
         "_seq",
         "_tenant_id",
         "_unkeyed",
@@ -218,6 +230,9 @@ class EventBuffer:
         self._pending = 0
         self._first_pending_at = 0.0
         self._ready: list[Batch] = []
+        # The open run: events passed straight on, not yet sealed into a batch.
+        self._run: list[Any] = []
+        self._run_type: str | None = None
         self._seq = 0
         self._received = self._delivered = self._merged = self._history_duplicates = 0
         self._lost = self._in_flight = 0
@@ -227,7 +242,12 @@ class EventBuffer:
     # -- feeding ---------------------------------------------------------
 
     def emit(self, event_type: str, data: Any) -> bool:
-        """Take one event. Returns True if a batch is now ready to publish.
+        """Take one event. Returns True when the owner should publish before taking more.
+
+        That is when a batch became ready (an open run counts from its first
+        event), and, while events go straight on, whenever ``max_items``
+        events are in flight, so that an owner who publishes only on True
+        never lets more than that wait unpublished.
 
         Raises:
             InvalidEvent: the data does not fit the type's rule (nothing is
@@ -299,9 +319,16 @@ class EventBuffer:
     def take_ready(self) -> Batch | None:
         """The oldest batch ready to publish, or None.
 
-        Its events stay *in flight* until the taker settles them (`settle`).
+        The open run is sealed into a batch when it is the oldest. The
+        batch's events stay *in flight* until the taker settles them
+        (`settle`).
         """
-        return self._ready.pop(0) if self._ready else None
+        if self._ready:
+            return self._ready.pop(0)
+        if self._run_type is None:
+            return None
+        self._seal_run(self._run_type)
+        return self._ready.pop()
 
     def settle(self, count: int, *, lost: bool = False) -> None:
         """Record what became of *count* in-flight events: received, or *lost*.
@@ -350,8 +377,8 @@ class EventBuffer:
 
     @property
     def ready(self) -> int:
-        """Batches made but not yet taken."""
-        return len(self._ready)
+        """Batches made but not yet taken, the open run included."""
+        return len(self._ready) + (self._run_type is not None)
 
     @property
     def in_flight(self) -> int:
@@ -407,7 +434,7 @@ class EventBuffer:
     def __repr__(self) -> str:
         tenant = "" if self._tenant_id is None else f" tenant={self._tenant_id!r}"
         state = "closed" if self._closed else f"depth={self._depth}"
-        return f"<EventBuffer{tenant} {state} pending={self._pending} ready={len(self._ready)}>"
+        return f"<EventBuffer{tenant} {state} pending={self._pending} ready={self.ready}>"
 
     # -- internals -------------------------------------------------------
 
@@ -434,11 +461,32 @@ class EventBuffer:
             self._wake(0.0)
 
     def _emit_now(self, event_type: str, data: Any) -> bool:
+        """Pass an event straight on: it joins the open run, or opens one."""
         if self._closed:
             raise trio.ClosedResourceError("the event buffer is closed")
         self._received += 1
-        self._make_batch(((event_type, (data,)),), 1, FlushReason.IMMEDIATE)
+        self._in_flight += 1  # in flight from now: the open run is a batch not yet sealed
+        run = self._run
+        if event_type == self._run_type and len(run) < self._max_items:
+            run.append(data)
+            return self._in_flight >= self._max_items
+        if self._run_type is not None:
+            self._seal_run(self._run_type)
+            run = self._run
+        self._run_type = event_type
+        run.append(data)
         return True
+
+    def _seal_run(self, event_type: str) -> None:
+        """Make the open run, of *event_type*, a batch: its events are in flight already."""
+        run = self._run
+        self._run, self._run_type = [], None
+        self._seq += 1
+        self._flushes[FlushReason.IMMEDIATE] = self._flushes.get(FlushReason.IMMEDIATE, 0) + 1
+        batch = Batch(
+            ((event_type, tuple(run)),), len(run), FlushReason.IMMEDIATE, self._seq, self._tenant_id
+        )
+        self._ready.append(batch)
 
     def _emit_straight(self, event_type: str, data: Any) -> bool:
         """Pass an event straight on, after the checks its rule would make if held."""
@@ -520,6 +568,8 @@ class EventBuffer:
     def _make_batch(
         self, groups: tuple[tuple[str, tuple[Any, ...]], ...], count: int, reason: FlushReason
     ) -> None:
+        if self._run_type is not None:  # the open run came first
+            self._seal_run(self._run_type)
         self._seq += 1
         self._in_flight += count
         self._flushes[reason] = self._flushes.get(reason, 0) + 1

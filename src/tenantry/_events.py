@@ -35,7 +35,10 @@ class FlushReason(enum.Enum):
     CLOSE = "close"
     """The owning scope is closing: the final flush."""
     IMMEDIATE = "immediate"
-    """A one-event batch: a type that is never buffered, or nothing was buffering."""
+    """Events passed straight on, in arrival order: a type that is never
+    buffered, or nothing was buffering. One batch holds a run of one type's
+    events that arrived together (one network read's), never more than
+    ``max_items``; no event in it waited for a later one."""
 
 
 @final

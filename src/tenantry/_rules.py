@@ -101,8 +101,8 @@ class RuleKind(enum.Enum):
     """A history sync: lists of entities, merged across events and
     de-duplicated against a bounded cache of entities already delivered."""
     IMMEDIATE = "immediate"
-    """Never buffered: delivered at once as a one-event batch, even while
-    buffering (``connection.update``, ``creds.update``)."""
+    """Never buffered: delivered at once in an ``immediate`` batch, even
+    while buffering (``connection.update``, ``creds.update``)."""
 
 
 _KEYED = frozenset(
