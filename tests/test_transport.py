@@ -34,7 +34,15 @@ from websockets.http11 import Request, Response
 
 from helpers import UPGRADE_WITH_A_WRONG_ACCEPT, Peer, StreamServer, raw_server
 from tenantry._connect import MAX_REJECTION_BODY, HandshakeFailed
-from tenantry._transport import Closed, Transport, TransportClosed, _Core, handshake
+from tenantry._transport import (
+    MAX_QUEUED_REPLIES,
+    RECEIVE_BYTES,
+    Closed,
+    Transport,
+    TransportClosed,
+    _Core,
+    handshake,
+)
 
 LIMIT = 100
 """max_message_size of the transports here."""
@@ -319,6 +327,37 @@ async def test_a_reply_behind_a_blocked_writer_is_left_to_it(
             assert await transport.receive() == ["a"]  # not waiting for the writer
             await peer.until(ws_events.Pong)
         assert [type(e).__name__ for e in peer.seen[-2:]] == ["TextMessage", "Pong"]
+
+
+async def test_a_ping_flood_behind_a_blocked_writer_stops_the_reader(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A peer that pings and reads nothing: the queued pongs stay bounded; the reader waits.
+
+    Once the peer reads, every pong reaches it and the reader reads on to the end.
+    """
+    pings = 3000  # about 300 KiB of pongs, several times the bound
+    async with (
+        connected(pair=trio.testing.lockstep_stream_pair) as (transport, peer),
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(transport.send, "blocked")  # the peer reads nothing yet
+        await trio.testing.wait_all_tasks_blocked()  # the writer holds the send lock
+        flood = [ws_events.Ping(payload=b"p" * 100)] * pings
+        nursery.start_soon(peer.send, *flood, text("after"))
+        nursery.start_soon(read_until, transport, "after")
+        await trio.testing.wait_all_tasks_blocked()
+        queued = len(transport._core.outgoing)
+        while sum(isinstance(e, ws_events.Pong) for e in peer.seen) < pings:
+            await peer.until(ws_events.Pong)  # the peer reads: everything flows again
+    assert transport.closed is None
+    # At most the bound and one read's pongs wait here; the rest of the flood waits on the peer.
+    assert 0 < queued <= MAX_QUEUED_REPLIES + RECEIVE_BYTES * 106 // 102 < pings * 106
+
+
+async def read_until(transport: Transport, last: str) -> None:
+    while last not in await transport.receive():
+        pass
 
 
 async def test_a_cancelled_receive_loses_no_message(

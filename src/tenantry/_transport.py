@@ -29,7 +29,10 @@ own pongs and close replies) share one `trio.StrictFIFOLock`; a Trio
 stream raises `trio.BusyResourceError` on a second concurrent
 ``send_all``. The reader never waits behind a writer: when the lock is
 held, its replies are queued in the core, and the holder writes them
-before it lets go (every write drains the queue). Bytes leave in the order
+before it lets go (every write drains the queue). The queue is bounded:
+past `MAX_QUEUED_REPLIES` bytes (a peer that floods pings and reads
+nothing) the reader does wait for the lock, so it reads no further until
+its replies are written, and the peer's flood waits on the peer. Bytes leave in the order
 wsproto made them, which the protocol needs (a close frame is the last).
 
 When the connection ends, `Transport.receive` first returns the messages
@@ -83,6 +86,7 @@ from ._reasons import DisconnectReason, ReasonCode
 from ._validate import check_headers
 
 __all__ = [
+    "MAX_QUEUED_REPLIES",
     "MAX_REJECTION",
     "MAX_REJECTION_BODY",
     "RECEIVE_BYTES",
@@ -136,6 +140,9 @@ class HandshakeFailed(trio_websocket.HandshakeError):
 
 RECEIVE_BYTES = 65536
 """Bytes asked of the stream per read: about 250 small events, or 4 TLS records."""
+
+MAX_QUEUED_REPLIES = 65536
+"""Bytes of pongs and close replies left to a blocked writer before the reader waits for it."""
 
 _ABNORMAL = 1006
 """The close code of a connection that ended without a close frame (never sent)."""
@@ -306,7 +313,7 @@ class Transport:
         before the close has been returned.
         """
         core = self._core
-        if self._ready or (core.outgoing and not self._sending.locked()):
+        if self._ready or self._must_write():
             return await self._deliver([])  # left by the handshake, or by a cancelled call
         if core.closed is not None:
             await trio.sleep(0)  # noqa: ASYNC115 - a checkpoint, as every call makes: the tasks
@@ -327,11 +334,16 @@ class Transport:
             return await self._deliver(messages)
         return messages
 
+    def _must_write(self) -> bool:
+        """Whether the reader writes its replies: no writer holds the lock, or too many wait."""
+        queued = len(self._core.outgoing)
+        return queued > 0 and (not self._sending.locked() or queued > MAX_QUEUED_REPLIES)
+
     async def _deliver(self, messages: list[Message]) -> list[Message]:
         """Write the replies (unless a writer holds the lock: it writes them), then *messages*."""
         self._ready += messages  # kept for the next call if the write is cancelled
-        if self._core.outgoing and not self._sending.locked():
-            async with self._sending:
+        if self._must_write():
+            async with self._sending:  # past the bound, behind the writer: the peer waits too
                 with contextlib.suppress(TransportClosed):  # raised after the messages
                     await self._flush()
         messages, self._ready = self._ready, []
