@@ -262,9 +262,9 @@ async def test_a_listener_error_is_reraised_after_the_ordered_shutdown(
             await run()
         sock = sockets[0]
         server.cancel_scope.cancel()
-    # The subscriber got the batch, then the stream ended; an event that came in the same
-    # read (the scheduler decides) is flushed to it on the close, not lost.
-    assert [b.count for b in batches] == [1] * sock.buffer.stats.received
+    # The subscriber got the batch that met the broken listener, then the stream ended; an
+    # event of a later read (the scheduler decides) is flushed to it on the close, not lost.
+    assert sum(b.count for b in batches) == sock.buffer.stats.received >= 1
     assert sock.buffer.stats.lost == 0
     assert sock.close_reason is not None
     assert "ZeroDivisionError" in sock.close_reason.message
