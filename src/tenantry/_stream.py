@@ -212,7 +212,10 @@ class EventStream:
         (nothing decoded before the first subscriber is lost): the
         auto-flush task, or else the next publication, hands them over. At most
         *max_pending* batches wait in the channel; beyond that publishing
-        waits for this subscriber (backpressure, never loss). When the stream
+        waits for this subscriber (backpressure, never loss). A batch holds at
+        most the buffer's ``max_items`` events, and an ``immediate`` one at
+        most what one network read brought, so this bounds the memory a slow
+        subscriber holds. When the stream
         closes, the channel ends after its last batch, so ``async for batch in
         channel`` simply finishes. Batches left in the channel when the
         subscriber leaves (or when the close's grace runs out) are counted as
