@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import datetime
 import functools
+import gc
 import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -142,6 +144,46 @@ async def test_a_connectors_own_error_is_a_connect_failure(
             pytest.fail("connected")  # pragma: no cover
     assert failed.value.reason.code == 408
     assert failed.value.reason.message.startswith("could not connect: ExceptionGroup: ")
+
+
+# trio-websocket's open_websocket_url leaves its TCP socket to the garbage collector
+# when the handshake is rejected: collected at the end of the test, where it is expected.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_trio_websocket_connectors_rejection_keeps_its_answer() -> None:
+    """A connector of the user's own, built on trio-websocket, raises trio-websocket's
+    rejection: the `ConnectFailed` keeps its status, headers, body and Retry-After."""
+
+    async def reject(request: trio_websocket.WebSocketRequest) -> None:
+        await request.reject(429, extra_headers=[(b"Retry-After", b"7")], body=b"slow down")
+
+    @attrs.frozen
+    class OwnConnector:
+        url: str
+
+        @asynccontextmanager
+        async def open(
+            self, *, headers: Mapping[str, str], max_message_size: int
+        ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+            extra = [(name.encode(), value.encode()) for name, value in headers.items()]
+            async with trio_websocket.open_websocket_url(self.url, extra_headers=extra) as ws:
+                yield ws
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(trio_websocket.serve_websocket, reject, "127.0.0.1", 0, None)
+        connector = OwnConnector(f"ws://127.0.0.1:{server.port}/")
+        with trio.fail_after(10), pytest.raises(ConnectFailed) as failed:
+            async with open_socket(connector, tenant_id="acme"):
+                pytest.fail("connected")  # pragma: no cover
+        nursery.cancel_scope.cancel()
+    rejected = failed.value
+    del failed  # its traceback holds trio-websocket's socket
+    assert rejected.reason.code == 429
+    assert rejected.status == 429
+    assert ("retry-after", "7") in rejected.headers
+    assert rejected.body == b"slow down"
+    assert rejected.retry_after == 7
+    del rejected
+    gc.collect()
 
 
 async def test_the_timeout_ends_with_the_handshake(autojump_clock: trio.testing.MockClock) -> None:

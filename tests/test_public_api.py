@@ -7,7 +7,9 @@ into a private file.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import re
 from pathlib import Path
 from types import FunctionType, ModuleType
@@ -76,11 +78,15 @@ TIERS = {
         "METRIC_FAMILIES",
         "CircuitBreaker",
         "Clock",
+        "Closed",
         "Gauges",
+        "HandshakeFailed",
         "NextStep",
         "RandomSource",
         "Reconnector",
         "Sample",
+        "Transport",
+        "TransportClosed",
         "run_janitor",
     ],
     "tenantry.testing": [
@@ -186,3 +192,32 @@ def test_the_version_has_one_source() -> None:
 def test_a_cache_sets_build_callback_is_wiring_not_api() -> None:
     """Only `CacheSet.janitor` sets it; a second owner would be refused anyway."""
     assert not hasattr(tenantry.CacheSet, "on_build")
+
+
+def _signatures(obj: object) -> list[tuple[str, str]]:
+    """(qualified name, signature) of *obj* and of each of its own public methods."""
+    functions: list[object] = [obj]
+    if isinstance(obj, type):
+        for name, member in vars(obj).items():
+            if name == "__init__" or not name.startswith("_"):
+                functions.append(member.fget if isinstance(member, property) else member)
+    found = []
+    for function in functions:
+        if callable(function):
+            with contextlib.suppress(TypeError, ValueError):  # a builtin has no signature
+                found.append(
+                    (getattr(function, "__qualname__", ""), str(inspect.signature(function)))
+                )
+    return found
+
+
+def test_no_building_block_names_a_private_type_in_its_signature() -> None:
+    """`Transport`'s constructor, say, takes wsproto's connection, not the private core."""
+    private = re.compile(r"(?<![\w.])_[A-Za-z]\w*")  # `_Core`, not `__init__` or `a_b`
+    lowlevel = _tier("tenantry.lowlevel")
+    assert [
+        (qualname, signature)
+        for name in lowlevel.__all__
+        for qualname, signature in _signatures(getattr(lowlevel, name))
+        if private.search(signature)
+    ] == []

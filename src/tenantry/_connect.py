@@ -3,7 +3,7 @@
 A *connector* opens one WebSocket connection as an async context manager:
 the connection lives exactly as long as the ``async with`` block, which the
 socket scope encloses. The connectors here yield tenantry's own connection
-(`tenantry._transport.Transport`: wsproto driven by the socket's reader,
+(`tenantry.lowlevel.Transport`: wsproto driven by the socket's reader,
 without a task of its own); a user's connector may yield a
 ``trio_websocket.WebSocketConnection`` instead, which the socket adapts.
 `open_socket` accepts a ``ws://``/``wss://`` URL, which becomes
@@ -14,7 +14,8 @@ that whole reconnect scenarios run under `trio.testing.MockClock`.
 Every way an opening handshake can fail ends as an exception that says why,
 never as a wait without end: the handshake runs in the caller's task, so
 the end of the transport while it waits for the answer is seen where it
-happens. Failures, and what the connectors here raise:
+happens. Failures, and what the connectors here raise
+(`~tenantry.lowlevel.HandshakeFailed` keeps the reason and the rejection):
 
 =============================================  ==========================================
 what happened                                  raised (the reason's code and message)
@@ -49,7 +50,7 @@ import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol, TypeAlias, final
+from typing import Protocol, final
 
 import attrs
 import trio
@@ -88,9 +89,6 @@ __all__ = [
     "retry_after",
 ]
 
-Connection: TypeAlias = Transport | trio_websocket.WebSocketConnection
-"""What a connector yields: tenantry's own connection, or a trio-websocket one (adapted)."""
-
 CLOSE_TIMEOUT = 5.0
 """Seconds a connection's close handshake may take when its block ends."""
 
@@ -100,16 +98,20 @@ class Connector(Protocol):
 
     def open(
         self, *, headers: Mapping[str, str], max_message_size: int
-    ) -> AbstractAsyncContextManager[Connection]:
+    ) -> AbstractAsyncContextManager[Transport | trio_websocket.WebSocketConnection]:
         """One connection, for the duration of an ``async with`` block.
 
-        The built-in connectors yield tenantry's own connection; a
-        ``trio_websocket.WebSocketConnection`` is accepted too (a connector
-        that builds its own), and read one message at a time.
+        The built-in connectors (`UrlConnector`, and
+        `tenantry.testing.MemoryConnector`) yield a
+        `tenantry.lowlevel.Transport`, which the socket reads a network read
+        at a time: a connector of your own that wraps one of them yields
+        what it yields. A ``trio_websocket.WebSocketConnection`` (a
+        connector that builds its own) is accepted too; it works as before,
+        but is read one message at a time.
 
         Raises:
-            HandshakeFailed: the handshake failed (a rejection, a TLS error
-                included); its ``reason`` says why.
+            tenantry.lowlevel.HandshakeFailed: the handshake failed (a
+                rejection, a TLS error included); its ``reason`` says why.
             trio_websocket.ConnectionRejected: the server refused the handshake
                 (its ``status_code`` says how), from a trio-websocket connector.
             trio_websocket.HandshakeError, OSError: the server could not be

@@ -38,19 +38,8 @@ wsproto made them, which the protocol needs (a close frame is the last).
 When the connection ends, `Transport.receive` first returns the messages
 that came before the end, then raises `TransportClosed` (the peer's close
 frame is answered before that, at once). `Transport.closed` says how it
-ended as soon as it is known, whichever task noticed:
-
-==============================================  =======================================
-what happened                                   `Closed` (code, reason, remote)
-==============================================  =======================================
-the peer's close frame                          its code and reason; remote
-the end of the stream without a close frame,    1006, "" or what ended it (a reset, a
-a reset, a TLS error                            TLS error); remote
-a message too long                              1009, sent to the peer; local
-invalid UTF-8, another protocol error           1007 / 1002, sent to the peer; local
-`Transport.aclose`                              its code and reason; local
-`Transport.abort`, a cancelled write            1006, why; local
-==============================================  =======================================
+ended as soon as it is known, whichever task noticed (`Closed` has the
+table).
 
 `handshake` runs the opening handshake in the caller's task, so the end of
 the stream while it waits for the answer (end of file, a reset, a TLS
@@ -116,11 +105,26 @@ Headers = tuple[tuple[str, str], ...]
 
 
 class HandshakeFailed(trio_websocket.HandshakeError):
-    """The opening handshake failed; ``reason`` says why, as a disconnect reason.
+    """The opening handshake failed; ``reason`` (a `tenantry.DisconnectReason`) says why.
 
-    A rejection whose body was cut short (or too long to read) keeps the
-    response's ``status``, ``headers`` and the start of its ``body`` as a
-    `trio_websocket.ConnectionRejected` does; none of them is in ``str()``.
+    `tenantry.UrlConnector.open` and `tenantry.testing.MemoryConnector.open`
+    raise it for every way a handshake fails: a rejection, an answer that is
+    not a valid upgrade, the end of the connection or a TLS error before the
+    answer. `tenantry.open_socket` turns it into a `tenantry.ConnectFailed`
+    that keeps the same reason and answer. When the server answered with an
+    HTTP error, the answer is kept for the caller to read, never logged nor
+    shown by ``str()`` (a ``Set-Cookie`` or an echoed token may be in it):
+
+    ============  =================================================================
+    ``status``    the HTTP status (int), or None if there was no HTTP answer
+    ``headers``   the response's headers: (name in lower case, value) pairs
+    ``body``      the start of the response's body, at most 4 KiB (bytes), however
+                  it ended (complete, cut short by the close, or too long to read)
+    ============  =================================================================
+
+    It is a ``trio_websocket.HandshakeError``, so code written for the
+    trio-websocket connections these connectors yielded before still
+    catches it.
     """
 
     def __init__(
@@ -156,15 +160,42 @@ Message = str | bytes
 
 
 class Closed(NamedTuple):
-    """How a connection closed: the close code, its reason, and whether the peer closed it."""
+    """How a `Transport` closed: the close code, its reason, and whether the peer closed it.
+
+    The first end known is the connection's, whichever task noticed it:
+
+    ===========================================  ==========================================
+    what happened                                ``(code, reason, remote)``
+    ===========================================  ==========================================
+    the peer's close frame                       its code and reason; remote
+    the stream's end (no close frame), a reset   1006, what ended it (or ""); remote
+    a TLS error while reading or writing         1006, the TLS error; remote
+    a message longer than *max_message_size*     1009, sent to the peer; local
+    invalid UTF-8 / another protocol error       1007 / 1002, sent to the peer; local
+    `Transport.aclose`                           its code and reason; local
+    `Transport.abort`, a cancelled write         1006, why; local
+    ===========================================  ==========================================
+
+    For a trio-websocket connection a connector yielded, ``remote`` is a
+    guess: 1007 and 1009 are taken as trio-websocket's own refusals (local),
+    any other close as the peer's.
+    """
 
     code: int
+    """The close code (1006 when no close frame ended it)."""
     reason: str
+    """The close frame's reason, or what ended the connection; may be empty."""
     remote: bool
+    """True if the peer ended the connection, False if this side did."""
 
 
 class TransportClosed(Exception):
-    """The connection is closed (`closed` says how); raised once its messages are all read."""
+    """The connection is closed; ``closed`` (a `Closed`) says how.
+
+    `Transport.receive` raises it only once every message that came
+    before the close has been returned; `Transport.send` and
+    `Transport.ping` raise it at once.
+    """
 
     def __init__(self, closed: Closed) -> None:
         super().__init__(f"connection closed: {closed.code} {closed.reason}".rstrip())
@@ -172,10 +203,12 @@ class TransportClosed(Exception):
 
     @property
     def code(self) -> int:
+        """The close code, as ``closed.code``."""
         return self.closed.code
 
     @property
     def reason(self) -> str:
+        """The close reason, as ``closed.reason``."""
         return self.closed.reason
 
 
@@ -278,12 +311,54 @@ class _Core:
 
 @final
 class Transport:
-    """One WebSocket client connection; see the module docstring. Made by `handshake`."""
+    """One WebSocket client connection, driven by the task that reads it: no task of its own.
 
-    def __init__(self, stream: trio.abc.Stream, core: _Core, subprotocol: str | None) -> None:
+    `tenantry.UrlConnector.open` and `tenantry.testing.MemoryConnector.open`
+    yield one once the opening handshake is done (wsproto over a Trio
+    stream: TCP, TLS or in memory). A socket's reader calls `receive` in a
+    loop; any task may `send` and `ping`; `aclose` or `abort` ends it.
+    Its shape is what makes it cheap and safe to share:
+
+    * **One read, every message.** `receive` does one network read and
+      returns every message that read completes, so a burst of small
+      events costs one schedule point, not one per message, and no task
+      hand-off: the caller's task does the reading.
+    * **One send lock; the reader never waits behind a writer.** A Trio
+      stream refuses two concurrent writes, so every writer (`send`,
+      `ping`, the close handshake) takes one FIFO lock. The reader's own
+      writes -- the pong a ping needs, the answer to the peer's close --
+      never wait for it: when a writer holds the lock, they are queued
+      and that writer writes them before it lets go. Bytes leave in the
+      order they were made, as the protocol needs.
+    * **Limits, as trio-websocket's.** A message longer than
+      *max_message_size* (characters of text, bytes of binary, fragments
+      counted together) closes with 1009, invalid UTF-8 with 1007, any
+      other protocol error with 1002. Messages after a close frame are
+      dropped.
+    * **Every wait has the caller's bound.** Nothing here sleeps or reads
+      the clock: the caller bounds `receive` and `wait_pong`, and `aclose`
+      takes its bound as an argument. A cancelled `receive` loses nothing
+      (what it decoded is returned by the next call); a cancelled write
+      leaves the stream unusable, and the connection counts as lost
+      (1006, local).
+    * **How it ended is known, not guessed.** `closed` is a `Closed` once
+      the end is known, with ``remote`` saying which side ended it.
+
+    Not constructed directly: *ws* is a wsproto client connection whose
+    opening handshake is done over *stream*.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        ws: wsproto.WSConnection,
+        *,
+        max_message_size: int,
+        subprotocol: str | None = None,
+    ) -> None:
         self._stream = stream
-        self._core = core
-        self.subprotocol = subprotocol
+        self._core = core = _Core(ws, max_message_size=max_message_size)
+        self._subprotocol = subprotocol
         self._sending = trio.StrictFIFOLock()  # every writer, the reader's replies included
         self._receiving = trio.Lock()  # the reader, or the close handshake's reads
         self._ready: list[Message] = core.drain()  # frames that came with the handshake's answer
@@ -291,26 +366,41 @@ class Transport:
         self._pong = trio.Event()  # set (and replaced) when a pong arrives
 
     @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server chose, if any."""
+        return self._subprotocol
+
+    @property
     def closed(self) -> Closed | None:
-        """How the connection closed, once known; None while it is open."""
+        """How the connection closed, once known (whichever task noticed); None while open."""
         return self._core.closed
 
     @property
     def pongs(self) -> int:
-        """Pongs received so far (any payload)."""
+        """Pongs received so far, any payload: counted by `receive`, as it reads them."""
         return self._core.pongs
 
     async def wait_pong(self, seen: int) -> None:
-        """Return once more than *seen* pongs have been received (a reader must be reading)."""
+        """Return once more than *seen* pongs (a `pongs` read before the ping) have arrived.
+
+        A keepalive reads `pongs`, sends a `ping`, and waits here within its
+        own bound. The pong is read by whichever task calls `receive`: this
+        does no reading, so a reader that stopped reading sees no pong.
+        """
         while self._core.pongs <= seen:
             await self._pong.wait()
 
     async def receive(self) -> list[Message]:
-        """The messages one network read completes (possibly none), in order.
+        """Every message one network read completes (possibly none), in order.
 
-        Answers pings and the peer's close frame on the way. Raises
-        `TransportClosed` once the connection is closed and every message
-        before the close has been returned.
+        One read of at most 64 KiB, however many messages it holds: a
+        caller that handles a list per call pays for the schedule point
+        once per read, not per message. Text arrives as `str`, binary as
+        `bytes`, fragments joined. Pings are answered and the peer's close
+        frame is answered on the way. Raises `TransportClosed` once the
+        connection is closed and every message before the close has been
+        returned. Cancelled, it loses nothing: what it decoded is returned
+        by the next call. One reader at a time.
         """
         core = self._core
         if self._ready or self._must_write():
@@ -352,14 +442,23 @@ class Transport:
         return messages
 
     async def send(self, message: Message) -> None:
-        """Send one message (text for `str`); `TransportClosed` if the connection is closed."""
+        """Send one message: text for a `str`, binary for `bytes`.
+
+        Waits for the send lock (FIFO), so concurrent senders are written in
+        turn, whole. Raises `TransportClosed` if the connection is closed or
+        closing. Cancelled during the write, the stream is in an unknown
+        state: the connection counts as lost (1006, local).
+        """
         if isinstance(message, str):
             await self._send_event(ws_events.TextMessage(data=message))
         else:
             await self._send_event(ws_events.BytesMessage(data=message))
 
     async def ping(self, payload: bytes = b"") -> None:
-        """Send a ping; its pong counts in `pongs` when a reader reads it."""
+        """Send a ping and return once it is written: its pong counts in `pongs` when read.
+
+        It does not wait for the pong (the reader reads it); see `wait_pong`.
+        """
         await self._send_event(ws_events.Ping(payload=payload))
 
     async def _send_event(self, event: ws_events.Event) -> None:
@@ -393,11 +492,14 @@ class Transport:
         *,
         timeout: float,  # noqa: ASYNC109 - a close handshake always has a bound: the caller's
     ) -> None:
-        """Close: send a close frame, read until the peer's (dropping messages), close the stream.
+        """The close handshake, bounded: send a close frame, await the peer's, close the stream.
 
-        A no-op for the frame if the connection is already closing or
-        closed. At most *timeout* seconds; the stream is closed whatever
-        happens, cancellation included.
+        It reads on until the peer's close frame or the end of the stream,
+        dropping messages, after a `receive` already under way. No frame is
+        sent if the connection is already closing or closed. It takes at
+        most *timeout* seconds, because a peer that never answers must not
+        hold a closing socket; the stream is closed whatever happens,
+        cancellation included.
         """
         core = self._core
         try:
@@ -421,7 +523,11 @@ class Transport:
             await self.abort()
 
     async def abort(self) -> None:
-        """Close the stream at once, without a close handshake."""
+        """Close the stream at once, without a close frame: nothing is sent, nothing waited for.
+
+        For a connection that must end now (cancelled from outside, a lease
+        lost); `closed` becomes 1006, local, unless it was already known.
+        """
         self._core.lose("aborted locally", remote=False)
         await trio.aclose_forcefully(self._stream)
 
@@ -556,8 +662,12 @@ async def handshake(
                 ws.receive_data(bytes(data))
                 for event in ws.events():
                     if isinstance(event, ws_events.AcceptConnection):
-                        core = _Core(ws, max_message_size=max_message_size)
-                        return Transport(stream, core, event.subprotocol)
+                        return Transport(
+                            stream,
+                            ws,
+                            max_message_size=max_message_size,
+                            subprotocol=event.subprotocol,
+                        )
                     if isinstance(event, ws_events.RejectConnection):
                         status = event.status_code
                         if not event.has_body:

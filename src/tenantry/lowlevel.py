@@ -5,6 +5,9 @@ this module. They are public because they are useful alone: the pure
 `Reconnector` and `CircuitBreaker` answer "what happens next?" without any
 I/O, `run_janitor` purges the expired entries of caches you own, and
 `Sample` and `METRIC_FAMILIES` are what `tenantry.Metrics` is made of.
+`Transport` is the WebSocket connection the built-in connectors yield (see
+`tenantry.Connector`), with `Closed`, `TransportClosed` and
+`HandshakeFailed` for how it ends or fails to open.
 """
 
 from ._backoff import RandomSource
@@ -15,16 +18,21 @@ from ._janitor import run_janitor
 from ._metrics import METRIC_FAMILIES, Sample
 from ._public import publish as _publish
 from ._reconnect import NextStep, Reconnector
+from ._transport import Closed, HandshakeFailed, Transport, TransportClosed
 
 __all__ = [
     "METRIC_FAMILIES",
     "CircuitBreaker",
     "Clock",
+    "Closed",
     "Gauges",
+    "HandshakeFailed",
     "NextStep",
     "RandomSource",
     "Reconnector",
     "Sample",
+    "Transport",
+    "TransportClosed",
     "run_janitor",
 ]
 
