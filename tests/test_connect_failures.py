@@ -143,7 +143,29 @@ async def test_a_connectors_own_error_is_a_connect_failure(
         async with open_socket(Broken(), tenant_id="acme"):
             pytest.fail("connected")  # pragma: no cover
     assert failed.value.reason.code == 408
-    assert failed.value.reason.message.startswith("could not connect: ExceptionGroup: ")
+    assert failed.value.reason.message == "could not connect: RuntimeError: no route"
+
+
+async def test_a_rejection_raised_through_a_connectors_nursery_keeps_its_status(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    class Rejected:
+        @asynccontextmanager
+        async def open(self, **_: object) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+            async with trio.open_nursery():
+                raise trio_websocket.ConnectionRejected(
+                    429, ((b"retry-after", b"7"),), b"slow down"
+                )
+            yield  # pragma: no cover
+
+    with pytest.raises(ConnectFailed) as failed:
+        async with open_socket(Rejected(), tenant_id="acme"):
+            pytest.fail("connected")  # pragma: no cover
+    assert (failed.value.status, failed.value.body, failed.value.retry_after) == (
+        429,
+        b"slow down",
+        7.0,
+    )
 
 
 # trio-websocket's open_websocket_url leaves its TCP socket to the garbage collector

@@ -1132,6 +1132,8 @@ def _close_text(message: str) -> str:
 
 
 def _connect_failed(error: Exception) -> ConnectFailed:
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]  # a connector's nursery wrapped it: what happened is inside
     if isinstance(error, trio_websocket.ConnectionRejected):
         headers = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in error.headers)
         reason = DisconnectReason.from_handshake_status(error.status_code)
