@@ -344,7 +344,8 @@ async def test_a_ping_flood_behind_a_blocked_writer_stops_the_reader(
         nursery.start_soon(transport.send, "blocked")  # the peer reads nothing yet
         await trio.testing.wait_all_tasks_blocked()  # the writer holds the send lock
         flood: list[ws_events.Event] = [ws_events.Ping(payload=b"p" * 100)] * pings
-        nursery.start_soon(peer.send, *flood, text("after"))
+        flood.append(text("after"))
+        nursery.start_soon(peer.send, *flood)
         nursery.start_soon(read_until, transport, "after")
         await trio.testing.wait_all_tasks_blocked()
         queued = len(transport._core.outgoing)
