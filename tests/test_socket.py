@@ -18,9 +18,9 @@ import wsproto.events as ws_events
 from helpers import Peer, StreamServer, collect, living_tasks
 from tenantry import (
     Batch,
-    FlushReason,
     BufferConfig,
     ConnectFailed,
+    FlushReason,
     ReasonCode,
     RejectReason,
     SocketClosed,
