@@ -514,6 +514,7 @@ CATEGORIES = (
     ("trio-websocket", ("trio_websocket/",)),
     ("channel hand-offs", ("trio/_channel.py",)),
     ("trio I/O wait (epoll)", ("trio/_core/_io_epoll.py",)),
+    ("socket syscalls", ("trio/_socket.py",)),  # py-spy: recv's time is its Python caller's
     ("trio scheduling", ("trio/", "outcome", "sniffio/")),
     ("json", ("json/",)),
     ("tenantry transport", ("tenantry/_transport.py",)),
