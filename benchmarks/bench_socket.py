@@ -11,31 +11,16 @@ rounds:
 contender              what the client does per event
 =====================  ==============================================================
 raw trio-websocket     ``get_message()``, ``json.loads``, a dict dispatch (the baseline)
+tenantry transport     tenantry's own connection (what `UrlConnector` yields) alone:
+                       ``receive()`` (one network read, every message it completed),
+                       then ``json.loads`` and a dict dispatch per message; the floor
+                       of tenantry's receive path, under its socket, buffer and stream
 tenantry default       `open_socket` with default options; a subscriber's
                        ``async for batch in batches`` that dispatches every event
 tenantry buffered      the same, ``BufferConfig(always_buffer=True)``
 websockets (asyncio)   ``recv()``, ``json.loads``, a dict dispatch; in its own process
 json floor             ``json.loads`` and a dict dispatch over a list of strings, no I/O
 =====================  ==============================================================
-
-``--prototype`` adds, to the same rounds, a *prototype* of another receive
-path (not tenantry's socket): a reader task that drives wsproto over the
-TCP stream itself, so that one network read yields many messages, all
-handled before the next read (no trio-websocket reader task, no channel per
-message):
-
-=======================  ============================================================
-contender                what the client does
-=======================  ============================================================
-proto raw wsproto        ``receive_some``, wsproto, ``json.loads``, a dict dispatch
-proto tenantry default   the same reader into tenantry's `EventBuffer` (default
-                         options) and `EventStream`: every message decoded by
-                         `JsonProtocol` and emitted, one ``publish_ready`` per read; a
-                         subscriber task dispatches the batches
-proto tenantry buffered  the same, ``BufferConfig(always_buffer=True)``
-proto 1 batch/read       default options, each read's events emitted inside one
-                         ``buffering()`` block: the events of one read become one batch
-=======================  ============================================================
 
 The upstream must not be what is measured. It runs in a child process (its
 own core), answers the WebSocket upgrade by hand and then writes one
@@ -72,16 +57,13 @@ and the top functions are printed as percentages of the profiled time)::
     python benchmarks/bench_socket.py --profile buffered --connections 100 --events 200000
 
 or with py-spy (sampling, so without cProfile's overhead per call; ``raw`` profiles
-the baseline the same way)::
+the baseline and ``transport`` tenantry's connection alone the same way)::
 
     py-spy record --format raw -o /tmp/default.txt -- \
         python benchmarks/bench_socket.py --profile default --sampled --events 300000
     python benchmarks/bench_socket.py --collapsed /tmp/default.txt
 
-    python benchmarks/bench_socket.py [--events N] [--rounds R] [--many C] [--prototype]
-
-``--profile`` takes ``proto-raw``, ``proto-default``, ``proto-buffered`` and
-``proto-batch`` for the prototypes.
+    python benchmarks/bench_socket.py [--events N] [--rounds R] [--many C]
 """
 
 from __future__ import annotations
@@ -99,14 +81,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 import trio_websocket
-import wsproto
-import wsproto.events as wsevents
 
 import tenantry
 
@@ -336,6 +316,22 @@ def with_tenantry(options: tenantry.SocketOptions) -> Connection:
     return receive
 
 
+async def transport(url: str, n: int, window: Window) -> None:
+    """tenantry's connection alone: every message of each ``receive()`` decoded and dispatched."""
+    dispatch = dispatcher()
+    async with tenantry.UrlConnector(url).open(headers={}, max_message_size=1 << 20) as link:
+        await window.opened()
+        await link.send("go")
+        received = 0
+        while received < n:
+            messages = await link.receive()
+            for text in messages:
+                message = json.loads(text)
+                dispatch[message["type"]](message["data"])
+            received += len(messages)
+        window.finished()
+
+
 async def discard(url: str, n: int, window: Window) -> None:
     """Reads the upstream's bytes and throws them away: the rate the upstream writes at."""
     host, port, path = url.removeprefix("ws://").replace("/", ":", 1).split(":")
@@ -360,180 +356,9 @@ async def discard(url: str, n: int, window: Window) -> None:
         await stream.send_all(client_frame(b"\x03\xe8", opcode=0x8))
 
 
-# -- prototype: a reader that drives wsproto itself ---------------------------------
-#
-# Not tenantry's socket: a measurement of the structure a rebuilt reader would
-# have (``--prototype``). One task reads the TCP stream, feeds each read to
-# wsproto and handles every message it yields before reading again, so one
-# network read costs one schedule point however many messages it holds.
-
-
-class Wire:
-    """A client WebSocket over a trio stream, driven through wsproto (no reader task)."""
-
-    def __init__(self, stream: trio.SocketStream, ws: wsproto.WSConnection) -> None:
-        self.stream, self.ws = stream, ws
-        self.parts: list[str] = []  # a text message's fragments so far
-        # One sender at a time: the application's sends, pongs and the close reply
-        # share the stream (trio raises BusyResourceError on a second send_all).
-        self.sending = trio.Lock()
-
-    @classmethod
-    async def connect(cls, url: str) -> Wire:
-        host, port, path = url.removeprefix("ws://").replace("/", ":", 1).split(":")
-        stream = await trio.open_tcp_stream(host, int(port))
-        ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-        await stream.send_all(ws.send(wsevents.Request(host=f"{host}:{port}", target=f"/{path}")))
-        while True:
-            data = await stream.receive_some(CHUNK)
-            ws.receive_data(data or None)
-            for answer in ws.events():
-                if isinstance(answer, wsevents.AcceptConnection):
-                    return cls(stream, ws)
-                raise RuntimeError(f"handshake refused: {answer!r}")
-
-    async def send_text(self, text: str) -> None:
-        await self.send(wsevents.Message(data=text))
-
-    async def send(self, item: wsevents.Event) -> None:
-        async with self.sending:
-            await self.stream.send_all(self.ws.send(item))
-
-    async def read_messages(self) -> list[str] | None:
-        """The text messages completed by one network read; None once the peer closed.
-
-        Answers pings on the way; a close frame is answered and ends the stream.
-        """
-        data = await self.stream.receive_some(CHUNK)
-        self.ws.receive_data(data or None)
-        messages: list[str] = []
-        for item in self.ws.events():
-            if item.__class__ is wsevents.TextMessage:
-                if item.message_finished and not self.parts:
-                    messages.append(item.data)
-                else:
-                    self.parts.append(item.data)
-                    if item.message_finished:
-                        messages.append("".join(self.parts))
-                        self.parts.clear()
-            elif isinstance(item, wsevents.Ping):
-                await self.send(item.response())
-            elif isinstance(item, wsevents.CloseConnection):
-                if self.ws.state is wsproto.ConnectionState.REMOTE_CLOSING:
-                    await self.send(item.response())
-                return messages or None
-        if not data:
-            return messages or None
-        return messages
-
-    async def aclose(self) -> None:
-        with trio.move_on_after(1, shield=True):
-            if self.ws.state is wsproto.ConnectionState.OPEN:
-                await self.send(wsevents.CloseConnection(code=1000))
-            await self.stream.aclose()
-
-
-async def raw_wsproto(url: str, n: int, window: Window) -> None:
-    """Prototype (a): one network read, many messages: ``json.loads`` and a dict dispatch."""
-    dispatch = dispatcher()
-    wire = await Wire.connect(url)
-    try:
-        await window.opened()
-        await wire.send_text("go")
-        received = 0
-        while received < n:
-            messages = await wire.read_messages()
-            if messages is None:
-                raise RuntimeError("the upstream closed early")
-            for text in messages:
-                message = json.loads(text)
-                dispatch[message["type"]](message["data"])
-            received += len(messages)
-        window.finished()
-    finally:
-        await wire.aclose()
-
-
-def json_events() -> Callable[[str], Iterable[tuple[str, Any]]]:
-    """`JsonProtocol`'s decode, as the events of one message.
-
-    Its ``decode`` gives one ``(type, data)``, or, where a protocol's session
-    may yield several events per message, a tuple of them: both are taken.
-    """
-    decode = tenantry.JsonProtocol().decode
-
-    def events(text: str) -> Iterable[tuple[str, Any]]:
-        decoded: Any = decode(text)
-        return (decoded,) if decoded[0].__class__ is str else decoded
-
-    return events
-
-
-def prototype_reader(options: tenantry.BufferConfig, *, per_read_block: bool = False) -> Connection:
-    """Prototype (b): the same loop into tenantry's real `EventBuffer` and `EventStream`.
-
-    The reader decodes every message of one network read with `JsonProtocol`,
-    emits each into the buffer and then publishes once (``publish_ready``), as
-    `Socket` does per message today; a subscriber task takes the batches. With
-    *per_read_block*, a ``buffering()`` block around each read's events makes
-    them one batch (the public API's nearest stand-in for one batch per read;
-    it consolidates keyed events, which these all-distinct ones never are).
-    """
-
-    async def prototype_pump(
-        wire: Wire, buffer: tenantry.EventBuffer, events: tenantry.EventStream
-    ) -> None:
-        decode = json_events()
-        while (messages := await wire.read_messages()) is not None:
-            ready = False
-            if per_read_block:
-                with buffer.buffering():
-                    for text in messages:
-                        for event_type, data in decode(text):
-                            buffer.emit(event_type, data)
-                ready = bool(buffer.ready)
-            else:
-                for text in messages:
-                    for event_type, data in decode(text):
-                        ready = buffer.emit(event_type, data) or ready
-            if ready:
-                await events.publish_ready()
-        await events.aclose()
-
-    async def receive(url: str, n: int, window: Window) -> None:
-        dispatch = dispatcher()
-        buffer = tenantry.EventBuffer(options, tenant_id="bench")
-        events = tenantry.EventStream(buffer)
-        wire = await Wire.connect(url)
-        try:
-            async with trio.open_nursery() as nursery:
-                if not per_read_block:  # no event outlives its read's block: no auto-flush
-                    events.flush_on_demand(
-                        lambda: nursery.start_soon(events.auto_flush_while_pending)
-                    )
-                async with events.subscribe() as batches:
-                    nursery.start_soon(prototype_pump, wire, buffer, events)
-                    await window.opened()
-                    await wire.send_text("go")
-                    await consume(batches, n, dispatch)
-                    window.finished()
-        finally:
-            await wire.aclose()
-
-    return receive
-
-
-PROTOTYPES: dict[str, Connection] = {
-    "proto raw wsproto": raw_wsproto,
-    "proto tenantry default": prototype_reader(tenantry.BufferConfig()),
-    "proto tenantry buffered": prototype_reader(tenantry.BufferConfig(always_buffer=True)),
-    "proto 1 batch/read": prototype_reader(tenantry.BufferConfig(), per_read_block=True),
-}
-"""Contenders of ``--prototype``: a reader that drives wsproto itself, not tenantry's socket."""
-
-
 CONTENDERS: dict[str, Connection] = {
     "raw trio-websocket": raw,
+    "tenantry transport": transport,
     "tenantry default": with_tenantry(tenantry.SocketOptions()),
     "tenantry buffered": with_tenantry(
         tenantry.SocketOptions(buffer=tenantry.BufferConfig(always_buffer=True))
@@ -542,7 +367,7 @@ CONTENDERS: dict[str, Connection] = {
 
 
 def run_in_process(name: str, url: str, n: int, conns: int, pid: int) -> tuple[Result, Window]:
-    window = trio.run(run_trio, {**CONTENDERS, **PROTOTYPES}[name], url, n, conns, pid)
+    window = trio.run(run_trio, CONTENDERS[name], url, n, conns, pid)
     return window.result(n * conns), window
 
 
@@ -594,14 +419,13 @@ def run_floor(n: int, conns: int) -> Result:
 # -- the rounds -------------------------------------------------------------------
 
 
-def measure(url: str, pid: int, n: int, conns: int, rounds: int, *, prototype: bool) -> None:
-    in_process = [*CONTENDERS, *(PROTOTYPES if prototype else ())]
-    names = [*in_process, "websockets (asyncio)", "json floor"]
+def measure(url: str, pid: int, n: int, conns: int, rounds: int) -> None:
+    names = [*CONTENDERS, "websockets (asyncio)", "json floor"]
     rates: dict[str, list[float]] = collections.defaultdict(list)
     cpu: dict[str, list[float]] = collections.defaultdict(list)
     shares: list[float] = []
     alone: list[float] = []
-    for name in in_process:  # a first, uncounted run of each: the first is slower
+    for name in CONTENDERS:  # a first, uncounted run of each: the first is slower
         run_in_process(name, url, max(1, n // 10), conns, pid)
     for _ in range(rounds):
         for name in names:
@@ -647,7 +471,7 @@ def report(
             f" {statistics.median(cpu[name]) * 1e6:>13.2f} {by_cpu:>10.2f}"
         )
     print(f"  raw loop per round: {', '.join(f'{x:,.0f}' for x in baseline)} events/s")
-    for name in ("tenantry default", "tenantry buffered", *(n for n in names if n in PROTOTYPES)):
+    for name in (name for name in names if name.startswith("tenantry")):
         ratios = (r / b for r, b in zip(rates[name], baseline, strict=True))
         print(f"  ratio per round, {name}: {', '.join(f'{x:.2f}' for x in ratios)}")
     busy = statistics.median(r * c for r, c in zip(baseline, base_cpu, strict=True))
@@ -690,27 +514,20 @@ CATEGORIES = (
     ("trio-websocket", ("trio_websocket/",)),
     ("channel hand-offs", ("trio/_channel.py",)),
     ("trio I/O wait (epoll)", ("trio/_core/_io_epoll.py",)),
+    ("socket syscalls", ("trio/_socket.py",)),  # py-spy: recv's time is its Python caller's
     ("trio scheduling", ("trio/", "outcome", "sniffio/")),
     ("json", ("json/",)),
+    ("tenantry transport", ("tenantry/_transport.py",)),
     ("tenantry buffer", ("tenantry/_buffer.py",)),
-    ("tenantry rules", ("tenantry/_rules.py",)),
+    ("rules + protocol decode", ("tenantry/_rules.py", "tenantry/_protocol.py")),
     ("tenantry stream", ("tenantry/_stream.py",)),
     ("batch objects", ("tenantry/_events.py",)),
     ("connect wrapper", ("tenantry/_connect.py",)),
     ("socket reader", ("tenantry/_socket.py",)),
-    ("protocol decode", ("tenantry/_protocol.py",)),
     ("tenantry, other", ("tenantry/",)),
     ("application loop", ("bench_socket.py",)),
 )
 """Categories of a function's time by its file, first match wins."""
-PROTOTYPE_FUNCTIONS = {
-    "connect": "prototype wsproto driver",
-    "send_text": "prototype wsproto driver",
-    "send": "prototype wsproto driver",
-    "read_messages": "prototype wsproto driver",
-    "prototype_pump": "prototype reader",
-}
-"""The prototype's own functions (in this file), by name: not the application's loop."""
 
 
 def category(function: tuple[str, int, str], caller: tuple[str, int, str] | None) -> str:
@@ -728,10 +545,6 @@ def category(function: tuple[str, int, str], caller: tuple[str, int, str] | None
         if "epoll" in name:
             return "trio I/O wait (epoll)"
     filename = filename.replace(os.sep, "/")
-    if filename.endswith("bench_socket.py"):  # py-spy names "Wire.send", cProfile "send"
-        prototype = PROTOTYPE_FUNCTIONS.get(name.rpartition(".")[2])
-        if prototype is not None:
-            return prototype
     for label, parts in CATEGORIES:
         if any(part in filename for part in parts):
             return label
@@ -742,10 +555,7 @@ PROFILED = {
     "default": "tenantry default",
     "buffered": "tenantry buffered",
     "raw": "raw trio-websocket",
-    "proto-raw": "proto raw wsproto",
-    "proto-default": "proto tenantry default",
-    "proto-buffered": "proto tenantry buffered",
-    "proto-batch": "proto 1 batch/read",
+    "transport": "tenantry transport",
 }
 
 
@@ -817,12 +627,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--many", type=int, default=100, help="connections of the second run")
     parser.add_argument("--profile", choices=tuple(PROFILED))
-    parser.add_argument(
-        "--prototype",
-        action="store_true",
-        help="add the prototype contenders (a reader driving wsproto itself; not tenantry's"
-        " socket) to the rounds",
-    )
     parser.add_argument("--connections", type=int, default=1, help="with --profile")
     parser.add_argument(
         "--sampled", action="store_true", help="with --profile: no cProfile (run under py-spy)"
@@ -854,7 +658,7 @@ def main() -> None:
             print(f"receive throughput, loopback TCP, ~{len(event(0))}-byte JSON events")
             for conns in (1, args.many):
                 per = max(1, args.events // conns)
-                measure(url, server.pid, per, conns, args.rounds, prototype=args.prototype)
+                measure(url, server.pid, per, conns, args.rounds)
         finally:
             server.kill()
 

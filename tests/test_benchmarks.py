@@ -47,6 +47,7 @@ def test_socket_benchmark_runs(bench: Bench) -> None:
     out = bench("bench_socket.py", "--events", "300", "--rounds", "1", "--many", "3")
     for contender in (
         "raw trio-websocket",
+        "tenantry transport",
         "tenantry default",
         "tenantry buffered",
         "websockets (asyncio)",
@@ -55,40 +56,23 @@ def test_socket_benchmark_runs(bench: Bench) -> None:
         assert len(re.findall(rf"  {re.escape(contender)} +[\d,]+ +\d+\.\d\d +\d", out)) == 2
     assert re.search(r"1 connection\(s\) x 300 events", out)
     assert re.search(r"3 connection\(s\) x 100 events", out)
+    assert len(re.findall(r"ratio per round, tenantry transport: \d+\.\d\d\n", out)) == 2
     assert out.count("upstream alone (client discards bytes)") == 2
     assert len(re.findall("HARNESS-LIMITED|HARNESS CHECK FAILED|harness check: ok", out)) == 2
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_socket_benchmark_runs_the_prototype_reader(bench: Bench) -> None:
-    out = bench("bench_socket.py", "--events", "300", "--rounds", "1", "--many", "3", "--prototype")
-    for contender in (
-        "raw trio-websocket",
-        "tenantry default",
-        "proto raw wsproto",
-        "proto tenantry default",
-        "proto tenantry buffered",
-        "proto 1 batch/read",
-    ):
-        assert len(re.findall(rf"  {re.escape(contender)} +[\d,]+ +\d+\.\d\d +\d", out)) == 2
-    assert len(re.findall(r"ratio per round, proto tenantry default: \d+\.\d\d\n", out)) == 2
-
-
-def test_socket_benchmark_profiles_the_prototype_reader(bench: Bench) -> None:
-    out = bench(
-        "bench_socket.py", "--profile", "proto-default", "--connections", "2", "--events", "200"
-    )
-    assert "profile of proto tenantry default, 2 connection(s), 200 events" in out
-    for category in ("wsproto", "prototype wsproto driver", "prototype reader", "tenantry stream"):
-        assert re.search(rf"  {category} +\d+\.\d%", out), category
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_socket_benchmark_profiles(bench: Bench) -> None:
     out = bench("bench_socket.py", "--profile", "default", "--connections", "2", "--events", "200")
     assert "profile of tenantry default, 2 connection(s), 200 events" in out
-    for category in ("wsproto", "trio scheduling", "tenantry stream", "batch objects"):
-        assert re.search(rf"  {category} +\d+\.\d%", out)
+    for category in (
+        "wsproto",
+        "tenantry transport",
+        "trio scheduling",
+        "tenantry stream",
+        "batch objects",
+    ):
+        assert re.search(rf"  {category} +\d+\.\d%", out), category
     assert "top functions by own time:" in out
 
 
@@ -150,26 +134,18 @@ def test_socket_benchmark_reads_a_py_spy_profile(bench: Bench, tmp_path: Path) -
     samples.write_text(
         "<module> (b.py:1);run_in_process (bench_socket.py:2);f (wsproto/x.py:3) 3\n"
         "run_in_process (bench_socket.py:2);g (tenantry/_stream.py:4);h (contextlib.py:5) 1\n"
+        "run_in_process (bench_socket.py:2);receive (tenantry/_transport.py:6);"
+        "receive_data (wsproto/__init__.py:7) 2\n"
+        "run_in_process (bench_socket.py:2);receive (tenantry/_transport.py:6) 2\n"
+        "run_in_process (bench_socket.py:2);_nonblocking_helper (trio/_socket.py:8) 2\n"
         "<module> (b.py:1);import_it (<frozen importlib._bootstrap>:1) 50\n"
     )
     out = bench("bench_socket.py", "--collapsed", str(samples))
-    assert f"py-spy samples from {samples}: 4\n" in out
-    assert re.search(r"  wsproto +75\.0%", out)
-    assert re.search(r"  tenantry stream +25\.0%", out)
-
-
-def test_socket_benchmark_names_the_prototype_in_a_py_spy_profile(
-    bench: Bench, tmp_path: Path
-) -> None:
-    samples = tmp_path / "proto.txt"
-    samples.write_text(
-        "run_in_process (bench_socket.py:2);Wire.read_messages (bench_socket.py:3) 1\n"
-        "run_in_process (bench_socket.py:2);prototype_reader.<locals>.prototype_pump"
-        " (bench_socket.py:4) 1\n"
-    )
-    out = bench("bench_socket.py", "--collapsed", str(samples))
-    assert re.search(r"  prototype wsproto driver +50\.0%", out)
-    assert re.search(r"  prototype reader +50\.0%", out)
+    assert f"py-spy samples from {samples}: 10\n" in out
+    assert re.search(r"  wsproto +50\.0%", out)
+    assert re.search(r"  tenantry transport +20\.0%", out)
+    assert re.search(r"  socket syscalls +20\.0%", out)
+    assert re.search(r"  tenantry stream +10\.0%", out)
 
 
 def test_idle_benchmark_runs(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,11 +161,3 @@ def test_idle_benchmark_runs(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> N
         assert re.search(rf"tenantry / trio-websocket, {figure}: \d+\.\d\dx \(target", out)
     assert "cProfile of the connect phase" in out
     assert "bytes held per idle tenant" in out
-
-
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_transport_benchmark_runs(bench: Bench) -> None:
-    out = bench("bench_transport.py", "--events", "300", "--rounds", "1", "--many", "3")
-    for contender in ("raw trio-websocket", "transport receive()", "proto raw wsproto"):
-        assert len(re.findall(rf"  {re.escape(contender)} +[\d,]+ +\d+\.\d\d +\d", out)) == 2
-    assert re.search(r"3 connection\(s\) x 100 events", out)
