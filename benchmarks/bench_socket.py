@@ -250,7 +250,8 @@ class Window:
         self.ready = trio.Event()
         self.upstream_pid = upstream_pid
         self.start = self.cpu = self.end = self.cpu_end = 0.0
-        self.upstream = self.upstream_end = None
+        self.upstream: float | None = None
+        self.upstream_end: float | None = None
 
     async def opened(self) -> None:
         """Called by each connection once open; returns when all are."""
