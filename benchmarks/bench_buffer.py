@@ -1,6 +1,6 @@
 """EventBuffer emit + flush throughput against the least work any consolidating buffer must do.
 
-Workload (issue #3): 70 % messages.upsert, 20 % messages.update, 10 %
+Workload: 70 % messages.upsert, 20 % messages.update, 10 %
 message-receipt.update over 1,000 message keys, buffering on, a flush every
 1,000 events. The baseline, measured in the same run and interleaved with
 the buffer: a plain function that computes the same message key and does one

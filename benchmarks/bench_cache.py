@@ -1,6 +1,6 @@
 """BoundedCache against cachetools.TTLCache, measured in the same process.
 
-Workload (issue #2): 80 % get / 20 % set, keys drawn Zipf-like (exponent
+Workload: 80 % get / 20 % set, keys drawn Zipf-like (exponent
 0.99) from 20,000 keys, capacity 10,000, TTL 300 s, the clock advancing 1 ms
 per operation. Both caches run the same operation list, interleaved over
 several rounds (alternating which goes first), and the script prints the

@@ -1,12 +1,12 @@
 """Scale over loopback TCP: many idle tenant sockets on one hub, then a reconnect storm.
 
-Issue #7. One hub holds ``--tenants`` sockets, one per tenant, each to its
-own path (``ws://127.0.0.1:PORT/t0001``) so that the upstream tells tenants
-apart. Every handler just waits; keepalive is 30 s; the caches are the
-seed's, created empty (``--no-caches``: none at all). The upstream, a
-`tenantry.testing.FakeUpstream`, runs in a child process driven through its
+One hub holds ``--tenants`` sockets, one per tenant, each to its own path
+(``ws://127.0.0.1:PORT/t0001``) so that the upstream tells tenants apart.
+Every handler just waits; keepalive is 30 s; the caches are the defaults
+(`tenantry.BAILEYS_CACHE_SPECS`), created empty (``--no-caches``: none at
+all). The upstream, a `tenantry.testing.FakeUpstream`, runs in a child process driven through its
 stdin and stdout, so that the client process's memory and CPU are what is
-measured. Figures, and the issue's targets:
+measured. Figures, and their targets:
 
 * time to connect all: from the first `Hub.add` until every handler runs,
   and the CPU time both processes spent on it;
@@ -505,7 +505,7 @@ async def measure(args: argparse.Namespace, upstream: Upstream, fd_note: str) ->
     """Run every phase against *upstream*, printing figures; the problems found."""
     hello = json.loads(await upstream.reply())
     scale = Scale(args, upstream, hello["url"])
-    caches = "no caches" if args.no_caches else f"the seed's {len(scale.caches)} caches, empty"
+    caches = "no caches" if args.no_caches else f"the default {len(scale.caches)} caches, empty"
     print(
         f"scale: {scale.tenants:,} tenant sockets on one hub over loopback TCP, "
         f"keepalive {args.keepalive:g} s, idle handlers, {caches}"

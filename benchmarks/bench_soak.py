@@ -1,6 +1,6 @@
 """Virtual soak speed: how long an hour of a hundred tenants' faulty traffic takes.
 
-Issue #7: 100 tenants, one virtual hour, a fault every two minutes per
+100 tenants, one virtual hour, a fault every two minutes per
 tenant (the soak's defaults otherwise: 0.5 events/s each, every fault kind),
 on `trio.testing.MockClock` with the in-memory connector. The target is a
 wall time of at most 60 s on the 2-core development machine; the soak
