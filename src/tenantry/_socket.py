@@ -754,7 +754,9 @@ class Socket:
         """Ping, and give the peer `KEEPALIVE_GRACE` seconds for its pong (or any frame).
 
         The reader reads the pong (the transport counts it): a reader held up
-        by the application reads none, and `_keepalive_due` does not ping then.
+        by the application reads none. `_keepalive_due` does not ping then; and
+        a hold-up that begins during the grace begins with messages just read,
+        which count as life, so the grace ends in a new interval, not a 408.
         """
         heard = self._heard
         with trio.move_on_after(KEEPALIVE_GRACE):
