@@ -17,9 +17,18 @@ import pytest
 import trio
 import trio.testing
 import wsproto.events as ws_events
+from websockets.asyncio.server import ServerConnection
 from wsproto.connection import ConnectionState
 
-from helpers import Peer, StreamServer, collect, idle, raw_server
+from helpers import (
+    Peer,
+    StreamServer,
+    WebsocketsServer,
+    collect,
+    idle,
+    raw_server,
+    websockets_server,
+)
 from tenantry import (
     Batch,
     ConnectFailed,
@@ -261,10 +270,11 @@ async def test_a_ping_behind_a_blocked_writer_leaves_the_reader_reading(
                 sock.close()
             server.cancel_scope.cancel()
     assert [data for batch in batches for data in batch["x"]] == [1, 2, 3]
-    sent = [e for e in seen if isinstance(e, (ws_events.TextMessage, ws_events.Pong))]
-    assert [type(e).__name__ for e in sent] == ["TextMessage", "Pong"]
-    assert json.loads(sent[0].data) == {"type": "hello", "data": 1}
-    assert sent[1].payload == b"alive?"
+    message, pong = [e for e in seen if isinstance(e, (ws_events.TextMessage, ws_events.Pong))]
+    assert isinstance(message, ws_events.TextMessage)  # the send first: it held the stream
+    assert json.loads(message.data) == {"type": "hello", "data": 1}
+    assert isinstance(pong, ws_events.Pong)
+    assert pong.payload == b"alive?"
 
 
 # -- the keepalive and a reader the application holds up ----------------------------------
@@ -334,3 +344,32 @@ async def test_a_silent_peer_is_dead_after_the_interval_and_the_grace(
     assert sock.close_reason is not None
     assert sock.close_reason.code == ReasonCode.CONNECTION_LOST
     assert ended == [KEEPALIVE + KEEPALIVE_GRACE]  # the first ping at 10 s, 5 s for its pong
+
+
+class SendsTooLong(WebsocketsServer):
+    """Sends one text message of TRANSPORT_LIMIT + 1 characters in 41 fragments, then waits
+    for the close; records the close code it got."""
+
+    async def handle(self, ws: ServerConnection) -> None:
+        try:
+            await ws.send(["x" * 10] * (TRANSPORT_LIMIT // 10) + ["x"])  # an iterable: fragments
+            await ws.wait_closed()
+        finally:
+            self.closes.put((ws.close_code, ws.close_reason))
+
+
+async def test_a_message_too_long_in_fragments_from_the_websockets_library_over_tcp() -> None:
+    with websockets_server(SendsTooLong()) as server, trio.fail_after(10):  # a bound, no timing
+        url = f"ws://127.0.0.1:{server.port}/"
+        options = SocketOptions(max_message_size=LIMIT)
+        async with (
+            open_socket(url, tenant_id="acme", options=options) as sock,
+            sock.events.subscribe() as channel,
+        ):
+            await collect(channel, [])
+        code, _ = await trio.to_thread.run_sync(server.closes.get, True, 5)
+    assert code == 1009
+    assert sock.close_reason is not None
+    assert sock.close_reason.raw_code == 1009
+    assert rejections(sock.rejected) == {RejectReason.TOO_LARGE: 1}
+    assert sock.frames_received == 0
