@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import queue
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import trio
 import wsproto
 import wsproto.events as ws_events
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from tenantry import Batch, EventStream, Socket
 
@@ -123,3 +130,59 @@ class Peer:
                 if isinstance(event, kind):
                     return event
             self.ws.receive_data(bytes(await self.stream.receive_some()) or None)
+
+
+class WebsocketsServer:
+    """An asyncio ``websockets`` server in a thread of its own, for one test: a peer tenantry
+    did not write. `handle` serves each connection (override it for another script)."""
+
+    def __init__(self) -> None:
+        self.closes: queue.Queue[tuple[int | None, str | None]] = queue.Queue()
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+
+    async def handle(self, ws: ServerConnection) -> None:
+        try:
+            async for received in ws:
+                message = str(received)
+                if message == "close":
+                    await ws.close(4001, "asked to")
+                    return
+                await ws.send(message + "!")
+                await ws.send(message + "?")
+                pong = await ws.ping(b"srv")
+                await pong
+                await ws.send("ponged")
+        finally:
+            self.closes.put((ws.close_code, ws.close_reason))  # each connection's close
+
+    def refuse(self, _: ServerConnection, request: Request) -> Response | None:
+        if request.path != "/refused":
+            return None
+        headers = Headers([("X-Error", "go away"), ("Content-Type", "text/plain")])
+        return Response(403, "Forbidden", headers, b"not you")
+
+    async def run(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with serve(self.handle, "127.0.0.1", 0, process_request=self.refuse) as server:
+            self.port = next(iter(server.sockets)).getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+
+
+@contextmanager
+def websockets_server(server: WebsocketsServer | None = None) -> Iterator[WebsocketsServer]:
+    """Run *server* (a plain `WebsocketsServer` if None) for the block; stop it after."""
+    server = server or WebsocketsServer()
+    thread = threading.Thread(target=asyncio.run, args=(server.run(),), daemon=True)
+    thread.start()
+    assert server._ready.wait(timeout=5)
+    try:
+        yield server
+    finally:
+        assert server._loop is not None
+        assert server._stop is not None
+        server._loop.call_soon_threadsafe(server._stop.set)
+        thread.join(timeout=10)

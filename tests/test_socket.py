@@ -832,18 +832,29 @@ async def test_a_socket_nobody_subscribes_to_counts_its_events_lost(
 async def test_held_events_stop_the_reader_at_the_buffers_limit(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    frames = [frame("x", i) for i in range(50)]
+    async def serve(stream: trio.abc.Stream) -> None:  # 50 events, 3 to a read
+        peer = Peer(stream)
+        await peer.accept()
+        for first in range(0, 50, 3):
+            await trio.sleep(1)
+            numbers = range(first, min(first + 3, 50))
+            await peer.send(*(ws_events.TextMessage(data=frame("x", i)) for i in numbers))
+        await peer.send(ws_events.CloseConnection(code=4503))
+        with trio.move_on_after(60):
+            await peer.until(ws_events.CloseConnection)
+        await trio.aclose_forcefully(stream)
+
     batches: list[Batch] = []
     async with trio.open_nursery() as server:
-        connector = MemoryConnector(server, upstream(*frames, then="close 4503", pause=1))
+        connector = MemoryConnector(server, serve_stream=serve)
         config = BufferConfig(max_items=10)
         async with open_socket(
             connector, tenant_id="acme", options=SocketOptions(buffer=config)
         ) as sock:
             await trio.sleep(60)
-            # Held, then backpressure from the end of the read that reached the limit
-            # (the scheduler decides how many frames a read brings): nothing piles up.
-            assert 10 <= sock.buffer.stats.in_flight == sock.frames_received <= 12
+            # Held, then backpressure from the end of the read that reached the limit:
+            # 9 held, then a read of 3. At most max_items - 1 plus one read's events.
+            assert sock.buffer.stats.in_flight == sock.frames_received == 10 - 1 + 3
             async with sock.events.subscribe() as channel:
                 await collect(channel, batches)
         server.cancel_scope.cancel()

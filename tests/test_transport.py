@@ -9,14 +9,11 @@ loopback TCP against trio-websocket's server and the ``websockets`` library's
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import itertools
-import queue
 import ssl
-import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -28,11 +25,8 @@ import wsproto
 import wsproto.events as ws_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
-from helpers import UPGRADE_WITH_A_WRONG_ACCEPT, Peer, StreamServer, raw_server
+from helpers import UPGRADE_WITH_A_WRONG_ACCEPT, Peer, StreamServer, raw_server, websockets_server
 from tenantry._connect import MAX_REJECTION_BODY, HandshakeFailed
 from tenantry._transport import (
     MAX_QUEUED_REPLIES,
@@ -609,60 +603,6 @@ async def test_against_trio_websockets_server_over_tcp() -> None:
             await transport.aclose(4000, "keep my session", timeout=5)
         nursery.cancel_scope.cancel()
     assert seen == [(4000, "keep my session")]
-
-
-class WebsocketsServer:
-    """An asyncio ``websockets`` server in a thread of its own, for one test."""
-
-    def __init__(self) -> None:
-        self.closes: queue.Queue[tuple[int | None, str | None]] = queue.Queue()
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-
-    async def handle(self, ws: ServerConnection) -> None:
-        try:
-            async for received in ws:
-                message = str(received)
-                if message == "close":
-                    await ws.close(4001, "asked to")
-                    return
-                await ws.send(message + "!")
-                await ws.send(message + "?")
-                pong = await ws.ping(b"srv")
-                await pong
-                await ws.send("ponged")
-        finally:
-            self.closes.put((ws.close_code, ws.close_reason))  # each connection's close
-
-    def refuse(self, _: ServerConnection, request: Request) -> Response | None:
-        if request.path != "/refused":
-            return None
-        headers = Headers([("X-Error", "go away"), ("Content-Type", "text/plain")])
-        return Response(403, "Forbidden", headers, b"not you")
-
-    async def run(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        async with serve(self.handle, "127.0.0.1", 0, process_request=self.refuse) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
-
-
-@contextmanager
-def websockets_server() -> Iterator[WebsocketsServer]:
-    server = WebsocketsServer()
-    thread = threading.Thread(target=asyncio.run, args=(server.run(),), daemon=True)
-    thread.start()
-    assert server._ready.wait(timeout=5)
-    try:
-        yield server
-    finally:
-        assert server._loop is not None
-        assert server._stop is not None
-        server._loop.call_soon_threadsafe(server._stop.set)
-        thread.join(timeout=10)
 
 
 async def test_against_the_websockets_librarys_server_over_tcp() -> None:

@@ -19,6 +19,8 @@ from tenantry import (
     SocketOptions,
     open_socket,
 )
+from tenantry._connect import CLOSE_TIMEOUT
+from tenantry._transport import TransportClosed
 from tenantry.lowlevel import Gauges
 from tenantry.testing import FakeUpstream, MemoryConnector, open_fake_upstream
 from tenantry.testing._upstream import REQUEST_TIMEOUT
@@ -279,6 +281,25 @@ async def test_an_ended_connection_keeps_its_record_and_lets_go_of_its_websocket
         connection.stall()
         with pytest.raises(trio_websocket.ConnectionClosed):
             await connection.send_event("chats.update", {"id": 2})
+
+
+async def test_close_waits_for_the_clients_answer_within_the_close_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A client that reads nothing never answers the close: the upstream closes without it."""
+    async with (
+        open_fake_upstream() as upstream,
+        upstream.connector.open(headers={}, max_message_size=2**16) as ws,
+    ):
+        connection = await upstream.wait_connections(1)
+        start = trio.current_time()
+        with trio.fail_after(3600):  # virtual time: an unbounded wait fails here
+            await connection.close(4503)
+        assert trio.current_time() - start == CLOSE_TIMEOUT
+        assert connection.ended
+        with pytest.raises(TransportClosed) as ended:  # the close frame came before the end
+            await ws.receive()
+        assert ended.value.code == 4503
 
 
 async def connect_and_send(connector: MemoryConnector, messages: int) -> None:

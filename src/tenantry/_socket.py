@@ -7,8 +7,8 @@ Theory of operation
 `Socket` and enters it. The Socket's own ``async with`` is the connection's
 whole life, from the handshake to its caches being dropped. Inside it there
 is one nursery, and everything the connection needs is a task in that
-nursery or an object only its tasks touch: the WebSocket (and
-trio-websocket's reader task), the *reader* (frames -> events -> buffer),
+nursery or an object only its tasks touch: the WebSocket (a
+transport with no task of its own), the *reader* (frames -> events -> buffer),
 the *writer* (the outbox of `send`; started by the first send), the
 keepalive's ping (a task only while a ping waits for its pong; the wait
 between pings is an entry in a `Timers` heap: the hub's, which all its
@@ -65,12 +65,14 @@ ends the body (bare, or in an exception group with nothing else), the
 cancellation.
 
 A slow application slows its peer and loses nothing: the
-reader publishes each batch before reading the next frame, so a subscriber
-that does not keep up stops the reader; trio-websocket's own reader then
-stops at its one-message queue, TCP's window fills and the peer waits.
-Memory stays bounded and nothing is dropped. While the reader is held up
-like this, no pong could be read either: the keepalive counts silence
-against the peer only while the reader is waiting for frames.
+reader publishes the batches of each network read before it reads again, so
+a subscriber that does not keep up stops the reader; the transport reads
+nothing more, TCP's window fills and the peer waits. Memory stays bounded
+and nothing is dropped. Events held for a first subscriber stop the reader
+the same way, at the end of the read that brings them to the buffer's
+``max_items``: at most ``max_items - 1`` plus one read's events are held.
+While the reader is held up, no pong could be read either: the keepalive
+counts silence against the peer only while the reader is waiting for frames.
 """
 
 from __future__ import annotations
@@ -754,7 +756,9 @@ class Socket:
         """Ping, and give the peer `KEEPALIVE_GRACE` seconds for its pong (or any frame).
 
         The reader reads the pong (the transport counts it): a reader held up
-        by the application reads none, and `_keepalive_due` does not ping then.
+        by the application reads none. `_keepalive_due` does not ping then; and
+        a hold-up that begins during the grace begins with messages just read,
+        which count as life, so the grace ends in a new interval, not a 408.
         """
         heard = self._heard
         with trio.move_on_after(KEEPALIVE_GRACE):

@@ -30,6 +30,7 @@ from typing import Any, final
 import trio
 import trio_websocket
 
+from .._connect import CLOSE_TIMEOUT
 from .._protocol import JsonProtocol
 from .._validate import check_count
 from ._memory import MemoryConnector
@@ -219,11 +220,17 @@ class UpstreamConnection:
         )
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close with a close frame and *code* (e.g. 4503 for "service unavailable")."""
+        """Close with a close frame and *code* (e.g. 4503 for "service unavailable").
+
+        Waits for the client's answer at most ``CLOSE_TIMEOUT`` seconds (as a
+        tenantry socket waits for its peer's); then the connection is closed
+        without it.
+        """
         if self._link is None:
             await trio.lowlevel.checkpoint()
             return
-        await self._ws.aclose(code=code, reason=reason or None)
+        with trio.move_on_after(CLOSE_TIMEOUT):  # cut short, trio-websocket closes the stream
+            await self._ws.aclose(code=code, reason=reason or None)
         self._ended.set()
 
     async def abort(self) -> None:
