@@ -31,6 +31,7 @@ from helpers import (
 )
 from tenantry import (
     Batch,
+    CloseOrigin,
     ConnectFailed,
     ReasonCode,
     RejectReason,
@@ -140,6 +141,7 @@ async def test_a_refused_message_closes_with_its_code_and_is_counted_once(
     reason = sock.close_reason
     assert reason is not None
     assert (reason.code, reason.raw_code) == (code, code)
+    assert (reason.remote, reason.origin) == (False, CloseOrigin.LOCAL)  # this side refused it
     assert rejections(sock.rejected) == {rejected: 1}
     assert sock.frames_received == 1  # the message after the refused one is dropped
     assert [data for batch in batches for data in batch["x"]] == [1]
@@ -157,7 +159,8 @@ async def test_the_peers_own_1009_is_its_close_and_no_rejection(
             server.cancel_scope.cancel()
     assert closes == [1009]  # the client's answer to the peer's close
     assert sock.close_reason is not None
-    assert (sock.close_reason.raw_code, sock.close_reason.remote) == (1009, True)
+    reason = sock.close_reason
+    assert (reason.raw_code, reason.remote, reason.origin) == (1009, True, CloseOrigin.CLOSE_FRAME)
     assert rejections(sock.rejected) == {}
 
 
@@ -283,8 +286,9 @@ KEEPALIVE = 10.0
 
 
 def pinged(*, answer: bool) -> StreamServer:
-    """A server that, at the client's first ping, sends three events in one write, then
-    (with *answer*) its pong a second later in a write of its own, and reads on."""
+    """A server that, at the client's first ping, sends an event, then two more in a later
+    write (two reads, so two batches), then (with *answer*) its pong a second later in a
+    write of its own, and reads on."""
 
     async def serve(stream: trio.abc.Stream) -> None:
         peer = Peer(stream)
@@ -292,7 +296,9 @@ def pinged(*, answer: bool) -> StreamServer:
             await peer.accept()
             ping = await peer.until(ws_events.Ping)
             if answer:
-                await peer.send(event(1), event(2), event(3))
+                await peer.send(event(1))
+                await trio.sleep(0.5)
+                await peer.send(event(2), event(3))
                 await trio.sleep(1)
                 await peer.send(ping.response())
             while not isinstance(await peer.until(ws_events.Event), ws_events.CloseConnection):
@@ -317,7 +323,7 @@ async def test_a_reader_held_up_during_a_pings_grace_is_no_dead_peer(
                     # Ping at 10 s, the events at once: the second batch waits for room.
                     await trio.sleep(KEEPALIVE + 100)
                     assert sock.close_reason is None
-                    while len(batches) < 3:
+                    while sum(batch.count for batch in batches) < 3:
                         batches.append(await channel.receive())
                 sock.close()
             server.cancel_scope.cancel()

@@ -890,11 +890,15 @@ class Socket:
                 break
 
     def _transport_reason(self, ended: Closed | None) -> DisconnectReason:
-        """Why the transport ended: the peer's close frame, under the protocol's close codes,
-        or a drop (None, or 1006)."""
+        """Why the transport ended, under the protocol's close codes: the peer's close
+        frame, a drop (None, or 1006), or this side's refusal of a message (1009, 1007,
+        1002: a local reason with the code sent)."""
         if ended is None:
             return self._options.close_codes.reason(None)
-        return self._options.close_codes.reason(ended.code, ended.reason)
+        reason = self._options.close_codes.reason(ended.code, ended.reason)
+        if not ended.remote:
+            reason = attrs.evolve(reason, remote=False, origin=CloseOrigin.LOCAL)
+        return reason
 
     async def _close_websocket(self, ws: Link) -> None:
         """Close the WebSocket with this side's close code and text (shielded, bounded).
