@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import trio
 import wsproto
 import wsproto.events as ws_events
@@ -92,6 +93,37 @@ def raw_server(answer: bytes = b"", *, read: bool = True, then: str = "close") -
             await trio.aclose_forcefully(stream)
 
     return serve
+
+
+BROKEN_HANDSHAKES = [
+    pytest.param(
+        raw_server(read=False),
+        408,
+        "connection closed during handshake",
+        id="closes before the request",
+    ),
+    pytest.param(raw_server(), 408, "connection closed during handshake", id="closes after it"),
+    pytest.param(
+        raw_server(b"HTTP/1.1 101 Switching Protocols\r\nUpgr"),
+        408,
+        "connection closed during handshake",
+        id="closes within the answer",
+    ),
+    pytest.param(
+        raw_server(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", then="hold"),
+        400,
+        "invalid handshake response: Bad HTTP message (illegal status line)",
+        id="not HTTP",
+    ),
+    pytest.param(
+        raw_server(UPGRADE_WITH_A_WRONG_ACCEPT, then="hold"),
+        400,
+        "invalid handshake response: Bad accept token",
+        id="a wrong Sec-WebSocket-Accept",
+    ),
+]
+"""Servers that break the opening handshake, the reason code each gives, and its message:
+``(server, code, message)`` parameters."""
 
 
 def exit_status(main: Callable[[list[str]], int], argv: list[str]) -> int:

@@ -21,7 +21,14 @@ import trio.testing
 import trio_websocket
 import trustme
 
-from helpers import UPGRADE_WITH_A_WRONG_ACCEPT, StreamServer, idle, living_tasks, raw_server
+from helpers import (
+    BROKEN_HANDSHAKES,
+    UPGRADE_WITH_A_WRONG_ACCEPT,
+    StreamServer,
+    idle,
+    living_tasks,
+    raw_server,
+)
 from tenantry import (
     ConnectFailed,
     DisconnectReason,
@@ -60,36 +67,12 @@ async def connect_failure(server: StreamServer, **kwargs: object) -> tuple[Disco
 @pytest.mark.parametrize(
     ("server", "code", "message"),
     [
-        pytest.param(
-            raw_server(read=False),
-            408,
-            "connection closed during handshake",
-            id="closes before the request",
-        ),
-        pytest.param(raw_server(), 408, "connection closed during handshake", id="closes after it"),
-        pytest.param(
-            raw_server(b"HTTP/1.1 101 Switching Protocols\r\nUpgr"),
-            408,
-            "connection closed during handshake",
-            id="closes within the answer",
-        ),
+        *BROKEN_HANDSHAKES,
         pytest.param(
             raw_server(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nnot you"),
             403,
             "handshake rejected with HTTP 403",
             id="an HTTP error whose body runs until the close",
-        ),
-        pytest.param(
-            raw_server(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", then="hold"),
-            400,
-            "invalid handshake response: Bad HTTP message (illegal status line)",
-            id="not HTTP",
-        ),
-        pytest.param(
-            raw_server(UPGRADE_WITH_A_WRONG_ACCEPT, then="hold"),
-            400,
-            "invalid handshake response: Bad accept token",
-            id="a wrong Sec-WebSocket-Accept",
         ),
     ],
 )

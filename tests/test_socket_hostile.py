@@ -320,7 +320,7 @@ async def test_a_reader_held_up_during_a_pings_grace_is_no_dead_peer(
             options = SocketOptions(keepalive=KEEPALIVE)
             async with open_socket(connector, tenant_id="acme", options=options) as sock:
                 async with sock.events.subscribe(max_pending=1) as channel:
-                    # Ping at 10 s, the events at once: the second batch waits for room.
+                    # Ping at 10 s, then two reads of events: the second batch waits for room.
                     await trio.sleep(KEEPALIVE + 100)
                     assert sock.close_reason is None
                     while sum(batch.count for batch in batches) < 3:

@@ -26,7 +26,7 @@ import wsproto.events as ws_events
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import UPGRADE_WITH_A_WRONG_ACCEPT, Peer, StreamServer, raw_server, websockets_server
+from helpers import BROKEN_HANDSHAKES, Peer, StreamServer, raw_server, websockets_server
 from tenantry._connect import MAX_REJECTION_BODY, HandshakeFailed
 from tenantry._transport import (
     MAX_QUEUED_REPLIES,
@@ -102,33 +102,7 @@ async def handshake_failure(server: StreamServer) -> HandshakeFailed:
 
 @pytest.mark.parametrize(
     ("server", "code", "message"),
-    [
-        pytest.param(
-            raw_server(read=False),
-            408,
-            "connection closed during handshake",
-            id="closes before the request",
-        ),
-        pytest.param(raw_server(), 408, "connection closed during handshake", id="closes after it"),
-        pytest.param(
-            raw_server(b"HTTP/1.1 101 Switching Protocols\r\nUpgr"),
-            408,
-            "connection closed during handshake",
-            id="closes within the answer",
-        ),
-        pytest.param(
-            raw_server(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", then="hold"),
-            400,
-            "invalid handshake response: Bad HTTP message (illegal status line)",
-            id="not HTTP",
-        ),
-        pytest.param(
-            raw_server(UPGRADE_WITH_A_WRONG_ACCEPT, then="hold"),
-            400,
-            "invalid handshake response: Bad accept token",
-            id="a wrong Sec-WebSocket-Accept",
-        ),
-    ],
+    BROKEN_HANDSHAKES,
 )
 async def test_a_failed_handshake_says_why(
     autojump_clock: trio.testing.MockClock, server: StreamServer, code: int, message: str
