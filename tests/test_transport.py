@@ -364,7 +364,8 @@ def test_any_split_into_reads_gives_the_same_messages_and_replies(
     if limit < 45:  # the limit cuts the script short: 1009 at the first message over it
         over = next(i for i, m in enumerate(expected) if len(m) > limit)
         expected = expected[:over]
-    core = _Core(client, max_message_size=limit)
+    assert client.connection is not None
+    core = _Core(client.connection, max_message_size=limit)
     points = sorted({0, len(wire), *(cut % (len(wire) + 1) for cut in cuts)})
     received: list[str | bytes] = []
     for start, end in itertools.pairwise(points):

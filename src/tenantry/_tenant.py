@@ -169,6 +169,7 @@ class Tenant:
             async with trio.open_nursery() as nursery:
                 with self._caches.janitor(nursery):
                     task_status.started()
+                    del task_status  # it holds the nursery it started in, for the tenant's life
                     await self._supervise()
                     nursery.cancel_scope.cancel()
         finally:

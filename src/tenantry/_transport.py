@@ -69,7 +69,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple, final
+from typing import NamedTuple, cast, final
 
 import h11
 import trio
@@ -77,7 +77,7 @@ import trio_websocket
 import wsproto
 import wsproto.events as ws_events
 import wsproto.utilities
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 
 from ._reasons import DisconnectReason, ReasonCode
 from ._validate import check_headers
@@ -174,9 +174,15 @@ class TransportClosed(Exception):
 
 @final
 class _Core:
-    """The protocol: bytes in, messages, replies and the close out. No I/O, no clock."""
+    """The protocol: bytes in, messages, replies and the close out. No I/O, no clock.
 
-    def __init__(self, ws: wsproto.WSConnection, *, max_message_size: int) -> None:
+    *ws* is wsproto's connection of the frames, without the handshake's
+    (HTTP) state: an idle connection keeps only what reading frames needs.
+    """
+
+    __slots__ = ("_parts", "_size", "closed", "done", "max_message_size", "outgoing", "pongs", "ws")
+
+    def __init__(self, ws: Connection, *, max_message_size: int) -> None:
         self.ws = ws
         self.max_message_size = max_message_size
         self.outgoing = bytearray()  # made by wsproto, not yet written: written in this order
@@ -273,6 +279,17 @@ class _Core:
 class Transport:
     """One WebSocket client connection; see the module docstring. Made by `handshake`."""
 
+    __slots__ = (
+        "_core",
+        "_pong",
+        "_pongs_seen",
+        "_ready",
+        "_receiving",
+        "_sending",
+        "_stream",
+        "subprotocol",
+    )
+
     def __init__(self, stream: trio.abc.Stream, core: _Core, subprotocol: str | None) -> None:
         self._stream = stream
         self._core = core
@@ -281,7 +298,7 @@ class Transport:
         self._receiving = trio.Lock()  # the reader, or the close handshake's reads
         self._ready: list[Message] = core.drain()  # frames that came with the handshake's answer
         self._pongs_seen = 0
-        self._pong = trio.Event()  # set (and replaced) when a pong arrives
+        self._pong: trio.Event | None = None  # while `wait_pong` waits: set when a pong arrives
 
     @property
     def closed(self) -> Closed | None:
@@ -296,6 +313,8 @@ class Transport:
     async def wait_pong(self, seen: int) -> None:
         """Return once more than *seen* pongs have been received (a reader must be reading)."""
         while self._core.pongs <= seen:
+            if self._pong is None:
+                self._pong = trio.Event()
             await self._pong.wait()
 
     async def receive(self) -> list[Message]:
@@ -321,8 +340,9 @@ class Transport:
             messages = core.feed(bytes(data) if data else None)
         if core.pongs != self._pongs_seen:
             self._pongs_seen = core.pongs
-            self._pong.set()
-            self._pong = trio.Event()
+            if self._pong is not None:
+                self._pong.set()
+                self._pong = None
         if core.outgoing or not messages:
             return await self._deliver(messages)
         return messages
@@ -544,7 +564,10 @@ async def handshake(
                 ws.receive_data(bytes(data))
                 for event in ws.events():
                     if isinstance(event, ws_events.AcceptConnection):
-                        core = _Core(ws, max_message_size=max_message_size)
+                        # The frames' connection only (made by the answer just accepted):
+                        # the handshake's HTTP state is not kept.
+                        frames = cast("Connection", ws.connection)
+                        core = _Core(frames, max_message_size=max_message_size)
                         return Transport(stream, core, event.subprotocol)
                     if isinstance(event, ws_events.RejectConnection):
                         status = event.status_code
