@@ -242,6 +242,30 @@ async def test_a_pong_is_counted_and_wakes_its_waiter(
         await transport.wait_pong(0)  # already there: returns at once
 
 
+async def test_each_pong_wakes_the_waiter_of_its_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A pong nobody waits for is counted; each later waiter is woken by the next pong."""
+    woken: list[int] = []
+
+    async def wait_for_pong(seen: int) -> None:
+        await transport.wait_pong(seen)
+        woken.append(seen)
+
+    async with connected() as (transport, peer):
+        await peer.send(ws_events.Pong(payload=b"unasked"))
+        assert await transport.receive() == []
+        assert transport.pongs == 1
+        for seen in (1, 2):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_for_pong, seen)
+                await trio.testing.wait_all_tasks_blocked()
+                assert woken == list(range(1, seen))  # still waiting
+                await peer.send(ws_events.Pong(payload=b"k"))
+                assert await transport.receive() == []
+            assert (woken[-1], transport.pongs) == (seen, seen + 1)
+
+
 async def test_the_peers_close_comes_after_the_messages_before_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
