@@ -218,6 +218,30 @@ async def test_a_pong_is_counted_and_wakes_its_waiter(
         await transport.wait_pong(0)  # already there: returns at once
 
 
+async def test_each_pong_wakes_the_waiter_of_its_time(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A pong nobody waits for is counted; each later waiter is woken by the next pong."""
+    woken: list[int] = []
+
+    async def wait_for_pong(seen: int) -> None:
+        await transport.wait_pong(seen)
+        woken.append(seen)
+
+    async with connected() as (transport, peer):
+        await peer.send(ws_events.Pong(payload=b"unasked"))
+        assert await transport.receive() == []
+        assert transport.pongs == 1
+        for seen in (1, 2):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_for_pong, seen)
+                await trio.testing.wait_all_tasks_blocked()
+                assert woken == list(range(1, seen))  # still waiting
+                await peer.send(ws_events.Pong(payload=b"k"))
+                assert await transport.receive() == []
+            assert (woken[-1], transport.pongs) == (seen, seen + 1)
+
+
 async def test_the_peers_close_comes_after_the_messages_before_it(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -372,7 +396,8 @@ def test_any_split_into_reads_gives_the_same_messages_and_replies(
     if limit < 45:  # the limit cuts the script short: 1009 at the first message over it
         over = next(i for i, m in enumerate(expected) if len(m) > limit)
         expected = expected[:over]
-    core = _Core(client, max_message_size=limit)
+    assert client.connection is not None
+    core = _Core(client.connection, max_message_size=limit)
     points = sorted({0, len(wire), *(cut % (len(wire) + 1) for cut in cuts)})
     received: list[str | bytes] = []
     for start, end in itertools.pairwise(points):

@@ -148,8 +148,11 @@ class Hub:
     ) -> None:
         tenant_id = tenant.tenant_id
         logger.info("tenant added: %s", tenant_id, extra={"tenant": tenant_id})
+        # The task status holds the nursery it started in: this frame lets go of it (`run` too).
+        running = tenant.run(task_status=task_status)
+        del task_status
         try:
-            await tenant.run(task_status=task_status)
+            await running
         finally:
             self._forget(tenant_id)
 

@@ -283,7 +283,7 @@ class Socket:
         self._flushing: trio.CancelScope | None = None  # the auto-flush task's, while it runs
         self._body = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self._shut_down = trio.Event()
+        self._shut_down: trio.Event | None = None  # made when the ordered shutdown begins
         self._close_reason: DisconnectReason | None = None
         self._close_frame = (1000, "")  # the WebSocket close code and text this side sends
         self._error: Exception | None = None
@@ -834,10 +834,11 @@ class Socket:
                 "raw_code": reason.raw_code,
             },
         )
-        nursery.start_soon(self._shutdown)
+        self._shut_down = trio.Event()
+        nursery.start_soon(self._shutdown, self._shut_down)
         return reason
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, shut_down: trio.Event) -> None:
         """Steps 1-5 of the ordered shutdown (see the module docstring), after `_begin_close`."""
         try:
             deadline = trio.current_time() + self._options.grace
@@ -856,7 +857,7 @@ class Socket:
             self._fail_pending_sends()
             self._body.cancel()
         finally:
-            self._shut_down.set()
+            shut_down.set()
 
     def _log_destroyed(self, final_flush: int) -> None:
         stats = self._buffer.stats
@@ -916,8 +917,10 @@ class Socket:
     async def _finish(self) -> None:
         """Run from the body's exit: make sure the ordered shutdown ran, then wait for it."""
         self.close("closed by owner")
+        shut_down = self._shut_down  # made by the first close
         with trio.move_on_after(self._options.grace + KEEPALIVE_GRACE, shield=True):
-            await self._shut_down.wait()
+            if shut_down is not None:
+                await shut_down.wait()
 
     def _closed_error(self) -> SocketClosed:
         """The error for a send that the close kept from being written."""

@@ -118,6 +118,8 @@ class _Subscription(trio.abc.ReceiveChannel[Batch]):
     batches still in it when the channel is closed, or dropped, are missed.
     """
 
+    __slots__ = ("_receive", "done", "send")
+
     def __init__(self, max_pending: int) -> None:
         self.send, self._receive = trio.open_memory_channel[_Delivery](max_pending)
         self.done = trio.Event()
@@ -154,6 +156,22 @@ class EventStream:
             (`EventBuffer.set_wakeup`).
     """
 
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_consumer",
+        "_flusher_running",
+        "_listeners",
+        "_lock",
+        "_nap",
+        "_publish_deadline",
+        "_publishing",
+        "_slowest_flush",
+        "_start_flusher",
+        "_subscriptions",
+        "_warned_unheard",
+    )
+
     def __init__(self, buffer: EventBuffer) -> None:
         if not isinstance(buffer, EventBuffer):
             raise TypeError(f"buffer must be an EventBuffer, got {buffer!r}")
@@ -161,8 +179,8 @@ class EventStream:
         self._buffer = buffer
         self._subscriptions: list[_Subscription] = []
         self._listeners: dict[str, list[Callable[[Any], object]]] = {}
-        self._lock = trio.StrictFIFOLock()
-        self._nap = trio.CancelScope()
+        self._lock: trio.StrictFIFOLock | None = None  # from the first publication
+        self._nap: trio.CancelScope | None = None  # the auto-flush's sleep, from its first
         self._closed = False
         self._slowest_flush = 0.0
         self._consumer: trio.Event | None = None  # set when one comes, for a publisher holding
@@ -249,6 +267,8 @@ class EventStream:
         this returns at once while they are within the buffer's
         ``max_items`` events, and otherwise waits for a consumer.
         """
+        if self._lock is None:
+            self._lock = trio.StrictFIFOLock()
         async with self._lock:
             while True:
                 if self._buffer.ready and not self._has_consumer():
@@ -466,8 +486,8 @@ class EventStream:
                 self._flusher_running = True
                 self._start_flusher()
             return
-        deadline = trio.current_time() + delay
-        self._nap.deadline = min(self._nap.deadline, deadline)
+        if self._nap is not None:
+            self._nap.deadline = min(self._nap.deadline, trio.current_time() + delay)
 
     def _count_lost(self, lost_before: int) -> None:
         """The grace period is over: whatever no consumer has received, none ever will."""

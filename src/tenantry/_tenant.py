@@ -129,6 +129,27 @@ class _Command:
 class Tenant:
     """One tenant's actor. Created and driven by its `Hub`; read through `status`."""
 
+    __slots__ = (
+        "_attempt",
+        "_caches",
+        "_command",
+        "_commanding",
+        "_ended",
+        "_gauges",
+        "_global_caches",
+        "_last",
+        "_last_at",
+        "_next_retry_at",
+        "_reconnector",
+        "_reconnects",
+        "_socket",
+        "_state",
+        "_stopped",
+        "_timers",
+        "spec",
+        "tenant_id",
+    )
+
     def __init__(
         self,
         spec: TenantSpec,
@@ -159,7 +180,7 @@ class Tenant:
         self._last_at: float | None = None
         self._next_retry_at: float | None = None
         self._ended: Totals | None = None  # of the connections that have ended, from the first
-        self._reconnects: collections.Counter[str] = collections.Counter()
+        self._reconnects: collections.Counter[str] | None = None  # from the first
 
     # -- the scope -------------------------------------------------------------
 
@@ -169,6 +190,7 @@ class Tenant:
             async with trio.open_nursery() as nursery:
                 with self._caches.janitor(nursery):
                     task_status.started()
+                    del task_status  # it holds the nursery it started in, for the tenant's life
                     await self._supervise()
                     nursery.cancel_scope.cancel()
         finally:
@@ -329,6 +351,8 @@ class Tenant:
         self._last, self._last_at = reason, trio.current_time()
         if self._command is not None:
             return self._reconnector.restarted()
+        if self._reconnects is None:
+            self._reconnects = collections.Counter()
         self._reconnects[reason.label] += 1
         step = self._reconnector.disconnected(reason, failed=failed, retry_after=retry_after)
         logger.info(
@@ -428,7 +452,7 @@ class Tenant:
     @property
     def reconnects(self) -> Mapping[str, int]:
         """Ended connections and failed attempts, by reason name."""
-        return self._reconnects
+        return self._reconnects or {}
 
     @property
     def breaker_trips(self) -> int:

@@ -61,7 +61,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple, final
+from typing import NamedTuple, cast, final
 
 import h11
 import trio
@@ -69,7 +69,7 @@ import trio_websocket
 import wsproto
 import wsproto.events as ws_events
 import wsproto.utilities
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 
 from ._reasons import DisconnectReason, ReasonCode
 from ._validate import check_headers
@@ -214,9 +214,15 @@ class TransportClosed(Exception):
 
 @final
 class _Core:
-    """The protocol: bytes in, messages, replies and the close out. No I/O, no clock."""
+    """The protocol: bytes in, messages, replies and the close out. No I/O, no clock.
 
-    def __init__(self, ws: wsproto.WSConnection, *, max_message_size: int) -> None:
+    *ws* is wsproto's connection of the frames, without the handshake's
+    (HTTP) state: an idle connection keeps only what reading frames needs.
+    """
+
+    __slots__ = ("_parts", "_size", "closed", "done", "max_message_size", "outgoing", "pongs", "ws")
+
+    def __init__(self, ws: Connection, *, max_message_size: int) -> None:
         self.ws = ws
         self.max_message_size = max_message_size
         self.outgoing = bytearray()  # made by wsproto, not yet written: written in this order
@@ -348,6 +354,17 @@ class Transport:
     opening handshake is done over *stream*.
     """
 
+    __slots__ = (
+        "_core",
+        "_pong",
+        "_pongs_seen",
+        "_ready",
+        "_receiving",
+        "_sending",
+        "_stream",
+        "_subprotocol",
+    )
+
     def __init__(
         self,
         stream: trio.abc.Stream,
@@ -357,13 +374,15 @@ class Transport:
         subprotocol: str | None = None,
     ) -> None:
         self._stream = stream
-        self._core = core = _Core(ws, max_message_size=max_message_size)
+        # The frames' connection only: the handshake's HTTP state (h11) is not kept.
+        frames = cast("Connection", ws.connection)
+        self._core = core = _Core(frames, max_message_size=max_message_size)
         self._subprotocol = subprotocol
         self._sending = trio.StrictFIFOLock()  # every writer, the reader's replies included
         self._receiving = trio.Lock()  # the reader, or the close handshake's reads
         self._ready: list[Message] = core.drain()  # frames that came with the handshake's answer
         self._pongs_seen = 0
-        self._pong = trio.Event()  # set (and replaced) when a pong arrives
+        self._pong: trio.Event | None = None  # while `wait_pong` waits: set when a pong arrives
 
     @property
     def subprotocol(self) -> str | None:
@@ -388,6 +407,8 @@ class Transport:
         does no reading, so a reader that stopped reading sees no pong.
         """
         while self._core.pongs <= seen:
+            if self._pong is None:
+                self._pong = trio.Event()
             await self._pong.wait()
 
     async def receive(self) -> list[Message]:
@@ -418,8 +439,9 @@ class Transport:
             messages = core.feed(bytes(data) if data else None)
         if core.pongs != self._pongs_seen:
             self._pongs_seen = core.pongs
-            self._pong.set()
-            self._pong = trio.Event()
+            if self._pong is not None:
+                self._pong.set()
+                self._pong = None
         if core.outgoing or not messages:
             return await self._deliver(messages)
         return messages
