@@ -696,7 +696,7 @@ async def handshake(
                             raise _rejected(status, answer)
                     elif isinstance(event, ws_events.RejectData) and event.body_finished:
                         raise _rejected(status or 0, answer)
-            except wsproto.utilities.RemoteProtocolError as error:
+            except (wsproto.utilities.RemoteProtocolError, UnicodeDecodeError) as error:
                 raise HandshakeFailed(invalid_response_reason(error)) from None
             if status is not None and len(answer) >= MAX_REJECTION:
                 raise _rejected(status, answer)  # longer than is read
@@ -717,11 +717,16 @@ def invalid_response_reason(error: BaseException) -> DisconnectReason:
     """The reason for wsproto's `RemoteProtocolError` *error* about the handshake's answer.
 
     It says what was wrong (with h11's reason for a "Bad HTTP message"),
-    never a byte of the answer.
+    never a byte of the answer. A `UnicodeDecodeError` is wsproto's too: it
+    reads the Connection, Sec-WebSocket-Protocol and Sec-WebSocket-Extensions
+    headers of an upgrade as ASCII.
     """
-    detail = str(error)
-    if error.__context__ is not None:  # h11's reason for wsproto's "Bad HTTP message"
-        detail += f" ({str(error.__context__).partition(':')[0]})"
+    if isinstance(error, UnicodeDecodeError):
+        detail = "a header that is not ASCII"
+    else:
+        detail = str(error)
+        if error.__context__ is not None:  # h11's reason for wsproto's "Bad HTTP message"
+            detail += f" ({str(error.__context__).partition(':')[0]})"
     return DisconnectReason(ReasonCode.PROTOCOL_ERROR, f"invalid handshake response: {detail}")
 
 
