@@ -18,12 +18,14 @@ left it waiting for its caller's timeout.
 from __future__ import annotations
 
 import re
+import tracemalloc
 from collections.abc import Callable, Mapping
 
 import pytest
 import trio
 import trio.testing
 import wsproto.events as ws_events
+from wsproto.connection import Connection, ConnectionType
 from wsproto.utilities import generate_accept_token
 
 from helpers import (
@@ -45,6 +47,7 @@ from tenantry import (
     open_hub,
     open_socket,
 )
+from tenantry._transport import _Core
 from tenantry.testing import MemoryConnector
 
 # -- the opening handshake ------------------------------------------------------------
@@ -340,3 +343,23 @@ async def test_the_end_of_the_stream_within_a_frame_is_a_drop(
 ) -> None:
     got, code, rejected = await delivered(serving(event(1), then=b"\x81\x10abc"))
     assert (got, code, rejected) == ([1], 1006, {})
+
+
+def test_empty_fragments_hold_no_memory() -> None:
+    """A message held open by empty continuation frames (two bytes each on the wire,
+    never nearer max_message_size) keeps nothing for them: their flood cannot grow
+    the connection's memory."""
+    core = _Core(Connection(ConnectionType.CLIENT), max_message_size=100)
+    assert core.feed(b"\x01\x01a") == []  # a text message begins
+    empty = b"\x00\x00" * 5_000  # 5,000 empty continuation frames
+    core.feed(empty)  # the first pass allocates what any read does
+    tracemalloc.start()
+    try:
+        for _ in range(10):
+            assert core.feed(empty) == []
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 50_000  # 50,000 empty frames: 400 KB of list entries if they were kept
+    assert core.feed(b"\x80\x01b") == ["ab"]
+    assert core.closed is None

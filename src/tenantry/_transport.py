@@ -268,6 +268,8 @@ class _Core:
             else:
                 into.append(data)
             return
+        if not data and not event.message_finished:
+            return  # an empty fragment adds nothing; kept, a flood of them would grow unbounded
         self._parts.append(data)
         self._size += len(data)
         if self._size > self.max_message_size:
