@@ -146,6 +146,15 @@ HANDSHAKES = [
         id="a redirect, not followed",
     ),
     pytest.param(
+        raw_server(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+            then="hold",
+        ),
+        403,
+        "handshake rejected with HTTP 403",
+        id="a rejection after 100 Continue",
+    ),
+    pytest.param(
         raw_server(b"HTTP/1.0 200 OK\r\n\r\nhello"),
         200,
         "handshake rejected with HTTP 200",
@@ -181,6 +190,42 @@ async def test_an_answer_one_byte_a_second_is_bounded_by_connect_timeout(
     answer = b"HTTP/1.1 101 Switching Protocols\r\n" + b"X-Slow: " + b"s" * 100 + b"\r\n"
     reason, took = await connect_failure(trickle(answer))
     assert (reason.code, reason.message, took) == (408, "handshake timed out after 10 s", 10)
+
+
+def upgrade_after(interim: bytes, then: bytes) -> StreamServer:
+    """A server that answers *interim* (1xx responses), then the upgrade and *then*."""
+
+    def make(accept: bytes) -> bytes:
+        head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+        return (
+            interim
+            + head
+            + b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept
+            + b"\r\n\r\n"
+            + then
+        )
+
+    return answering(make)
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        pytest.param(b"HTTP/1.1 100 Continue\r\n\r\n", id="100 Continue"),
+        pytest.param(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+            id="100, then 103 with a header",
+        ),
+    ],
+)
+async def test_interim_responses_before_the_upgrade_are_skipped(
+    autojump_clock: trio.testing.MockClock, interim: bytes
+) -> None:
+    message = b'{"type": "x", "data": 1}'
+    then = b"\x81" + bytes([len(message)]) + message + CLOSE_1000
+    got, code, rejected = await delivered(upgrade_after(interim, then))
+    assert (got, code, rejected) == ([1], 1000, {})
 
 
 # -- frames that break RFC 6455 -------------------------------------------------------
