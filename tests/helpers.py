@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,8 +17,11 @@ import wsproto.events as ws_events
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from wsproto.connection import ConnectionState
 
-from tenantry import Batch, EventStream, Socket
+from tenantry import Batch, ConnectFailed, DisconnectReason, EventStream, Socket, open_socket
+from tenantry.lowlevel import Gauges
+from tenantry.testing import MemoryConnector
 
 Handler = Callable[[Socket], Awaitable[None]]
 StreamServer = Callable[[trio.abc.Stream], Awaitable[None]]
@@ -126,6 +130,27 @@ BROKEN_HANDSHAKES = [
 ``(server, code, message)`` parameters."""
 
 
+async def connect_failure(server: StreamServer, **kwargs: object) -> tuple[DisconnectReason, float]:
+    """The reason `open_socket` gave up on *server*, and the (virtual) seconds it took."""
+    gauges = Gauges()
+    async with trio.open_nursery() as nursery:
+        before = living_tasks()
+        start = trio.current_time()
+        with trio.fail_after(3600), pytest.raises(ConnectFailed) as failed:
+            async with open_socket(
+                MemoryConnector(nursery, serve_stream=server),
+                tenant_id="acme",
+                gauges=gauges,
+                **kwargs,  # type: ignore[arg-type]
+            ):
+                pytest.fail("connected")  # pragma: no cover
+        took = trio.current_time() - start
+        nursery.cancel_scope.cancel()
+    assert gauges == Gauges()
+    assert living_tasks() == before
+    return failed.value.reason, took
+
+
 def exit_status(main: Callable[[list[str]], int], argv: list[str]) -> int:
     """``main(argv)``'s exit status, whether it returns it or argparse exits with it."""
     try:
@@ -162,6 +187,44 @@ class Peer:
                 if isinstance(event, kind):
                     return event
             self.ws.receive_data(bytes(await self.stream.receive_some()) or None)
+
+
+def event(n: int) -> ws_events.TextMessage:
+    return ws_events.TextMessage(data=json.dumps({"type": "x", "data": n}))
+
+
+def scripted(bad: Callable[[Peer], bytes], closes: list[int]) -> StreamServer:
+    """A server whose first connection gets an event, then *bad* and another event, in one
+    write, and records the close code the client sends. Later connections idle. Each
+    answers pings, and the client's close."""
+    connections = 0
+
+    async def serve(stream: trio.abc.Stream) -> None:
+        nonlocal connections
+        connections += 1
+        first = connections == 1
+        peer = Peer(stream)
+        try:
+            await peer.accept()
+            if first:
+                await trio.sleep(1)
+                data = peer.frames(event(1)) + bad(peer)
+                if peer.ws.state is ConnectionState.OPEN:
+                    data += peer.frames(event(2))
+                await peer.stream.send_all(data)
+            while not isinstance(
+                received := await peer.until(ws_events.Event), ws_events.CloseConnection
+            ):
+                if isinstance(received, ws_events.Ping):
+                    await peer.send(received.response())
+            if first:
+                closes.append(received.code)
+            if peer.ws.state is ConnectionState.REMOTE_CLOSING:
+                await peer.send(received.response())
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    return serve
 
 
 class WebsocketsServer:

@@ -25,13 +25,12 @@ from helpers import (
     BROKEN_HANDSHAKES,
     UPGRADE_WITH_A_WRONG_ACCEPT,
     StreamServer,
+    connect_failure,
     idle,
-    living_tasks,
     raw_server,
 )
 from tenantry import (
     ConnectFailed,
-    DisconnectReason,
     SocketOptions,
     TenantSpec,
     TenantState,
@@ -39,29 +38,7 @@ from tenantry import (
     open_hub,
     open_socket,
 )
-from tenantry.lowlevel import Gauges
 from tenantry.testing import MemoryConnector
-
-
-async def connect_failure(server: StreamServer, **kwargs: object) -> tuple[DisconnectReason, float]:
-    """The reason `open_socket` gave up on *server*, and the (virtual) seconds it took."""
-    gauges = Gauges()
-    async with trio.open_nursery() as nursery:
-        before = living_tasks()
-        start = trio.current_time()
-        with trio.fail_after(3600), pytest.raises(ConnectFailed) as failed:
-            async with open_socket(
-                MemoryConnector(nursery, serve_stream=server),
-                tenant_id="acme",
-                gauges=gauges,
-                **kwargs,  # type: ignore[arg-type]
-            ):
-                pytest.fail("connected")  # pragma: no cover
-        took = trio.current_time() - start
-        nursery.cancel_scope.cancel()
-    assert gauges == Gauges()
-    assert living_tasks() == before
-    return failed.value.reason, took
 
 
 @pytest.mark.parametrize(

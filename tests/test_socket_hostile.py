@@ -18,15 +18,16 @@ import trio
 import trio.testing
 import wsproto.events as ws_events
 from websockets.asyncio.server import ServerConnection
-from wsproto.connection import ConnectionState
 
 from helpers import (
     Peer,
     StreamServer,
     WebsocketsServer,
     collect,
+    event,
     idle,
     raw_server,
+    scripted,
     websockets_server,
 )
 from tenantry import (
@@ -51,10 +52,6 @@ LIMIT = 100
 TRANSPORT_LIMIT = 4 * LIMIT
 
 
-def event(n: int) -> ws_events.TextMessage:
-    return ws_events.TextMessage(data=json.dumps({"type": "x", "data": n}))
-
-
 def too_long_in_fragments(peer: Peer) -> bytes:
     """One text message of TRANSPORT_LIMIT + 1 characters, in 41 fragments of 10 or 1."""
     parts = ["x" * 10] * (TRANSPORT_LIMIT // 10) + ["x"]
@@ -72,40 +69,6 @@ def invalid_utf8(peer: Peer) -> bytes:
 def peers_own_1009(peer: Peer) -> bytes:
     """The peer closes with 1009 itself: its close, not a message tenantry refused."""
     return peer.frames(ws_events.CloseConnection(code=1009, reason="too big for me"))
-
-
-def scripted(bad: Callable[[Peer], bytes], closes: list[int]) -> StreamServer:
-    """A server whose first connection gets an event, then *bad* and another event, in one
-    write, and records the close code the client sends. Later connections idle. Each
-    answers pings, and the client's close."""
-    connections = 0
-
-    async def serve(stream: trio.abc.Stream) -> None:
-        nonlocal connections
-        connections += 1
-        first = connections == 1
-        peer = Peer(stream)
-        try:
-            await peer.accept()
-            if first:
-                await trio.sleep(1)
-                data = peer.frames(event(1)) + bad(peer)
-                if peer.ws.state is ConnectionState.OPEN:
-                    data += peer.frames(event(2))
-                await peer.stream.send_all(data)
-            while not isinstance(
-                received := await peer.until(ws_events.Event), ws_events.CloseConnection
-            ):
-                if isinstance(received, ws_events.Ping):
-                    await peer.send(received.response())
-            if first:
-                closes.append(received.code)
-            if peer.ws.state is ConnectionState.REMOTE_CLOSING:
-                await peer.send(received.response())
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    return serve
 
 
 REFUSALS = [

@@ -135,8 +135,8 @@ async def test_a_rejection_keeps_its_status_headers_and_body(
 
 
 async def test_a_rejection_without_a_body(autojump_clock: trio.testing.MockClock) -> None:
-    failed = await handshake_failure(raw_server(b"HTTP/1.1 103 Early Hints\r\n\r\n", then="hold"))
-    assert (failed.status, failed.body) == (103, b"")
+    failed = await handshake_failure(raw_server(b"HTTP/1.1 204 No Content\r\n\r\n", then="hold"))
+    assert (failed.status, failed.body) == (204, b"")
 
 
 async def test_a_header_that_cannot_be_sent_fails_before_any_io() -> None:

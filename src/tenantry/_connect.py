@@ -29,8 +29,10 @@ the transport ended before the answer          `HandshakeFailed` (408, "connecti
 an HTTP error (body complete, cut short by     `HandshakeFailed` (the HTTP status, with
 the close, or longer than `MAX_REJECTION`      the response's status, headers and body)
 bytes)
-not HTTP, or a wrong Sec-WebSocket-Accept      `HandshakeFailed` (400, "invalid handshake
-                                               response: ..." saying what was wrong)
+not HTTP, or not a valid upgrade (a header     `HandshakeFailed` (400, "invalid handshake
+missing or not ASCII, an extension or a        response: ..." saying what was wrong)
+subprotocol never offered, a wrong
+Sec-WebSocket-Accept)
 =============================================  ==========================================
 
 A rejection keeps its status, its headers and at most `MAX_REJECTION_BODY`

@@ -59,6 +59,7 @@ counts it as lost (1006), and only closing it remains.
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple, cast, final
@@ -268,6 +269,8 @@ class _Core:
             else:
                 into.append(data)
             return
+        if not data and not event.message_finished:
+            return  # an empty fragment adds nothing; kept, a flood of them would grow unbounded
         self._parts.append(data)
         self._size += len(data)
         if self._size > self.max_message_size:
@@ -661,8 +664,9 @@ async def handshake(
     Raises `HandshakeFailed` for a rejection (its ``status``, ``headers``
     and the start of its ``body``), for an answer that is not a valid
     upgrade, and for the end of the stream before the answer; `ValueError`
-    for a header that cannot be sent (before any I/O). The caller bounds
-    the wait and owns *stream* (it is not closed here).
+    for a header that cannot be sent (before any I/O). Interim (1xx)
+    responses before the answer are skipped. The caller bounds the wait
+    and owns *stream* (it is not closed here).
     """
     ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     request = ws_events.Request(
@@ -671,6 +675,7 @@ async def handshake(
         extra_headers=encode_headers(headers),
         subprotocols=list(subprotocols),
     )
+    interim: bytearray | None = bytearray()  # the answer, while it may begin with a 1xx
     answer = bytearray()  # the start of the answer: a rejection's status, headers and body
     status: int | None = None  # a rejection's, once its head is in
     try:
@@ -679,6 +684,11 @@ async def handshake(
             data = await stream.receive_some(RECEIVE_BYTES)
             if not data:  # the end, before the answer did (or during a rejection's body)
                 raise trio.BrokenResourceError("end of file")
+            if interim is not None:
+                interim += data
+                if _skip_interim(interim):
+                    continue  # what came may still be the start of an interim response
+                data, interim = bytes(interim), None
             answer += data[: MAX_REJECTION - len(answer)]
             try:
                 ws.receive_data(bytes(data))
@@ -696,7 +706,7 @@ async def handshake(
                             raise _rejected(status, answer)
                     elif isinstance(event, ws_events.RejectData) and event.body_finished:
                         raise _rejected(status or 0, answer)
-            except wsproto.utilities.RemoteProtocolError as error:
+            except (wsproto.utilities.RemoteProtocolError, UnicodeDecodeError) as error:
                 raise HandshakeFailed(invalid_response_reason(error)) from None
             if status is not None and len(answer) >= MAX_REJECTION:
                 raise _rejected(status, answer)  # longer than is read
@@ -705,6 +715,28 @@ async def handshake(
             raise _rejected(status, answer) from None
         message = describe_transport_error(error, during="handshake")
         raise HandshakeFailed(DisconnectReason(ReasonCode.CONNECTION_LOST, message)) from None
+
+
+_INTERIM = re.compile(rb"HTTP/1\.[01] 1(?!01)[0-9][0-9][ \r]")
+"""The start of an interim response: a 1xx status other than 101."""
+_STATUS_START = len(b"HTTP/1.1 100 ")
+"""Bytes of an answer that tell whether it is an interim response."""
+
+
+def _skip_interim(answer: bytearray) -> bool:
+    """Drop the interim responses *answer* begins with; True while it may begin with one.
+
+    A client must accept 1xx responses before the final one (RFC 9110,
+    section 15.2), and wsproto takes any but 101 for a rejection: a 100
+    Continue or a 103 Early Hints before the 101 is skipped here. One
+    longer than `MAX_REJECTION` bytes is left to wsproto, which refuses it.
+    """
+    while len(answer) >= _STATUS_START and _INTERIM.match(answer):
+        end = answer.find(b"\r\n\r\n")
+        if end < 0:  # its end is still to come, unless it is too long to be read
+            return len(answer) < MAX_REJECTION
+        del answer[: end + 4]
+    return len(answer) < _STATUS_START and answer[:7] == b"HTTP/1."[: len(answer)]
 
 
 def _rejected(status: int, answer: bytearray) -> HandshakeFailed:
@@ -717,11 +749,16 @@ def invalid_response_reason(error: BaseException) -> DisconnectReason:
     """The reason for wsproto's `RemoteProtocolError` *error* about the handshake's answer.
 
     It says what was wrong (with h11's reason for a "Bad HTTP message"),
-    never a byte of the answer.
+    never a byte of the answer. A `UnicodeDecodeError` is wsproto's too: it
+    reads the Connection, Sec-WebSocket-Protocol and Sec-WebSocket-Extensions
+    headers of an upgrade as ASCII.
     """
-    detail = str(error)
-    if error.__context__ is not None:  # h11's reason for wsproto's "Bad HTTP message"
-        detail += f" ({str(error.__context__).partition(':')[0]})"
+    if isinstance(error, UnicodeDecodeError):
+        detail = "a header that is not ASCII"
+    else:
+        detail = str(error)
+        if error.__context__ is not None:  # h11's reason for wsproto's "Bad HTTP message"
+            detail += f" ({str(error.__context__).partition(':')[0]})"
     return DisconnectReason(ReasonCode.PROTOCOL_ERROR, f"invalid handshake response: {detail}")
 
 
