@@ -277,7 +277,8 @@ valid = st.one_of(
     st.builds(
         event,
         st.sampled_from(MESSAGE_KEYED),
-        st.builds(lambda i: {"key": {"remoteJid": "j", "id": i}}, st.integers(0, 5)),
+        # "update" as a messages.update carries it: merged into a pending message of its key
+        st.builds(lambda i: {"key": {"remoteJid": "j", "id": i}, "update": {}}, st.integers(0, 5)),
     ),
     st.integers(1, SHALLOW_MAX).map(lambda d: event("deep.ok", json.loads("[" * d + "]" * d))),
     st.integers(MAX_MESSAGE_SIZE - 100, MAX_MESSAGE_SIZE).map(lambda n: sized(n, "blob.big")),
