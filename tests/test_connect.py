@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -10,7 +11,7 @@ import trio_websocket
 
 from helpers import living_tasks
 from tenantry import Batch, SocketOptions, UrlConnector, open_socket
-from tenantry._connect import HandshakeFailed, as_connector, redact_url
+from tenantry._connect import HandshakeFailed, as_connector, host_header, redact_url
 from tenantry._transport import TransportClosed
 from tenantry.testing import MemoryConnector
 
@@ -110,6 +111,40 @@ async def test_url_connector_rejection_over_loopback_tcp() -> None:
                 pytest.fail("the handshake was rejected")
         assert rejected.value.status == 503
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "secure", "expected"),
+    [
+        ("example.test", 443, True, "example.test"),
+        ("example.test", 80, False, "example.test"),
+        ("example.test", 80, True, "example.test:80"),  # not wss's own port
+        ("example.test", 443, False, "example.test:443"),
+        ("::1", 8443, True, "[::1]:8443"),
+        ("2001:db8::1", 443, True, "[2001:db8::1]"),
+    ],
+)
+def test_the_host_header_brackets_ipv6_and_names_a_port_not_the_schemes(
+    host: str, port: int, secure: bool, expected: str
+) -> None:
+    assert host_header(host, port, secure=secure) == expected
+
+
+async def test_url_connector_over_ipv6_loopback_sends_a_bracketed_host() -> None:
+    heads: list[bytes] = []
+
+    async def record(stream: trio.SocketStream) -> None:
+        heads.append(await stream.receive_some())
+        await stream.send_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(functools.partial(trio.serve_tcp, record, 0, host="::1"))
+        port = listener.socket.getsockname()[1]
+        with trio.fail_after(10), pytest.raises(HandshakeFailed):
+            async with UrlConnector(f"ws://[::1]:{port}/").open(headers={}, max_message_size=LIMIT):
+                pytest.fail("the handshake was rejected")  # pragma: no cover
+        nursery.cancel_scope.cancel()
+    assert f"\r\nhost: [::1]:{port}\r\n".encode() in heads[0].lower()
 
 
 def test_urls_are_validated_and_redacted() -> None:

@@ -84,6 +84,7 @@ __all__ = [
     "attempt_headers",
     "describe_transport_error",
     "encode_headers",
+    "host_header",
     "invalid_response_reason",
     "open_connection",
     "redact_url",
@@ -304,7 +305,7 @@ class UrlConnector:
 
         return open_connection(
             open_stream,
-            host=host if port in (80, 443) else f"{host}:{port}",
+            host=host_header(host, port, secure=secure),
             resource=resource,
             headers=headers,
             max_message_size=max_message_size,
@@ -312,6 +313,13 @@ class UrlConnector:
 
     def __repr__(self) -> str:
         return f"UrlConnector({redact_url(self.url)!r})"
+
+
+def host_header(host: str, port: int, *, secure: bool) -> str:
+    """The ``Host`` header for *host* and *port* (RFC 7230): an IPv6 address in
+    brackets, the port left out only when it is the scheme's own."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port == (443 if secure else 80) else f"{name}:{port}"
 
 
 def as_connector(connect: str | Connector) -> Connector:
