@@ -22,9 +22,7 @@ import trio_websocket
 import trustme
 
 from helpers import (
-    BROKEN_HANDSHAKES,
     UPGRADE_WITH_A_WRONG_ACCEPT,
-    StreamServer,
     connect_failure,
     idle,
     raw_server,
@@ -39,26 +37,6 @@ from tenantry import (
     open_socket,
 )
 from tenantry.testing import MemoryConnector
-
-
-@pytest.mark.parametrize(
-    ("server", "code", "message"),
-    [
-        *BROKEN_HANDSHAKES,
-        pytest.param(
-            raw_server(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nnot you"),
-            403,
-            "handshake rejected with HTTP 403",
-            id="an HTTP error whose body runs until the close",
-        ),
-    ],
-)
-async def test_a_failed_handshake_says_why_at_once(
-    autojump_clock: trio.testing.MockClock, server: StreamServer, code: int, message: str
-) -> None:
-    reason, took = await connect_failure(server)
-    assert (reason.code, reason.message, reason.remote) == (code, message, True)
-    assert took == 0
 
 
 async def test_a_server_that_never_answers_is_bounded_by_connect_timeout(

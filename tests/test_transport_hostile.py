@@ -30,6 +30,7 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.utilities import generate_accept_token
 
 from helpers import (
+    BROKEN_HANDSHAKES,
     Peer,
     StreamServer,
     collect,
@@ -92,6 +93,13 @@ HUGE_HEAD = b"HTTP/1.1 101 Switching Protocols\r\n" + b"X-Junk: " + b"j" * 100 *
 INVALID = "invalid handshake response: "
 
 HANDSHAKES = [
+    *BROKEN_HANDSHAKES,
+    pytest.param(
+        raw_server(b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nnot you"),
+        403,
+        "handshake rejected with HTTP 403",
+        id="an HTTP error whose body runs until the close",
+    ),
     pytest.param(
         raw_server(HUGE_HEAD, then="hold"),
         400,
