@@ -295,6 +295,7 @@ async def test_bad_frames_are_counted_and_survived(
         RejectReason.BAD_SHAPE: 1,
         RejectReason.UNDECODABLE: 0,
         RejectReason.INVALID_EVENT: 1,
+        RejectReason.INVALID_FRAME: 0,
     }
     assert sock.buffer.stats.received == 1
     assert sock.close_reason is not None

@@ -264,30 +264,30 @@ def masked(peer: Peer) -> bytes:
     return b"\x81\x83abcd" + bytes(x ^ y for x, y in zip(b"xyz", b"abcd", strict=False))
 
 
-NO_REJECTION: Mapping[RejectReason, int] = {}
+INVALID_FRAME: Mapping[RejectReason, int] = {RejectReason.INVALID_FRAME: 1}
 
 BROKEN_FRAMES = [
-    pytest.param(masked, 1002, NO_REJECTION, id="a masked frame"),
-    pytest.param(raw(b"\xc1\x03abc"), 1002, NO_REJECTION, id="RSV1 set"),
-    pytest.param(raw(b"\x83\x03abc"), 1002, NO_REJECTION, id="a reserved data opcode"),
-    pytest.param(raw(b"\x8b\x00"), 1002, NO_REJECTION, id="a reserved control opcode"),
-    pytest.param(raw(b"\x09\x01a\x80\x01b"), 1002, NO_REJECTION, id="a fragmented ping"),
-    pytest.param(raw(b"\x89\x7e\x00\x80" + b"p" * 128), 1002, NO_REJECTION, id="a 128-byte ping"),
-    pytest.param(raw(b"\x80\x03abc"), 1002, NO_REJECTION, id="a continuation without a start"),
+    pytest.param(masked, 1002, INVALID_FRAME, id="a masked frame"),
+    pytest.param(raw(b"\xc1\x03abc"), 1002, INVALID_FRAME, id="RSV1 set"),
+    pytest.param(raw(b"\x83\x03abc"), 1002, INVALID_FRAME, id="a reserved data opcode"),
+    pytest.param(raw(b"\x8b\x00"), 1002, INVALID_FRAME, id="a reserved control opcode"),
+    pytest.param(raw(b"\x09\x01a\x80\x01b"), 1002, INVALID_FRAME, id="a fragmented ping"),
+    pytest.param(raw(b"\x89\x7e\x00\x80" + b"p" * 128), 1002, INVALID_FRAME, id="a 128-byte ping"),
+    pytest.param(raw(b"\x80\x03abc"), 1002, INVALID_FRAME, id="a continuation without a start"),
     pytest.param(
-        raw(b"\x02\x01a\x81\x01b\x80\x01c"), 1002, NO_REJECTION, id="text inside a binary message"
+        raw(b"\x02\x01a\x81\x01b\x80\x01c"), 1002, INVALID_FRAME, id="text inside a binary message"
     ),
-    pytest.param(raw(b"\x81\x7e\x00\x05hello"), 1002, NO_REJECTION, id="a length not minimal"),
+    pytest.param(raw(b"\x81\x7e\x00\x05hello"), 1002, INVALID_FRAME, id="a length not minimal"),
     pytest.param(
-        raw(b"\x82\x7f" + (1 << 63).to_bytes(8, "big")), 1002, NO_REJECTION, id="length MSB set"
+        raw(b"\x82\x7f" + (1 << 63).to_bytes(8, "big")), 1002, INVALID_FRAME, id="length MSB set"
     ),
     *(
         pytest.param(
-            raw(close_frame(code.to_bytes(2, "big"))), 1002, NO_REJECTION, id=f"close {code}"
+            raw(close_frame(code.to_bytes(2, "big"))), 1002, INVALID_FRAME, id=f"close {code}"
         )
         for code in (1005, 1006, 1015, 999, 5000)
     ),
-    pytest.param(raw(close_frame(b"\x03")), 1002, NO_REJECTION, id="a 1-byte close frame"),
+    pytest.param(raw(close_frame(b"\x03")), 1002, INVALID_FRAME, id="a 1-byte close frame"),
     pytest.param(
         raw(close_frame(b"\x03\xe8\xff\xfe")),
         1007,

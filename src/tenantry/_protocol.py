@@ -60,6 +60,11 @@ class RejectReason(enum.Enum):
     unknown binary layout, ...)."""
     INVALID_EVENT = "invalid_event"
     """A well-formed frame whose data does not fit its type's rule."""
+    INVALID_FRAME = "invalid_frame"
+    """A frame that breaks the WebSocket protocol (a masked or reserved
+    frame, a control frame fragmented or too long, a close code that may not
+    be sent): the WebSocket layer fails the connection (close code 1002), so
+    this rejection also ends the socket."""
 
 
 class FrameRejected(Exception):

@@ -133,7 +133,11 @@ _INTERNAL_ERROR = 1011
 _PROTOCOL_ERROR = 1002
 """The close code sent when the peer sent too many frames that could not be decoded."""
 
-_REFUSED_BY_TRANSPORT = {1007: RejectReason.INVALID_UTF8, 1009: RejectReason.TOO_LARGE}
+_REFUSED_BY_TRANSPORT = {
+    1002: RejectReason.INVALID_FRAME,
+    1007: RejectReason.INVALID_UTF8,
+    1009: RejectReason.TOO_LARGE,
+}
 """Close codes with which the transport itself fails a connection over one bad message."""
 
 
@@ -672,9 +676,10 @@ class Socket:
                     if ready and not reading.cancel_called:
                         await self._publish(events)
             except TransportClosed as closed:
-                ended = closed.closed
+                ended, closing = closed.closed, self._close_reason is not None
                 self._begin_close(self._transport_reason(ended))
-                if not ended.remote and ended.code in _REFUSED_BY_TRANSPORT:  # a bad message
+                refused = not ended.remote and not closing  # the transport's, not this side's close
+                if refused and ended.code in _REFUSED_BY_TRANSPORT:  # over a bad message
                     self._reject(_REFUSED_BY_TRANSPORT[ended.code], ended.reason)
             except CloseRequested as request:
                 self._begin_close(request.reason)
