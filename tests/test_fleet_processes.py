@@ -78,6 +78,15 @@ def report(scenario: str, ttl: float = TTL, **figures: Any) -> None:
     )
 
 
+def report_clean(crew: Fleet, scenario: str, **figures: Any) -> None:
+    """Report *figures* with the judge's, which must be clean: no tenant was connected twice
+    (no replacement) and no member sent after its deadline (no zombie send)."""
+    replacements, zombie_sends = crew.judge.replacements, crew.judge.zombie_sends()
+    report(scenario, **figures, replacements=replacements, zombie_sends=zombie_sends)
+    assert replacements == 0
+    assert zombie_sends == 0
+
+
 # -- the upstream: accepts, feeds, and judges -------------------------------------------
 
 
@@ -419,15 +428,7 @@ async def test_a_killed_members_tenants_move_within_about_the_ttl(
         crew.gone.add(victim.name)
         await wait_until("the killed member's tenants reconnect elsewhere", crew.settled)
         failover = crew.failover(killed_at, moved)
-        report(
-            "kill -9",
-            moved=len(moved),
-            failover=failover,
-            replacements=crew.judge.replacements,
-            zombie_sends=crew.judge.zombie_sends(),
-        )
-        assert crew.judge.replacements == 0
-        assert crew.judge.zombie_sends() == 0
+        report_clean(crew, "kill -9", moved=len(moved), failover=failover)
 
 
 async def test_a_frozen_member_drops_its_tenants_on_waking_and_sends_nothing(
@@ -485,15 +486,12 @@ async def test_a_frozen_database_makes_every_member_drop_everything_then_recover
             resumed_at = trio.current_time()
             resume()
         recovered_at = await wait_until("the fleet recovers every tenant", crew.settled)
-        report(
+        report_clean(
+            crew,
             "SIGSTOP database",
             dropped_after=dropped_at - stopped_at,
             recovered_after=recovered_at - resumed_at,
-            replacements=crew.judge.replacements,
-            zombie_sends=crew.judge.zombie_sends(),
         )
-        assert crew.judge.replacements == 0
-        assert crew.judge.zombie_sends() == 0
 
 
 async def test_a_member_cut_off_from_the_database_drops_and_the_others_take_over(
@@ -512,15 +510,7 @@ async def test_a_member_cut_off_from_the_database_drops_and_the_others_take_over
         cut.proxy.thaw()
         crew.gone.discard(cut.name)
         await wait_until("it rejoins and the tenants spread again", crew.settled)
-        report(
-            "partitioned member",
-            moved=len(moved),
-            failover=failover,
-            replacements=crew.judge.replacements,
-            zombie_sends=crew.judge.zombie_sends(),
-        )
-        assert crew.judge.replacements == 0
-        assert crew.judge.zombie_sends() == 0
+        report_clean(crew, "partitioned member", moved=len(moved), failover=failover)
 
 
 async def test_a_member_joins_takes_its_share_and_leaves_handing_off(
@@ -539,19 +529,16 @@ async def test_a_member_joins_takes_its_share_and_leaves_handing_off(
         handoff = crew.failover(left_at, share)
         with trio.fail_after(BOUND):
             status = await newcomer.process.wait()
-        report(
+        report_clean(
+            crew,
             "join and leave",
             share=len(share),
             join=balanced_at - joined_at,
             leave_handoff=handoff,
-            replacements=crew.judge.replacements,
-            zombie_sends=crew.judge.zombie_sends(),
         )
         assert share
         assert status == 0
         assert newcomer.tenants == {}  # its last line, written after it left
-        assert crew.judge.replacements == 0
-        assert crew.judge.zombie_sends() == 0
 
 
 async def test_control_a_member_whose_clock_runs_slow_gets_tenants_connected_twice(
