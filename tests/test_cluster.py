@@ -69,6 +69,15 @@ async def run_member(
             await trio.sleep_forever()
 
 
+async def settled_members(
+    store: MemoryCoordinator, upstream: FakeUpstream, nursery: trio.Nursery, names: str
+) -> list[Running]:
+    """Start a member per letter of *names*, and wait until their assignment has settled."""
+    members = [await nursery.start(run_member, store, upstream, name) for name in names]
+    await trio.sleep(LEASE.settle_delay + 1)
+    return members
+
+
 @asynccontextmanager
 async def fleet(
     tenants: int, **store_kwargs: Any
@@ -139,10 +148,7 @@ async def test_members_share_the_tenants_and_failover_follows_a_death_within_the
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with fleet(30) as (store, upstream, nursery):
-        members: list[Running] = [
-            await nursery.start(run_member, store, upstream, name) for name in "abc"
-        ]
-        await trio.sleep(LEASE.settle_delay + 1)
+        members = await settled_members(store, upstream, nursery, "abc")
         first = owners(members)
         assert len(first) == 30
         assert set(first.values()) == {"a", "b", "c"}
@@ -162,10 +168,7 @@ async def test_a_member_cut_off_from_the_store_drops_its_tenants_before_they_mov
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with fleet(20) as (store, upstream, nursery):
-        members: list[Running] = [
-            await nursery.start(run_member, store, upstream, name) for name in "ab"
-        ]
-        await trio.sleep(LEASE.settle_delay + 1)
+        members = await settled_members(store, upstream, nursery, "ab")
         cut = members[0]
         theirs = [t for t, name in owners(members).items() if name == "a"]
         assert theirs
@@ -189,10 +192,7 @@ async def test_a_store_outage_drops_every_tenant_and_they_come_back(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with fleet(12) as (store, upstream, nursery):
-        members: list[Running] = [
-            await nursery.start(run_member, store, upstream, name) for name in "abc"
-        ]
-        await trio.sleep(LEASE.settle_delay + 1)
+        members = await settled_members(store, upstream, nursery, "abc")
         assert live_connections(upstream) == 12
         store.store_down = True
         down_at = trio.current_time()
@@ -250,10 +250,7 @@ async def test_clock_rate_error_within_rho_is_safe_and_beyond_it_is_seen(
     that the measure can see a tenant connected twice.
     """
     async with fleet(10, clock=lambda: trio.current_time() * rate) as (store, upstream, nursery):
-        members: list[Running] = [
-            await nursery.start(run_member, store, upstream, name) for name in "ab"
-        ]
-        await trio.sleep(LEASE.settle_delay + 1)
+        members = await settled_members(store, upstream, nursery, "ab")
         members[0].client.down = True
         await trio.sleep(LEASE.ttl * 3)
         assert len(owners(members)) == 10
