@@ -668,7 +668,8 @@ class Socket:
                         replies, written = self._replies, self._replies_written
                         if replies and len(replies) > max_replies and written is not None:
                             if ready:  # what is decoded goes on meanwhile
-                                ready = await self._publish(events)
+                                await self._publish(events)
+                                ready = False
                             await written.wait()  # a flood of requests slows its peer
                     # Published before reading on: a slow application slows the peer. (A
                     # read cut short by the close or an error leaves its events to the
@@ -689,12 +690,11 @@ class Socket:
                 if self._read_done is not None:  # a close is waiting for the peer's last frames
                     self._read_done.set()
 
-    async def _publish(self, events: EventStream) -> bool:
+    async def _publish(self, events: EventStream) -> None:
         """Publish the ready batches; the reader waits for the application meanwhile."""
         self._stalled = True
         await events.publish_ready()
         self._stalled = False
-        return False
 
     def _take(
         self,
@@ -702,7 +702,7 @@ class Socket:
         decode: Callable[[str | bytes], Any],
         emit: Callable[[str, Any], bool],
     ) -> bool:
-        """Decode one message into the buffer; whether a batch became ready."""
+        """Decode one message into the buffer; whether the buffer asks to publish."""
         ready = False
         try:
             for item in decode(frame):  # zero or more events
