@@ -11,8 +11,8 @@ import trio_websocket
 
 from helpers import living_tasks
 from tenantry import Batch, SocketOptions, UrlConnector, open_socket
-from tenantry._connect import HandshakeFailed, as_connector, host_header, redact_url
-from tenantry._transport import TransportClosed
+from tenantry._connect import as_connector, host_header, redact_url
+from tenantry._transport import HandshakeFailed, TransportClosed
 from tenantry.testing import MemoryConnector
 
 LIMIT = 1024 * 1024

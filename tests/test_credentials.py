@@ -36,7 +36,8 @@ from tenantry import (
     open_hub,
     open_socket,
 )
-from tenantry._connect import MAX_REJECTION, MAX_REJECTION_BODY, rejection_of, retry_after
+from tenantry._connect import retry_after
+from tenantry._transport import MAX_REJECTION, MAX_REJECTION_BODY, rejection_of
 from tenantry.testing import MemoryConnector
 
 TOKEN = "tok-5ecr3t-value"  # noqa: S105 - a made-up secret that must show nowhere

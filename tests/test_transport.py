@@ -27,11 +27,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers import BROKEN_HANDSHAKES, Peer, StreamServer, raw_server, websockets_server
-from tenantry._connect import MAX_REJECTION_BODY, HandshakeFailed
 from tenantry._transport import (
     MAX_QUEUED_REPLIES,
+    MAX_REJECTION_BODY,
     RECEIVE_BYTES,
     Closed,
+    HandshakeFailed,
     Transport,
     TransportClosed,
     _Core,

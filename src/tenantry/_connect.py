@@ -59,36 +59,25 @@ import trio
 import trio_websocket
 
 from ._reasons import DisconnectReason, ReasonCode
-from ._transport import (  # the handshake's parts: re-exported, the socket uses them
-    MAX_REJECTION,
-    MAX_REJECTION_BODY,
+from ._transport import (
     HandshakeFailed,
     Headers,
     Transport,
     describe_transport_error,
     encode_headers,
     handshake,
-    invalid_response_reason,
-    rejection_of,
 )
 from ._validate import check_headers
 
 __all__ = [
     "CLOSE_TIMEOUT",
-    "MAX_REJECTION",
-    "MAX_REJECTION_BODY",
     "Connector",
-    "HandshakeFailed",
     "UrlConnector",
     "as_connector",
     "attempt_headers",
-    "describe_transport_error",
-    "encode_headers",
     "host_header",
-    "invalid_response_reason",
     "open_connection",
     "redact_url",
-    "rejection_of",
     "retry_after",
 ]
 

@@ -93,16 +93,7 @@ import trio_websocket
 
 from ._buffer import EventBuffer, InvalidEvent
 from ._cache_specs import BAILEYS_CACHE_SPECS, CacheSet, CacheSpec, Scope, check_cache_specs
-from ._connect import (
-    CLOSE_TIMEOUT,
-    MAX_REJECTION_BODY,
-    Connector,
-    HandshakeFailed,
-    as_connector,
-    attempt_headers,
-    describe_transport_error,
-    retry_after,
-)
+from ._connect import CLOSE_TIMEOUT, Connector, as_connector, attempt_headers, retry_after
 from ._gauges import Gauges
 from ._options import SocketOptions
 from ._protocol import (
@@ -116,7 +107,15 @@ from ._protocol import (
 from ._reasons import CloseOrigin, Decision, DisconnectReason, ReasonCode
 from ._stream import EventStream
 from ._timers import Timer, Timers
-from ._transport import Closed, Link, TransportClosed, as_link
+from ._transport import (
+    MAX_REJECTION_BODY,
+    Closed,
+    HandshakeFailed,
+    Link,
+    TransportClosed,
+    as_link,
+    describe_transport_error,
+)
 from ._validate import check_async_function, check_instance, check_name, check_session
 
 __all__ = ["ConnectFailed", "Socket", "SocketClosed", "open_socket"]
